@@ -1,0 +1,152 @@
+//! The command line as clap derive structs. Parsing only: turning these into
+//! validated settings is `config`'s job.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_duration, parse_size};
+use crate::exit_codes::ExitCode;
+
+fn after_help(examples: &str) -> String {
+    format!("Examples:\n{examples}\n{}", ExitCode::table())
+}
+
+fn main_help() -> String {
+    after_help(
+        "  xfer recv --port 9000                  # on the receiving machine\n  \
+           xfer send photos.tar host.example:9000 # on the sending machine\n  \
+           cargo run --release -- bench           # measure verified throughput locally\n",
+    )
+}
+
+fn send_help() -> String {
+    after_help(
+        "  xfer send backup.tar 192.0.2.10:9000\n  \
+           xfer send --json --quiet db.dump [::1]:9000\n",
+    )
+}
+
+fn recv_help() -> String {
+    after_help(
+        "  xfer recv --port 9000 --dir /srv/incoming\n  \
+           xfer recv --port 0 --json -o /tmp/exact-name.bin\n  \
+           xfer recv --port 9000 --keep-running --overwrite\n",
+    )
+}
+
+fn bench_help() -> String {
+    after_help("  xfer bench\n  xfer bench --size 1GiB --dir /var/tmp\n")
+}
+
+/// Verified file transfer: every byte checked with SHA-256, files appear
+/// under their final name only when complete.
+#[derive(Debug, Parser)]
+#[command(name = "xfer", version, about, after_help = main_help())]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send one file to a waiting `xfer recv`.
+    #[command(after_help = send_help())]
+    Send(SendArgs),
+    /// Wait for a sender and store what it sends.
+    #[command(after_help = recv_help())]
+    Recv(RecvArgs),
+    /// Measure verified throughput over loopback, in one process.
+    #[command(after_help = bench_help())]
+    Bench(BenchArgs),
+}
+
+/// Flags both sides of a transfer take.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Print nothing on stderr but errors; no progress bar.
+    #[arg(short, long, env = "XFER_QUIET")]
+    pub quiet: bool,
+
+    /// Write one JSON object per line on stdout: the events and a summary.
+    #[arg(long, env = "XFER_JSON")]
+    pub json: bool,
+
+    /// How long to wait for the connection (send) or for the sender's
+    /// handshake and offer after it connects (recv). E.g. 10s, 500ms, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "XFER_CONNECT_TIMEOUT")]
+    pub connect_timeout: Duration,
+
+    /// How long any read or write may stall before the transfer ends with
+    /// the timeout exit code.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "XFER_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The file to send.
+    pub file: PathBuf,
+
+    /// Where `xfer recv` listens: HOST:PORT, with IPv6 in brackets ([::1]:9000).
+    #[arg(value_name = "HOST:PORT")]
+    pub target: String,
+
+    /// Offer the file under this name instead of its own.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// TCP port to listen on; 0 picks a free one (printed before accepting).
+    #[arg(short, long, env = "XFER_PORT")]
+    pub port: u16,
+
+    /// Listen only on this address (default: every IPv6 and IPv4 address).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+
+    /// Directory where files land.
+    #[arg(short, long, value_name = "DIR", default_value = ".", env = "XFER_DIR")]
+    pub dir: PathBuf,
+
+    /// Exact path for the one incoming file (instead of --dir and its name).
+    #[arg(short, long, value_name = "PATH", conflicts_with_all = ["dir", "keep_running"])]
+    pub output: Option<PathBuf>,
+
+    /// Replace an existing file (atomically, only once the new one is verified).
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Serve transfers one after another until interrupted.
+    #[arg(long)]
+    pub keep_running: bool,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How much generated data to send, e.g. 256MiB, 1GiB, 1000000.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub size: u64,
+
+    /// Where the receiver writes (default: /dev/shm if present, else the temp dir).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Print only the result.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,238 @@
+//! Parsed arguments turned into typed, validated settings before any socket
+//! is opened, so the rest of the program never re-checks a flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{BenchArgs, RecvArgs, SendArgs};
+use crate::destination::Target;
+use crate::exit_codes::{ExitCode, Failure};
+use crate::names::escape_for_terminal;
+use crate::net;
+
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    pub file: PathBuf,
+    /// The name offered to the receiver.
+    pub name: String,
+    pub target: net::Target,
+    pub quiet: bool,
+    pub json: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecvConfig {
+    pub bind: Option<IpAddr>,
+    pub port: u16,
+    pub target: Target,
+    pub overwrite: bool,
+    pub keep_running: bool,
+    pub quiet: bool,
+    pub json: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub size: u64,
+    pub dir: PathBuf,
+    pub quiet: bool,
+    pub json: bool,
+}
+
+impl SendConfig {
+    pub fn from_args(args: SendArgs) -> Result<Self, Failure> {
+        let target: net::Target = args
+            .target
+            .parse()
+            .map_err(|e: String| Failure::new(ExitCode::Usage, e))?;
+        let name = match args.name {
+            Some(n) => n,
+            None => args
+                .file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Failure::new(
+                        ExitCode::Usage,
+                        format!(
+                            "'{}' has no UTF-8 file name to offer; give one with --name",
+                            escape_for_terminal(&args.file.display().to_string())
+                        ),
+                    )
+                })?,
+        };
+        Ok(SendConfig {
+            file: args.file,
+            name,
+            target,
+            quiet: args.common.quiet,
+            json: args.common.json,
+            connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
+            idle_timeout: positive(args.common.idle_timeout, "--idle-timeout")?,
+        })
+    }
+}
+
+impl RecvConfig {
+    pub fn from_args(args: RecvArgs) -> Result<Self, Failure> {
+        let target = match args.output {
+            Some(path) => {
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                require_dir(&parent)?;
+                if path.file_name().is_none() {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        format!(
+                            "--output '{}' must name a file",
+                            escape_for_terminal(&path.display().to_string())
+                        ),
+                    ));
+                }
+                Target::Output(path)
+            }
+            None => {
+                require_dir(&args.dir)?;
+                Target::Dir(args.dir)
+            }
+        };
+        Ok(RecvConfig {
+            bind: args.bind,
+            port: args.port,
+            target,
+            overwrite: args.overwrite,
+            keep_running: args.keep_running,
+            quiet: args.common.quiet,
+            json: args.common.json,
+            connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
+            idle_timeout: positive(args.common.idle_timeout, "--idle-timeout")?,
+        })
+    }
+}
+
+impl BenchConfig {
+    pub fn from_args(args: BenchArgs) -> Result<Self, Failure> {
+        let dir = match args.dir {
+            Some(d) => {
+                require_dir(&d)?;
+                d
+            }
+            None => {
+                let shm = PathBuf::from("/dev/shm");
+                if shm.is_dir() {
+                    shm
+                } else {
+                    std::env::temp_dir()
+                }
+            }
+        };
+        Ok(BenchConfig {
+            size: args.size,
+            dir,
+            quiet: args.quiet,
+            json: args.json,
+        })
+    }
+}
+
+fn require_dir(dir: &std::path::Path) -> Result<(), Failure> {
+    let shown = escape_for_terminal(&dir.display().to_string());
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Failure::new(
+            ExitCode::LocalFile,
+            format!("'{shown}' is not a directory"),
+        )),
+        Err(e) => Err(Failure::local(
+            format!("cannot use directory '{shown}'"),
+            &e,
+        )),
+    }
+}
+
+fn positive(d: Duration, flag: &str) -> Result<Duration, Failure> {
+    if d.is_zero() {
+        Err(Failure::new(
+            ExitCode::Usage,
+            format!("{flag} must be greater than zero"),
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("'{s}': unknown unit '{other}' (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{s}' is out of range"))
+}
+
+/// Parses `256MiB`, `1GiB`, `16M`, `4k` (binary multiples) or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 256MiB, 1GiB, 4096)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("'{s}': unknown unit '{other}' (use KiB, MiB, GiB)")),
+    };
+    value
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_common_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! The exit codes xfer promises to scripts, and how an error maps onto one.
+//!
+//! The numbers are a public contract (README, `--help`): never renumber.
+
+use std::fmt;
+use std::io;
+
+use crate::protocol::ProtocolError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Success,
+    Internal,
+    Usage,
+    Network,
+    Integrity,
+    Refused,
+    LocalFile,
+    Timeout,
+    Interrupted,
+}
+
+impl ExitCode {
+    pub const ALL: [ExitCode; 9] = [
+        ExitCode::Success,
+        ExitCode::Internal,
+        ExitCode::Usage,
+        ExitCode::Network,
+        ExitCode::Integrity,
+        ExitCode::Refused,
+        ExitCode::LocalFile,
+        ExitCode::Timeout,
+        ExitCode::Interrupted,
+    ];
+
+    pub fn code(self) -> i32 {
+        match self {
+            ExitCode::Success => 0,
+            ExitCode::Internal => 1,
+            ExitCode::Usage => 2,
+            ExitCode::Network => 3,
+            ExitCode::Integrity => 4,
+            ExitCode::Refused => 5,
+            ExitCode::LocalFile => 6,
+            ExitCode::Timeout => 7,
+            ExitCode::Interrupted => 130,
+        }
+    }
+
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitCode::Success => "success: the receiver verified the SHA-256",
+            ExitCode::Internal => "unexpected internal error",
+            ExitCode::Usage => "usage error: bad flag or argument",
+            ExitCode::Network => "network: cannot connect, connection lost, or protocol error",
+            ExitCode::Integrity => "integrity: SHA-256 mismatch, the data was not kept",
+            ExitCode::Refused => "refused by the receiver: file exists, bad name, too large",
+            ExitCode::LocalFile => "local file error: not found, permission, disk full",
+            ExitCode::Timeout => "timeout: the peer stalled or did not answer in time",
+            ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM)",
+        }
+    }
+
+    /// The table shown in `--help` and mirrored in the README.
+    pub fn table() -> String {
+        let mut s = String::from("Exit codes:\n");
+        for c in Self::ALL {
+            s.push_str(&format!("  {:>3}  {}\n", c.code(), c.meaning()));
+        }
+        s
+    }
+
+    /// Picks the code for an error: the first [`Failure`] in its chain wins;
+    /// otherwise protocol and timeout errors are recognised by type.
+    pub fn for_error(err: &anyhow::Error) -> ExitCode {
+        for cause in err.chain() {
+            if let Some(f) = cause.downcast_ref::<Failure>() {
+                return f.code;
+            }
+            if let Some(p) = cause.downcast_ref::<ProtocolError>() {
+                return match p {
+                    ProtocolError::Io(e) if is_timeout(e) => ExitCode::Timeout,
+                    _ => ExitCode::Network,
+                };
+            }
+            if let Some(e) = cause.downcast_ref::<io::Error>() {
+                if is_timeout(e) {
+                    return ExitCode::Timeout;
+                }
+            }
+        }
+        ExitCode::Internal
+    }
+}
+
+impl fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code())
+    }
+}
+
+/// A socket read or write deadline passing shows up as one of these kinds.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// An error whose exit code is already known where it happens.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A local file problem: `what` names the file and the action.
+    pub fn local(what: impl fmt::Display, err: &io::Error) -> Self {
+        Failure::new(ExitCode::LocalFile, format!("{what}: {}", io_reason(err)))
+    }
+
+    /// A network problem; deadlines become timeouts.
+    pub fn network(what: impl fmt::Display, err: &io::Error) -> Self {
+        let code = if is_timeout(err) {
+            ExitCode::Timeout
+        } else {
+            ExitCode::Network
+        };
+        let reason = if is_timeout(err) {
+            "timed out".to_string()
+        } else {
+            io_reason(err)
+        };
+        Failure::new(code, format!("{what}: {reason}"))
+    }
+}
+
+/// The OS's words for an I/O error, without the "(os error N)" suffix.
+pub fn io_reason(err: &io::Error) -> String {
+    let s = err.to_string();
+    let s = match s.find(" (os error") {
+        Some(i) => &s[..i],
+        None => &s,
+    };
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_the_documented_ones() {
+        let got: Vec<i32> = ExitCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 130]);
+    }
+
+    #[test]
+    fn table_lists_every_code() {
+        let t = ExitCode::table();
+        for c in ExitCode::ALL {
+            assert!(t.contains(&format!("{:>3}  ", c.code())), "{c}");
+        }
+    }
+
+    #[test]
+    fn failure_in_the_chain_decides() {
+        let err =
+            anyhow::Error::new(Failure::new(ExitCode::Refused, "exists")).context("sending 'a'");
+        assert_eq!(ExitCode::for_error(&err), ExitCode::Refused);
+    }
+
+    #[test]
+    fn timeouts_and_protocol_errors_are_recognised() {
+        let t = anyhow::Error::new(io::Error::from(io::ErrorKind::WouldBlock));
+        assert_eq!(ExitCode::for_error(&t), ExitCode::Timeout);
+        let p = anyhow::Error::new(ProtocolError::UnknownFrameType(9));
+        assert_eq!(ExitCode::for_error(&p), ExitCode::Network);
+        let other = anyhow::anyhow!("something odd");
+        assert_eq!(ExitCode::for_error(&other), ExitCode::Internal);
+    }
+
+    #[test]
+    fn io_reason_reads_like_a_sentence() {
+        let e = io::Error::from_raw_os_error(2);
+        assert_eq!(io_reason(&e), "no such file or directory");
+    }
+}

@@ -1,0 +1,97 @@
+//! What the user sees: one-line messages on stderr, a progress bar on
+//! stderr for people, and one JSON object per line on stdout for scripts.
+//!
+//! This module only presents; it never decides outcomes. A closed stdout is
+//! not an error here: a script that stopped reading should not fail a
+//! transfer that succeeded.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::names::escape_for_terminal;
+
+/// How much to say, from `--quiet` and `--json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reporter {
+    pub quiet: bool,
+    pub json: bool,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool, json: bool) -> Self {
+        Reporter { quiet, json }
+    }
+
+    /// A line for people, on stderr, unless `--quiet`.
+    pub fn info(&self, message: impl AsRef<str>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "xfer: {}", message.as_ref());
+        }
+    }
+
+    /// One JSON event on stdout with `--json`; `fields` must be an object.
+    pub fn event(&self, name: &str, fields: Value) {
+        if !self.json {
+            return;
+        }
+        let mut obj = json!({ "event": name });
+        if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields) {
+            o.extend(extra);
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{obj}");
+        let _ = out.flush();
+    }
+
+    /// A progress bar for `total` bytes of `name`, drawn only for a person
+    /// watching a terminal.
+    pub fn progress(&self, name: &str, total: u64) -> Progress {
+        let visible = !self.quiet && std::io::stderr().is_terminal();
+        let bar = if visible {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar.set_message(escape_for_terminal(name));
+        if visible {
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        Progress { bar }
+    }
+}
+
+/// A live progress bar; cleared when dropped.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    pub fn set(&self, done: u64) {
+        self.bar.set_position(done);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// `123.4 MB/s` from a byte count and a duration (decimal megabytes, as
+/// network tools report them).
+pub fn rate(bytes: u64, seconds: f64) -> String {
+    if seconds <= 0.0 {
+        return "- MB/s".to_string();
+    }
+    format!("{:.1} MB/s", bytes as f64 / seconds / 1e6)
+}

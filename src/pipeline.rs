@@ -1,0 +1,245 @@
+//! The hashing copy: move exactly `len` bytes from a reader to a writer while
+//! computing their SHA-256, with reading, hashing and writing overlapped.
+//!
+//! Three stages (read, hash, write) run on their own threads and hand a small
+//! ring of reused buffers along bounded channels, so memory is constant
+//! whatever the length and the slowest stage sets the pace. This module knows
+//! nothing of sockets, files or frames; it must never allocate per chunk.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::protocol::Digest;
+
+/// Size of each buffer in the ring.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Number of buffers in flight: enough for every stage to hold one and
+/// one spare, so no stage waits on another's buffer in the steady state.
+const RING: usize = 4;
+
+/// Which end of the copy failed; callers know which end is the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading: {0}")]
+    Source(#[source] io::Error),
+    #[error("writing: {0}")]
+    Sink(#[source] io::Error),
+}
+
+/// Copies exactly `len` bytes from `source` to `sink`, feeding them to
+/// `hasher`, and returns the digest. `progress` is called with the total
+/// written so far after each chunk. A source that ends early is a
+/// `Source(UnexpectedEof)` error.
+pub fn copy_hashed<R, W>(
+    source: &mut R,
+    sink: &mut W,
+    len: u64,
+    mut hasher: Sha256,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Digest, CopyError>
+where
+    R: Read + Send + ?Sized,
+    W: Write + Send + ?Sized,
+{
+    if len <= CHUNK_SIZE as u64 {
+        // One chunk: threads would cost more than they overlap.
+        let mut buf = vec![0u8; len as usize];
+        fill(source, &mut buf).map_err(CopyError::Source)?;
+        hasher.update(&buf);
+        sink.write_all(&buf).map_err(CopyError::Sink)?;
+        progress(len);
+        return Ok(hasher.finalize().into());
+    }
+
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(RING);
+    for _ in 0..RING {
+        free_tx
+            .send(vec![0u8; CHUNK_SIZE])
+            .expect("the ring has room for every buffer");
+    }
+    let (hash_tx, hash_rx) = sync_channel::<(Vec<u8>, usize)>(RING);
+    let (write_tx, write_rx) = sync_channel::<(Vec<u8>, usize)>(RING);
+
+    std::thread::scope(|scope| {
+        let hash_stage = scope.spawn(move || hash_stage(hash_rx, write_tx, hasher));
+        let write_stage = scope.spawn(move || write_stage(write_rx, free_tx, sink, progress));
+        let read_result = read_stage(source, len, free_rx, hash_tx);
+        let digest = hash_stage.join().expect("hash stage does not panic");
+        let written = write_stage.join().expect("write stage does not panic");
+        // A sink failure makes the earlier stages stop early, so report it
+        // first: it is the cause, not a symptom.
+        written.map_err(CopyError::Sink)?;
+        read_result.map_err(CopyError::Source)?;
+        Ok(digest)
+    })
+}
+
+fn read_stage<R: Read + ?Sized>(
+    source: &mut R,
+    len: u64,
+    free: Receiver<Vec<u8>>,
+    to_hash: SyncSender<(Vec<u8>, usize)>,
+) -> io::Result<()> {
+    let mut remaining = len;
+    while remaining > 0 {
+        let Ok(mut buf) = free.recv() else {
+            return Ok(()); // a later stage stopped; it reports why
+        };
+        let n = remaining.min(buf.len() as u64) as usize;
+        fill(source, &mut buf[..n])?;
+        remaining -= n as u64;
+        if to_hash.send((buf, n)).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn hash_stage(
+    from_read: Receiver<(Vec<u8>, usize)>,
+    to_write: SyncSender<(Vec<u8>, usize)>,
+    mut hasher: Sha256,
+) -> Digest {
+    for (buf, n) in from_read {
+        hasher.update(&buf[..n]);
+        if to_write.send((buf, n)).is_err() {
+            break;
+        }
+    }
+    hasher.finalize().into()
+}
+
+fn write_stage<W: Write + ?Sized>(
+    from_hash: Receiver<(Vec<u8>, usize)>,
+    free: SyncSender<Vec<u8>>,
+    sink: &mut W,
+    progress: &(dyn Fn(u64) + Sync),
+) -> io::Result<()> {
+    let mut written = 0u64;
+    for (buf, n) in from_hash {
+        sink.write_all(&buf[..n])?;
+        written += n as u64;
+        progress(written);
+        // The reader may already be done and gone; then the buffer retires.
+        let _ = free.send(buf);
+    }
+    Ok(())
+}
+
+/// Fills `buf` completely, or fails with `UnexpectedEof` naming how short.
+fn fill<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "data ended early",
+                ));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    fn sha(data: &[u8]) -> Digest {
+        Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn copies_and_hashes_exactly_len_bytes_at_chunk_edges() {
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE,
+            5 * CHUNK_SIZE + 7,
+        ] {
+            let data = pattern(len + 100);
+            let mut out = Vec::new();
+            let seen = AtomicU64::new(0);
+            let digest = copy_hashed(&mut &data[..], &mut out, len as u64, Sha256::new(), &|n| {
+                seen.store(n, Ordering::Relaxed)
+            })
+            .unwrap();
+            assert_eq!(out, &data[..len], "len {len}");
+            assert_eq!(digest, sha(&data[..len]), "len {len}");
+            assert_eq!(seen.load(Ordering::Relaxed), len as u64);
+        }
+    }
+
+    #[test]
+    fn short_source_is_a_source_error() {
+        let data = pattern(2 * CHUNK_SIZE);
+        let mut out = Vec::new();
+        let err = copy_hashed(
+            &mut &data[..],
+            &mut out,
+            3 * CHUNK_SIZE as u64,
+            Sha256::new(),
+            &|_| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, CopyError::Source(ref e) if e.kind() == io::ErrorKind::UnexpectedEof)
+        );
+    }
+
+    struct FailingSink(usize);
+    impl Write for FailingSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "gone"));
+            }
+            self.0 -= 1;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn sink_failure_is_reported_as_sink_error_and_stops_reading() {
+        let data = pattern(10 * CHUNK_SIZE);
+        let mut src = &data[..];
+        let err = copy_hashed(
+            &mut src,
+            &mut FailingSink(1),
+            data.len() as u64,
+            Sha256::new(),
+            &|_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, CopyError::Sink(ref e) if e.kind() == io::ErrorKind::BrokenPipe));
+        // The reader stops once the ring is full instead of draining the source.
+        assert!(src.len() >= data.len() - (RING + 2) * CHUNK_SIZE);
+    }
+
+    #[test]
+    fn a_seeded_hasher_continues_a_prefix() {
+        let data = pattern(3 * CHUNK_SIZE);
+        let (head, tail) = data.split_at(CHUNK_SIZE + 5);
+        let mut h = Sha256::new();
+        h.update(head);
+        let mut out = Vec::new();
+        let digest = copy_hashed(&mut &tail[..], &mut out, tail.len() as u64, h, &|_| {}).unwrap();
+        assert_eq!(digest, sha(&data));
+    }
+}

@@ -1,0 +1,640 @@
+//! Control frames: a 1-byte type, a big-endian u32 payload length, then the
+//! payload. One encode/decode pair per frame, each decoder bounded and total.
+
+use std::io::{Read, Write};
+
+use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
+
+use super::{DIGEST_LEN, Digest, ProtocolError, read_exact_or_closed};
+
+/// Largest control-frame payload accepted, checked before any allocation.
+pub const MAX_CONTROL_FRAME: u32 = 64 * 1024;
+/// Longest file name a v1 offer may carry (one path component, in bytes).
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest human-readable message carried in a frame; longer ones are cut.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+const HEADER_LEN: usize = 5;
+
+/// The frame types of protocol version 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    Offer = 0x01,
+    Accept = 0x02,
+    Refuse = 0x03,
+    Trailer = 0x04,
+    Ack = 0x05,
+    End = 0x06,
+    Error = 0x07,
+}
+
+impl FrameType {
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0x01 => FrameType::Offer,
+            0x02 => FrameType::Accept,
+            0x03 => FrameType::Refuse,
+            0x04 => FrameType::Trailer,
+            0x05 => FrameType::Ack,
+            0x06 => FrameType::End,
+            0x07 => FrameType::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameType::Offer => "OFFER",
+            FrameType::Accept => "ACCEPT",
+            FrameType::Refuse => "REFUSE",
+            FrameType::Trailer => "TRAILER",
+            FrameType::Ack => "ACK",
+            FrameType::End => "END",
+            FrameType::Error => "ERROR",
+        }
+    }
+}
+
+/// Why a receiver refused or aborted, carried as a u16 on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The destination exists and overwriting was not allowed.
+    Exists,
+    /// The name is not one plain path component.
+    BadName,
+    /// Not enough free space, or larger than the receiver allows.
+    TooLarge,
+    /// The offer asks for a feature this receiver does not implement.
+    Unsupported,
+    /// The receiver could not write the file (permission, disk full, ...).
+    LocalIo,
+    /// The peer broke the protocol.
+    Protocol,
+    /// The receiver is busy (too many connections).
+    Busy,
+    /// A deadline passed.
+    Timeout,
+    /// The side sending it was interrupted or is shutting down.
+    Interrupted,
+    /// A code this implementation does not know.
+    Other(u16),
+}
+
+impl Reason {
+    pub fn code(self) -> u16 {
+        match self {
+            Reason::Exists => 1,
+            Reason::BadName => 2,
+            Reason::TooLarge => 3,
+            Reason::Unsupported => 4,
+            Reason::LocalIo => 5,
+            Reason::Protocol => 6,
+            Reason::Busy => 7,
+            Reason::Timeout => 8,
+            Reason::Interrupted => 9,
+            Reason::Other(c) => c,
+        }
+    }
+
+    pub fn from_code(c: u16) -> Self {
+        match c {
+            1 => Reason::Exists,
+            2 => Reason::BadName,
+            3 => Reason::TooLarge,
+            4 => Reason::Unsupported,
+            5 => Reason::LocalIo,
+            6 => Reason::Protocol,
+            7 => Reason::Busy,
+            8 => Reason::Timeout,
+            9 => Reason::Interrupted,
+            other => Reason::Other(other),
+        }
+    }
+}
+
+/// Sender -> receiver: one file is on offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Feature bits; version 1 defines none and senders send 0.
+    pub flags: u32,
+    pub size: u64,
+    /// Unix mode bits of the source file.
+    pub mode: u32,
+    /// Modification time: seconds since the Unix epoch, and nanoseconds.
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+    /// UTF-8 file name, validated by the receiver, not by the decoder.
+    pub name: String,
+}
+
+/// Receiver -> sender: send the data, starting at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accept {
+    /// Bytes the receiver already holds; always 0 in version 1.
+    pub offset: u64,
+    /// SHA-256 of the bytes the receiver holds (all zero when offset is 0).
+    pub prefix_sha256: Digest,
+}
+
+/// Receiver -> sender: the offer is declined; no data may follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refuse {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// Sender -> receiver, right after the data: how much was sent and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+/// The receiver's verdict on a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Digest matched and the file is in place under its final name.
+    Ok,
+    /// The receiver computed a different digest; nothing was kept.
+    DigestMismatch,
+    /// The data arrived but could not be kept; `reason` says why.
+    Failed,
+}
+
+/// Receiver -> sender: the verdict, with the receiver's own digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub status: AckStatus,
+    pub sha256: Digest,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// Either side: the session is aborted; the connection closes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// Every control frame of protocol version 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Offer(Offer),
+    Accept(Accept),
+    Refuse(Refuse),
+    Trailer(Trailer),
+    Ack(Ack),
+    /// Sender -> receiver: no more offers in this session.
+    End,
+    Error(ErrorFrame),
+}
+
+impl Frame {
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Offer(_) => FrameType::Offer,
+            Frame::Accept(_) => FrameType::Accept,
+            Frame::Refuse(_) => FrameType::Refuse,
+            Frame::Trailer(_) => FrameType::Trailer,
+            Frame::Ack(_) => FrameType::Ack,
+            Frame::End => FrameType::End,
+            Frame::Error(_) => FrameType::Error,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.frame_type().name()
+    }
+
+    /// The whole frame, header included, ready for one `write_all`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![self.frame_type() as u8, 0, 0, 0, 0];
+        self.encode_payload(&mut out);
+        let len = u32::try_from(out.len() - HEADER_LEN).expect("payloads are far below 4 GiB");
+        BigEndian::write_u32(&mut out[1..HEADER_LEN], len);
+        out
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        // Writes into a Vec cannot fail.
+        match self {
+            Frame::Offer(o) => {
+                out.write_u32::<BigEndian>(o.flags).unwrap();
+                out.write_u64::<BigEndian>(o.size).unwrap();
+                out.write_u32::<BigEndian>(o.mode).unwrap();
+                out.write_i64::<BigEndian>(o.mtime_secs).unwrap();
+                out.write_u32::<BigEndian>(o.mtime_nanos).unwrap();
+                put_string(out, &o.name, usize::from(u16::MAX));
+            }
+            Frame::Accept(a) => {
+                out.write_u64::<BigEndian>(a.offset).unwrap();
+                out.extend_from_slice(&a.prefix_sha256);
+            }
+            Frame::Refuse(r) => {
+                out.write_u16::<BigEndian>(r.reason.code()).unwrap();
+                put_string(out, &r.message, MAX_MESSAGE_LEN);
+            }
+            Frame::Trailer(t) => {
+                out.write_u64::<BigEndian>(t.size).unwrap();
+                out.extend_from_slice(&t.sha256);
+            }
+            Frame::Ack(a) => {
+                out.push(match a.status {
+                    AckStatus::Ok => 0,
+                    AckStatus::DigestMismatch => 1,
+                    AckStatus::Failed => 2,
+                });
+                out.extend_from_slice(&a.sha256);
+                out.write_u16::<BigEndian>(a.reason.code()).unwrap();
+                put_string(out, &a.message, MAX_MESSAGE_LEN);
+            }
+            Frame::End => {}
+            Frame::Error(e) => {
+                out.write_u16::<BigEndian>(e.reason.code()).unwrap();
+                put_string(out, &e.message, MAX_MESSAGE_LEN);
+            }
+        }
+    }
+
+    /// Decodes one frame's payload, given its type byte. Total: any input
+    /// gives a frame or an error.
+    pub fn decode(type_byte: u8, payload: &[u8]) -> Result<Frame, ProtocolError> {
+        let ty =
+            FrameType::from_byte(type_byte).ok_or(ProtocolError::UnknownFrameType(type_byte))?;
+        let mut c = Cursor::new(ty.name(), payload);
+        let frame = match ty {
+            FrameType::Offer => Frame::Offer(Offer {
+                flags: c.u32()?,
+                size: c.u64()?,
+                mode: c.u32()?,
+                mtime_secs: c.i64()?,
+                mtime_nanos: {
+                    let n = c.u32()?;
+                    if n >= 1_000_000_000 {
+                        return Err(c.malformed("mtime nanoseconds out of range"));
+                    }
+                    n
+                },
+                name: {
+                    let bytes = c.string_bytes()?;
+                    String::from_utf8(bytes.to_vec())
+                        .map_err(|_| c.malformed("name is not UTF-8"))?
+                },
+            }),
+            FrameType::Accept => Frame::Accept(Accept {
+                offset: c.u64()?,
+                prefix_sha256: c.digest()?,
+            }),
+            FrameType::Refuse => Frame::Refuse(Refuse {
+                reason: Reason::from_code(c.u16()?),
+                message: c.message()?,
+            }),
+            FrameType::Trailer => Frame::Trailer(Trailer {
+                size: c.u64()?,
+                sha256: c.digest()?,
+            }),
+            FrameType::Ack => Frame::Ack(Ack {
+                status: match c.u8()? {
+                    0 => AckStatus::Ok,
+                    1 => AckStatus::DigestMismatch,
+                    2 => AckStatus::Failed,
+                    _ => return Err(c.malformed("unknown status")),
+                },
+                sha256: c.digest()?,
+                reason: Reason::from_code(c.u16()?),
+                message: c.message()?,
+            }),
+            FrameType::End => Frame::End,
+            FrameType::Error => Frame::Error(ErrorFrame {
+                reason: Reason::from_code(c.u16()?),
+                message: c.message()?,
+            }),
+        };
+        c.finish()?;
+        Ok(frame)
+    }
+}
+
+/// Writes one frame with write-all semantics.
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, frame: &Frame) -> std::io::Result<()> {
+    w.write_all(&frame.encode())
+}
+
+/// Reads one frame: the header, the length checked against
+/// [`MAX_CONTROL_FRAME`] before allocating, then exactly that many bytes.
+pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Frame, ProtocolError> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact_or_closed(r, &mut header)?;
+    let len = BigEndian::read_u32(&header[1..]);
+    if len > MAX_CONTROL_FRAME {
+        return Err(ProtocolError::FrameTooLarge {
+            len,
+            cap: MAX_CONTROL_FRAME,
+        });
+    }
+    if FrameType::from_byte(header[0]).is_none() {
+        return Err(ProtocolError::UnknownFrameType(header[0]));
+    }
+    let mut payload = vec![0u8; len as usize];
+    read_exact_or_closed(r, &mut payload).map_err(|e| match e {
+        ProtocolError::Closed => ProtocolError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed in the middle of a frame",
+        )),
+        other => other,
+    })?;
+    Frame::decode(header[0], &payload)
+}
+
+/// Appends a u16 length and the string's bytes, cut to at most `max` bytes
+/// at a character boundary.
+fn put_string(out: &mut Vec<u8>, s: &str, max: usize) {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &s.as_bytes()[..end];
+    out.write_u16::<BigEndian>(bytes.len() as u16).unwrap();
+    out.extend_from_slice(bytes);
+}
+
+/// A bounds-checked reader over one payload.
+struct Cursor<'a> {
+    what: &'static str,
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn new(what: &'static str, buf: &'a [u8]) -> Self {
+        Cursor { what, buf }
+    }
+
+    fn malformed(&self, detail: &'static str) -> ProtocolError {
+        ProtocolError::Malformed {
+            what: self.what,
+            detail,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.buf.len() < n {
+            return Err(self.malformed("payload too short"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtocolError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ProtocolError> {
+        Ok(BigEndian::read_u16(self.take(2)?))
+    }
+    fn u32(&mut self) -> Result<u32, ProtocolError> {
+        Ok(BigEndian::read_u32(self.take(4)?))
+    }
+    fn u64(&mut self) -> Result<u64, ProtocolError> {
+        Ok(BigEndian::read_u64(self.take(8)?))
+    }
+    fn i64(&mut self) -> Result<i64, ProtocolError> {
+        Ok(BigEndian::read_i64(self.take(8)?))
+    }
+    fn digest(&mut self) -> Result<Digest, ProtocolError> {
+        let mut d = [0u8; DIGEST_LEN];
+        d.copy_from_slice(self.take(DIGEST_LEN)?);
+        Ok(d)
+    }
+    fn string_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let len = usize::from(self.u16()?);
+        self.take(len)
+    }
+    /// A human-readable message: bounded, and decoded leniently because it
+    /// is only ever shown, escaped, never acted upon.
+    fn message(&mut self) -> Result<String, ProtocolError> {
+        let bytes = self.string_bytes()?;
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(self.malformed("message too long"));
+        }
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+    fn finish(&self) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed("trailing bytes after payload"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Offer(Offer {
+                flags: 0,
+                size: 5 * 1024 * 1024 * 1024,
+                mode: 0o100644,
+                mtime_secs: -12,
+                mtime_nanos: 999_999_999,
+                name: "résumé ✓.pdf".into(),
+            }),
+            Frame::Offer(Offer {
+                flags: 0,
+                size: 0,
+                mode: 0,
+                mtime_secs: 0,
+                mtime_nanos: 0,
+                name: String::new(),
+            }),
+            Frame::Accept(Accept {
+                offset: 0,
+                prefix_sha256: [0; 32],
+            }),
+            Frame::Accept(Accept {
+                offset: u64::MAX,
+                prefix_sha256: [0xab; 32],
+            }),
+            Frame::Refuse(Refuse {
+                reason: Reason::Exists,
+                message: "'a.txt' already exists".into(),
+            }),
+            Frame::Refuse(Refuse {
+                reason: Reason::Other(999),
+                message: String::new(),
+            }),
+            Frame::Trailer(Trailer {
+                size: 42,
+                sha256: [7; 32],
+            }),
+            Frame::Ack(Ack {
+                status: AckStatus::Ok,
+                sha256: [1; 32],
+                reason: Reason::Other(0),
+                message: String::new(),
+            }),
+            Frame::Ack(Ack {
+                status: AckStatus::DigestMismatch,
+                sha256: [2; 32],
+                reason: Reason::Other(0),
+                message: "digest mismatch".into(),
+            }),
+            Frame::Ack(Ack {
+                status: AckStatus::Failed,
+                sha256: [3; 32],
+                reason: Reason::LocalIo,
+                message: "no space".into(),
+            }),
+            Frame::End,
+            Frame::Error(ErrorFrame {
+                reason: Reason::Timeout,
+                message: "idle for 30s".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for frame in samples() {
+            let bytes = frame.encode();
+            let back = read_frame(&mut &bytes[..]).unwrap();
+            assert_eq!(back, frame);
+        }
+    }
+
+    #[test]
+    fn frames_read_back_to_back_from_one_stream() {
+        let frames = samples();
+        let stream: Vec<u8> = frames.iter().flat_map(|f| f.encode()).collect();
+        let mut r = &stream[..];
+        for f in &frames {
+            assert_eq!(&read_frame(&mut r).unwrap(), f);
+        }
+        assert!(matches!(read_frame(&mut r), Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn header_layout_is_type_then_big_endian_length() {
+        let bytes = Frame::Trailer(Trailer {
+            size: 1,
+            sha256: [0; 32],
+        })
+        .encode();
+        assert_eq!(bytes[0], 0x04);
+        assert_eq!(&bytes[1..5], &[0, 0, 0, 40]);
+        assert_eq!(&bytes[5..13], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        for frame in samples() {
+            let bytes = frame.encode();
+            for cut in 0..bytes.len() {
+                assert!(
+                    read_frame(&mut &bytes[..cut]).is_err(),
+                    "{} cut at {cut} was accepted",
+                    frame.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_reading_payload() {
+        // A 4 GiB length with no payload behind it: must fail on the cap,
+        // not try to allocate or read.
+        let bytes = [0x01, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::FrameTooLarge {
+                len: u32::MAX,
+                cap: MAX_CONTROL_FRAME
+            })
+        ));
+        let just_over = (MAX_CONTROL_FRAME + 1).to_be_bytes();
+        let bytes = [0x01, just_over[0], just_over[1], just_over[2], just_over[3]];
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_type_is_rejected() {
+        let bytes = [0x7f, 0, 0, 0, 0];
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::UnknownFrameType(0x7f))
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = Frame::End.encode();
+        bytes[4] = 1;
+        bytes.push(0);
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn non_utf8_name_is_rejected() {
+        let mut bytes = Frame::Offer(Offer {
+            flags: 0,
+            size: 1,
+            mode: 0,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            name: "ab".into(),
+        })
+        .encode();
+        let n = bytes.len();
+        bytes[n - 1] = 0xff;
+        assert!(matches!(
+            read_frame(&mut &bytes[..]),
+            Err(ProtocolError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_LEN);
+        let bytes = Frame::Error(ErrorFrame {
+            reason: Reason::LocalIo,
+            message: long,
+        })
+        .encode();
+        match read_frame(&mut &bytes[..]).unwrap() {
+            Frame::Error(e) => {
+                assert!(e.message.len() <= MAX_MESSAGE_LEN);
+                assert!(e.message.chars().all(|c| c == 'é'));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read_frame(&mut &bytes[..]);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_arbitrary_payloads(ty in 0u8..10, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Frame::decode(ty, &payload);
+        }
+
+        #[test]
+        fn offers_round_trip(flags: u32, size: u64, mode: u32, secs: i64, nanos in 0u32..1_000_000_000, name in "\\PC{0,80}") {
+            let f = Frame::Offer(Offer { flags, size, mode, mtime_secs: secs, mtime_nanos: nanos, name });
+            prop_assert_eq!(read_frame(&mut &f.encode()[..]).unwrap(), f);
+        }
+    }
+}

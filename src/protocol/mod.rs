@@ -1,0 +1,85 @@
+//! The xfer wire format, version 1: the connection preamble and the control
+//! frames, as pure encode/decode over byte buffers and any `Read`/`Write`.
+//!
+//! This module owns the byte layout described in docs/PROTOCOL.md. It must
+//! never open sockets or files, read a clock, or allocate based on a length
+//! it has not checked against a cap first. Every decoder is total: malformed
+//! input yields a [`ProtocolError`], never a panic.
+
+mod frame;
+mod preamble;
+
+pub use frame::{
+    Accept, Ack, AckStatus, ErrorFrame, Frame, FrameType, MAX_CONTROL_FRAME, MAX_MESSAGE_LEN,
+    MAX_NAME_LEN, Offer, Reason, Refuse, Trailer, read_frame, write_frame,
+};
+pub use preamble::{MAGIC, PREAMBLE_LEN, Preamble, Transport, VERSION, read_preamble};
+
+/// Length of a SHA-256 digest on the wire.
+pub const DIGEST_LEN: usize = 32;
+
+/// A SHA-256 digest as carried in frames.
+pub type Digest = [u8; DIGEST_LEN];
+
+/// Why bytes from a peer could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("peer is not speaking the xfer protocol (bad magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    #[error("peer speaks xfer protocol version {theirs}, this xfer speaks version {ours}")]
+    VersionMismatch { theirs: u16, ours: u16 },
+    #[error("peer asked for transport {0}, which this xfer does not support")]
+    UnsupportedTransport(u8),
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownFrameType(u8),
+    #[error("frame of {len} bytes exceeds the {cap}-byte limit")]
+    FrameTooLarge { len: u32, cap: u32 },
+    #[error("malformed {what} frame: {detail}")]
+    Malformed {
+        what: &'static str,
+        detail: &'static str,
+    },
+    #[error("expected {expected} frame, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("connection closed by peer")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Lowercase hex of a digest, as printed to users and in JSON.
+pub fn hex(digest: &Digest) -> String {
+    use std::fmt::Write;
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Reads exactly `buf.len()` bytes, telling a clean close before the first
+/// byte (`Closed`) apart from a truncation mid-way (an `UnexpectedEof` I/O
+/// error), so callers can word the two differently.
+pub(crate) fn read_exact_or_closed<R: std::io::Read + ?Sized>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) if filled == 0 => return Err(ProtocolError::Closed),
+            Ok(0) => {
+                return Err(ProtocolError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a frame",
+                )));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ProtocolError::Io(e)),
+        }
+    }
+    Ok(())
+}

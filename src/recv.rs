@@ -1,0 +1,373 @@
+//! The receiving side: listen, accept, and serve each session over any
+//! [`Link`], writing files only through [`destination`].
+//!
+//! Everything read from the network is hostile until checked: lengths are
+//! bounded by the protocol decoder, names by the destination rules, sizes by
+//! free space, and every read has a deadline. This module must never create
+//! a file under its final name except by committing a verified partial file.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::RecvConfig;
+use crate::destination::{self, Target};
+use crate::exit_codes::{ExitCode, Failure};
+use crate::names::escape_for_terminal;
+use crate::output::{Reporter, rate};
+use crate::pipeline::{CopyError, copy_hashed};
+use crate::protocol::{Accept, Ack, AckStatus, Digest, Frame, Offer, Reason, Refuse, hex};
+use crate::session::{self, Link};
+use crate::signals;
+
+/// What the receiver allows, from the command line.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub target: Target,
+    pub overwrite: bool,
+    /// Deadline for the peer's preamble and first offer after connecting.
+    pub handshake_timeout: std::time::Duration,
+    /// Deadline for every read and write after that.
+    pub idle_timeout: std::time::Duration,
+}
+
+/// One file that arrived, was verified and is in place.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub name: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: Digest,
+    pub seconds: f64,
+}
+
+/// Serves one session: handshake, then offers until END. Returns the files
+/// received, or the first failure.
+pub fn serve<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    policy: &Policy,
+    reporter: &Reporter,
+) -> anyhow::Result<Vec<Received>> {
+    stream
+        .set_deadline(policy.handshake_timeout)
+        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    session::handshake(stream, peer)?;
+    let mut received = Vec::new();
+    loop {
+        let frame = match session::expect_frame(stream, peer, "an offer") {
+            Ok(f) => f,
+            // Every file so far is committed; a close here loses nothing.
+            Err(_) if !received.is_empty() => break,
+            Err(e) => return Err(e),
+        };
+        match frame {
+            Frame::Offer(offer) => {
+                stream.set_deadline(policy.idle_timeout).map_err(|e| {
+                    Failure::network(format!("cannot set a deadline on {peer}"), &e)
+                })?;
+                match receive_file(stream, peer, &offer, policy, reporter) {
+                    Ok(file) => received.push(file),
+                    Err(e) => {
+                        reporter.event(
+                            "file-failed",
+                            json!({ "name": offer.name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(&e).code() }),
+                        );
+                        return Err(e);
+                    }
+                }
+            }
+            Frame::End => break,
+            Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+            other => {
+                session::send_error(stream, Reason::Protocol, "expected OFFER or END");
+                return Err(session::unexpected(&other, "OFFER or END", peer));
+            }
+        }
+    }
+    Ok(received)
+}
+
+fn receive_file<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    offer: &Offer,
+    policy: &Policy,
+    reporter: &Reporter,
+) -> anyhow::Result<Received> {
+    let shown = escape_for_terminal(&offer.name);
+    let refuse = |stream: &mut S, reason: Reason, message: String| -> anyhow::Error {
+        let _ = session::send_frame(
+            stream,
+            &Frame::Refuse(Refuse {
+                reason,
+                message: message.clone(),
+            }),
+            peer,
+        );
+        Failure::new(session::code_for_reason(reason), message).into()
+    };
+    if offer.flags != 0 {
+        return Err(refuse(
+            stream,
+            Reason::Unsupported,
+            format!(
+                "offer of '{shown}' uses feature flags 0x{:x} this receiver does not support",
+                offer.flags
+            ),
+        ));
+    }
+    let mut partial = match destination::prepare(&policy.target, policy.overwrite, offer) {
+        Ok(p) => p,
+        Err(r) => return Err(refuse(stream, r.reason, r.message)),
+    };
+
+    reporter.info(format!(
+        "receiving '{shown}' ({}) from {peer}",
+        destination::human_bytes(offer.size)
+    ));
+    reporter.event(
+        "file-start",
+        json!({ "name": offer.name, "path": partial.final_path(), "size": offer.size, "offset": 0 }),
+    );
+    session::send_frame(
+        stream,
+        &Frame::Accept(Accept {
+            offset: 0,
+            prefix_sha256: [0; 32],
+        }),
+        peer,
+    )?;
+
+    let started = Instant::now();
+    let progress = reporter.progress(&offer.name, offer.size);
+    let done = AtomicU64::new(0);
+    let copied = copy_hashed(
+        &mut *stream,
+        partial.file(),
+        offer.size,
+        Sha256::new(),
+        &|n| {
+            done.store(n, Ordering::Relaxed);
+            progress.set(n);
+        },
+    );
+    drop(progress);
+    let digest = match copied {
+        Ok(d) => d,
+        Err(CopyError::Source(e)) => {
+            let got = done.load(Ordering::Relaxed);
+            return Err(anyhow::Error::new(Failure::network(
+                format!(
+                    "connection to {peer} lost after {got} of {} bytes of '{shown}'",
+                    offer.size
+                ),
+                &e,
+            )));
+        }
+        Err(CopyError::Sink(e)) => {
+            let failure = Failure::local(
+                format!("cannot write '{}'", partial.temp_path().display()),
+                &e,
+            );
+            session::send_error(
+                stream,
+                Reason::LocalIo,
+                &format!(
+                    "receiver cannot store '{}': {}",
+                    offer.name,
+                    crate::exit_codes::io_reason(&e)
+                ),
+            );
+            return Err(failure.into());
+        }
+    };
+
+    let trailer = match session::expect_frame(stream, peer, "the trailer")? {
+        Frame::Trailer(t) => t,
+        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        other => {
+            session::send_error(stream, Reason::Protocol, "expected TRAILER");
+            return Err(session::unexpected(&other, "TRAILER", peer));
+        }
+    };
+    if trailer.size != offer.size {
+        session::send_error(stream, Reason::Protocol, "trailer size differs from offer");
+        return Err(Failure::new(
+            ExitCode::Network,
+            format!(
+                "{peer}: trailer says {} bytes but the offer said {}",
+                trailer.size, offer.size
+            ),
+        )
+        .into());
+    }
+    if trailer.sha256 != digest {
+        session::send_frame(
+            stream,
+            &Frame::Ack(Ack {
+                status: AckStatus::DigestMismatch,
+                sha256: digest,
+                reason: Reason::Other(0),
+                message: "SHA-256 mismatch; the data was discarded".into(),
+            }),
+            peer,
+        )?;
+        return Err(Failure::new(
+            ExitCode::Integrity,
+            format!(
+                "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; nothing was kept",
+                hex(&trailer.sha256),
+                hex(&digest)
+            ),
+        )
+        .into());
+    }
+
+    let path = match partial.commit(offer) {
+        Ok(p) => p,
+        Err(r) => {
+            session::send_frame(
+                stream,
+                &Frame::Ack(Ack {
+                    status: AckStatus::Failed,
+                    sha256: digest,
+                    reason: r.reason,
+                    message: r.message.clone(),
+                }),
+                peer,
+            )?;
+            let code = match r.reason {
+                Reason::Exists => ExitCode::Refused,
+                _ => ExitCode::LocalFile,
+            };
+            return Err(Failure::new(code, r.message).into());
+        }
+    };
+    session::send_frame(
+        stream,
+        &Frame::Ack(Ack {
+            status: AckStatus::Ok,
+            sha256: digest,
+            reason: Reason::Other(0),
+            message: String::new(),
+        }),
+        peer,
+    )
+    .context("the file is in place, but the sender may not know")?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    reporter.info(format!(
+        "received '{}' ({}, {}), sha256 {}",
+        escape_for_terminal(&path.display().to_string()),
+        destination::human_bytes(offer.size),
+        rate(offer.size, seconds),
+        hex(&digest)
+    ));
+    reporter.event(
+        "file-done",
+        json!({ "name": offer.name, "path": path, "bytes": offer.size, "sha256": hex(&digest), "seconds": seconds }),
+    );
+    Ok(Received {
+        name: offer.name.clone(),
+        path,
+        bytes: offer.size,
+        sha256: digest,
+        seconds,
+    })
+}
+
+/// `xfer recv`: listen, then serve one session (or many, with
+/// `--keep-running`) until interrupted.
+pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
+    let reporter = Reporter::new(config.quiet, config.json);
+    let listener = crate::net::listen(config.bind, config.port)?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let _watch = signals::watch_socket(&listener);
+    reporter.info(format!(
+        "listening on {local}{}",
+        if config.bind.is_none() && local.is_ipv6() {
+            " (IPv6 and IPv4)"
+        } else {
+            ""
+        }
+    ));
+    reporter.event(
+        "listening",
+        json!({ "address": local.to_string(), "port": local.port() }),
+    );
+    loop {
+        let result = accept_and_serve(&listener, config, &reporter);
+        if signals::interrupted() {
+            return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+        }
+        if !config.keep_running {
+            return result;
+        }
+        if let Err(e) = result {
+            // A failed session ends only that session; say why and go on.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr().lock(),
+                format!("xfer: error: {e:#}\n").as_bytes(),
+            );
+        }
+    }
+}
+
+fn accept_and_serve(
+    listener: &TcpListener,
+    config: &RecvConfig,
+    reporter: &Reporter,
+) -> anyhow::Result<()> {
+    let (mut stream, addr) = listener
+        .accept()
+        .map_err(|e| Failure::network("cannot accept a connection", &e))?;
+    let _watch = signals::watch_socket(&stream);
+    let peer = addr.to_string();
+    let policy = Policy {
+        target: config.target.clone(),
+        overwrite: config.overwrite,
+        handshake_timeout: config.connect_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    crate::net::prepare(&stream, config.idle_timeout)
+        .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
+    reporter.event("connected", json!({ "peer": peer }));
+    let started = Instant::now();
+    let result = serve(&mut stream, &peer, &policy, reporter);
+    let seconds = started.elapsed().as_secs_f64();
+    summarize(reporter, &result, seconds);
+    result.map(drop)
+}
+
+/// The last JSON event of a session, success or not.
+fn summarize(reporter: &Reporter, result: &anyhow::Result<Vec<Received>>, seconds: f64) {
+    match result {
+        Ok(files) => {
+            let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+            let mut fields = json!({
+                "ok": true, "exit_code": 0, "files": files.len(), "bytes": bytes, "seconds": seconds,
+            });
+            if let [one] = files.as_slice() {
+                fields["name"] = json!(one.name);
+                fields["path"] = json!(one.path);
+                fields["sha256"] = json!(hex(&one.sha256));
+            }
+            reporter.event("summary", fields);
+        }
+        Err(e) => {
+            let code = ExitCode::for_error(e);
+            reporter.event(
+                "summary",
+                json!({ "ok": false, "exit_code": code.code(), "error": format!("{e:#}"), "seconds": seconds }),
+            );
+        }
+    }
+}

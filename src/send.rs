@@ -1,0 +1,252 @@
+//! The sending side: offer a file, stream it while hashing, and succeed only
+//! when the receiver confirms the same SHA-256.
+//!
+//! The session runs over any [`Link`] and any reader, so the same code
+//! serves files, the in-process benchmark and tests. It must never report
+//! success without an ACK whose digest equals the one computed here.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, UNIX_EPOCH};
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::SendConfig;
+use crate::exit_codes::{ExitCode, Failure, is_timeout};
+use crate::names::escape_for_terminal;
+use crate::output::{Reporter, rate};
+use crate::pipeline::{CopyError, copy_hashed};
+use crate::protocol::{self, AckStatus, Digest, Frame, Offer, Reason, Trailer, hex};
+use crate::session::{self, Link};
+use crate::signals;
+
+/// A file the receiver verified and kept.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: Digest,
+    pub seconds: f64,
+}
+
+/// Runs one session that sends `offer.size` bytes from `source`.
+/// `source_name` names the source in local error messages.
+pub fn send_one<S, R>(
+    stream: &mut S,
+    peer: &str,
+    source: &mut R,
+    source_name: &str,
+    offer: &Offer,
+    reporter: &Reporter,
+) -> anyhow::Result<Sent>
+where
+    S: Link + ?Sized,
+    R: Read + Send + ?Sized,
+{
+    session::handshake(stream, peer)?;
+    let shown = escape_for_terminal(&offer.name);
+    session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
+    match session::expect_frame(stream, peer, "the receiver's answer to the offer")? {
+        Frame::Accept(a) if a.offset == 0 => {}
+        Frame::Accept(a) => {
+            session::send_error(stream, Reason::Unsupported, "resuming is not supported");
+            return Err(Failure::new(
+                ExitCode::Network,
+                format!(
+                    "{peer} asked to resume '{shown}' at byte {}, which this version cannot do",
+                    a.offset
+                ),
+            )
+            .into());
+        }
+        Frame::Refuse(r) => {
+            return Err(Failure::new(
+                session::code_for_reason(r.reason),
+                format!(
+                    "{peer} refused '{shown}': {}",
+                    escape_for_terminal(&r.message)
+                ),
+            )
+            .into());
+        }
+        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
+    }
+
+    reporter.event(
+        "file-start",
+        json!({ "name": offer.name, "size": offer.size, "offset": 0 }),
+    );
+    let started = Instant::now();
+    let progress = reporter.progress(&offer.name, offer.size);
+    let done = AtomicU64::new(0);
+    let copied = copy_hashed(source, &mut *stream, offer.size, Sha256::new(), &|n| {
+        done.store(n, Ordering::Relaxed);
+        progress.set(n);
+    });
+    drop(progress);
+    let digest = match copied {
+        Ok(d) => d,
+        Err(CopyError::Source(e)) => {
+            session::send_error(
+                stream,
+                Reason::LocalIo,
+                &format!("sender cannot read '{}'", offer.name),
+            );
+            return Err(Failure::local(format!("cannot read '{source_name}'"), &e).into());
+        }
+        Err(CopyError::Sink(e)) => {
+            // The receiver may have said why it stopped reading.
+            if !is_timeout(&e) {
+                if let Ok(Frame::Error(fe)) = protocol::read_frame(stream) {
+                    return Err(session::peer_aborted(&fe, peer));
+                }
+            }
+            let sent = done.load(Ordering::Relaxed);
+            return Err(Failure::network(
+                format!(
+                    "connection to {peer} lost after {sent} of {} bytes of '{shown}'",
+                    offer.size
+                ),
+                &e,
+            )
+            .into());
+        }
+    };
+
+    session::send_frame(
+        stream,
+        &Frame::Trailer(Trailer {
+            size: offer.size,
+            sha256: digest,
+        }),
+        peer,
+    )?;
+    let ack = match session::expect_frame(stream, peer, "the receiver's verdict")? {
+        Frame::Ack(ack) => ack,
+        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        other => return Err(session::unexpected(&other, "ACK", peer)),
+    };
+    match ack.status {
+        AckStatus::Ok if ack.sha256 == digest => {}
+        AckStatus::Ok | AckStatus::DigestMismatch => {
+            return Err(Failure::new(
+                ExitCode::Integrity,
+                format!(
+                    "SHA-256 mismatch for '{shown}': sent {}, {peer} received {}; the receiver discarded it",
+                    hex(&digest),
+                    hex(&ack.sha256)
+                ),
+            )
+            .into());
+        }
+        AckStatus::Failed => {
+            return Err(Failure::new(
+                session::code_for_reason(ack.reason),
+                format!(
+                    "{peer} could not keep '{shown}': {}",
+                    escape_for_terminal(&ack.message)
+                ),
+            )
+            .into());
+        }
+    }
+    // The file is verified and in place; a lost END changes nothing.
+    let _ = session::send_frame(stream, &Frame::End, peer);
+    Ok(Sent {
+        name: offer.name.clone(),
+        bytes: offer.size,
+        sha256: digest,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `xfer send FILE HOST:PORT`.
+pub fn run(config: &SendConfig) -> anyhow::Result<()> {
+    let reporter = Reporter::new(config.quiet, config.json);
+    let started = Instant::now();
+    let result = send_file(config, &reporter);
+    let seconds = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(sent) => {
+            reporter.info(format!(
+                "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
+                escape_for_terminal(&sent.name),
+                crate::destination::human_bytes(sent.bytes),
+                rate(sent.bytes, sent.seconds),
+                hex(&sent.sha256)
+            ));
+            reporter.event(
+                "file-done",
+                json!({ "name": sent.name, "bytes": sent.bytes, "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
+            );
+            reporter.event(
+                "summary",
+                json!({ "ok": true, "exit_code": 0, "files": 1, "name": sent.name, "bytes": sent.bytes,
+                        "sha256": hex(&sent.sha256), "seconds": seconds }),
+            );
+        }
+        Err(e) => {
+            let code = ExitCode::for_error(e).code();
+            reporter.event(
+                "file-failed",
+                json!({ "name": config.file.display().to_string(), "error": format!("{e:#}"), "exit_code": code }),
+            );
+            reporter.event(
+                "summary",
+                json!({ "ok": false, "exit_code": code, "error": format!("{e:#}"), "seconds": seconds }),
+            );
+        }
+    }
+    result.map(drop)
+}
+
+fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
+    let shown_path = escape_for_terminal(&config.file.display().to_string());
+    let mut file = File::open(&config.file)
+        .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
+    if !meta.is_file() {
+        return Err(Failure::new(
+            ExitCode::LocalFile,
+            format!("cannot send '{shown_path}': not a regular file"),
+        )
+        .into());
+    }
+    let (mtime_secs, mtime_nanos) = match meta.modified() {
+        Ok(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+            Err(before) => {
+                let d = before.duration();
+                (-(d.as_secs() as i64), 0)
+            }
+        },
+        Err(_) => (0, 0),
+    };
+    let offer = Offer {
+        flags: 0,
+        size: meta.len(),
+        mode: meta.mode(),
+        mtime_secs,
+        mtime_nanos,
+        name: config.name.clone(),
+    };
+
+    let peer = config.target.to_string();
+    let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
+    let _watch = signals::watch_socket(&stream);
+    crate::net::prepare(&stream, config.idle_timeout)
+        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
+    reporter.event("connected", json!({ "peer": peer }));
+    reporter.info(format!(
+        "sending '{}' ({}) to {peer}",
+        escape_for_terminal(&offer.name),
+        crate::destination::human_bytes(offer.size)
+    ));
+    send_one(&mut stream, &peer, &mut file, &shown_path, &offer, reporter)
+}

@@ -1,0 +1,130 @@
+//! Ctrl-C and SIGTERM: stop promptly, through the normal error path, so
+//! temporary files are removed and the final name is never touched.
+//!
+//! A watcher thread sets a flag and shuts down every registered socket,
+//! which wakes any blocked accept, read or write with an error; the session
+//! code then unwinds and its guards clean up. If the process is still alive
+//! after a grace period (or on a second signal), the watcher removes the
+//! registered temporary files itself and exits with code 130. This module
+//! must never decide what a transfer means; it only interrupts.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::exit_codes::ExitCode;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    sockets: None,
+    temps: None,
+});
+
+/// How long the normal cleanup path gets before the watcher takes over.
+const GRACE: Duration = Duration::from_secs(3);
+
+struct Registry {
+    sockets: Option<HashMap<u64, OwnedFd>>,
+    temps: Option<HashMap<u64, PathBuf>>,
+}
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// True once SIGINT or SIGTERM has arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Starts the watcher thread. Call once, from `main`.
+pub fn install() -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("xfer-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_none() {
+                return;
+            }
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            shut_down_sockets();
+            // Either the main thread exits within the grace period, or a
+            // second signal or the deadline makes us finish the job.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    let _ = tx.send(());
+                }
+            });
+            let _ = rx.recv_timeout(GRACE);
+            remove_temps();
+            std::process::exit(ExitCode::Interrupted.code());
+        })?;
+    Ok(())
+}
+
+fn shut_down_sockets() {
+    let reg = registry();
+    for fd in reg.sockets.iter().flat_map(|m| m.values()) {
+        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn remove_temps() {
+    let reg = registry();
+    for path in reg.temps.iter().flat_map(|m| m.values()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Keeps something registered with the watcher until dropped.
+#[derive(Debug)]
+pub struct Watch(u64);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut reg = registry();
+        if let Some(m) = reg.sockets.as_mut() {
+            m.remove(&self.0);
+        }
+        if let Some(m) = reg.temps.as_mut() {
+            m.remove(&self.0);
+        }
+    }
+}
+
+/// Registers a socket to be shut down on a signal. If the socket cannot be
+/// duplicated the registration is skipped: the deadline still bounds it.
+pub fn watch_socket(socket: &impl AsFd) -> Watch {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    if let Ok(fd) = socket.as_fd().try_clone_to_owned() {
+        registry()
+            .sockets
+            .get_or_insert_with(HashMap::new)
+            .insert(id, fd);
+        if interrupted() {
+            shut_down_sockets();
+        }
+    }
+    Watch(id)
+}
+
+/// Registers a temporary file to be removed if the process must be ended
+/// before its own guard could run.
+pub fn watch_temp(path: &Path) -> Watch {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    registry()
+        .temps
+        .get_or_insert_with(HashMap::new)
+        .insert(id, path.to_path_buf());
+    Watch(id)
+}
