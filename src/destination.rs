@@ -141,8 +141,12 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
 }
 
 impl PartialFile {
-    pub fn file(&mut self) -> &mut File {
-        self.temp.as_file_mut()
+    /// A writer for the data: all-zero chunks become holes instead of
+    /// written blocks, so sparse files stay sparse and cost no disk.
+    pub fn writer(&mut self) -> SparseWriter<'_> {
+        SparseWriter {
+            file: self.temp.as_file_mut(),
+        }
     }
 
     pub fn final_path(&self) -> &Path {
@@ -166,6 +170,9 @@ impl PartialFile {
             )
         };
         let file = self.temp.as_file();
+        // A trailing hole left by the sparse writer still counts as data.
+        file.set_len(offer.size)
+            .map_err(|e| io_refusal("cannot size", &e))?;
         // Only permission bits travel: never set-id or sticky bits from a peer.
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
             offer.mode & 0o777,
@@ -202,6 +209,26 @@ impl PartialFile {
             let _ = d.sync_all();
         }
         Ok(final_path)
+    }
+}
+
+/// Writes data at the file's cursor, seeking over chunks that are all
+/// zero. Only for files that start empty (holes read back as zeros).
+pub struct SparseWriter<'a> {
+    file: &'a mut File,
+}
+
+impl io::Write for SparseWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() >= 4096 && buf.iter().all(|&b| b == 0) {
+            io::Seek::seek(self.file, io::SeekFrom::Current(buf.len() as i64))?;
+            return Ok(buf.len());
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -282,7 +309,7 @@ mod tests {
             .to_string_lossy()
             .into_owned();
         assert!(temp_name.starts_with(TEMP_PREFIX) && temp_name.ends_with(TEMP_SUFFIX));
-        p.file().write_all(b"abc").unwrap();
+        p.writer().write_all(b"abc").unwrap();
         let path = p.commit(&o).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"abc");
         let meta = fs::metadata(&path).unwrap();
@@ -299,7 +326,7 @@ mod tests {
     fn dropping_a_partial_file_removes_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = prepare(&Target::Dir(dir.path().into()), false, &offer("a", 1)).unwrap();
-        p.file().write_all(b"x").unwrap();
+        p.writer().write_all(b"x").unwrap();
         drop(p);
         assert!(entries(dir.path()).is_empty());
     }
@@ -315,7 +342,7 @@ mod tests {
 
         let o = offer("a", 3);
         let mut p = prepare(&t, true, &o).unwrap();
-        p.file().write_all(b"new").unwrap();
+        p.writer().write_all(b"new").unwrap();
         p.commit(&o).unwrap();
         assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"new");
         assert_eq!(entries(dir.path()), vec!["a"]);
@@ -326,7 +353,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = offer("a", 3);
         let mut p = prepare(&Target::Dir(dir.path().into()), false, &o).unwrap();
-        p.file().write_all(b"new").unwrap();
+        p.writer().write_all(b"new").unwrap();
         fs::write(dir.path().join("a"), b"old").unwrap();
         let err = p.commit(&o).unwrap_err();
         assert_eq!(err.reason, Reason::Exists);
@@ -357,9 +384,30 @@ mod tests {
         let out = dir.path().join("chosen.bin");
         let o = offer("original-name", 2);
         let mut p = prepare(&Target::Output(out.clone()), false, &o).unwrap();
-        p.file().write_all(b"hi").unwrap();
+        p.writer().write_all(b"hi").unwrap();
         assert_eq!(p.commit(&o).unwrap(), out);
         assert_eq!(entries(dir.path()), vec!["chosen.bin"]);
+    }
+
+    #[test]
+    fn zero_chunks_become_holes_and_trailing_holes_keep_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3 * 1024 * 1024;
+        let o = offer("sparse", size);
+        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o).unwrap();
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut w = p.writer();
+        w.write_all(b"head").unwrap();
+        w.write_all(&zeros[4..]).unwrap();
+        w.write_all(&zeros).unwrap();
+        w.write_all(&zeros).unwrap();
+        let path = p.commit(&o).unwrap();
+        let data = fs::read(&path).unwrap();
+        assert_eq!(data.len() as u64, size);
+        assert_eq!(&data[..4], b"head");
+        assert!(data[4..].iter().all(|&b| b == 0));
+        use std::os::unix::fs::MetadataExt;
+        assert!(fs::metadata(&path).unwrap().blocks() * 512 < size);
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn receive_file<S: Link + ?Sized>(
     let done = AtomicU64::new(0);
     let copied = copy_hashed(
         &mut *stream,
-        partial.file(),
+        &mut partial.writer(),
         offer.size,
         Sha256::new(),
         &|n| {
@@ -330,7 +330,8 @@ fn accept_and_serve(
         .accept()
         .map_err(|e| Failure::network("cannot accept a connection", &e))?;
     let _watch = signals::watch_socket(&stream);
-    let peer = addr.to_string();
+    // Show IPv4 peers as IPv4 even on the dual-stack socket.
+    let peer = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string();
     let policy = Policy {
         target: config.target.clone(),
         overwrite: config.overwrite,

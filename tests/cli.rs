@@ -1,0 +1,494 @@
+//! End-to-end tests: the real `xfer` binary on loopback, one receiver per
+//! test on an ephemeral port. Each test reads as the behaviour a user
+//! relies on.
+
+mod testenv;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, UNIX_EPOCH};
+
+use testenv::proxy::{Mode, Proxy};
+use testenv::*;
+use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer};
+
+const MIB: usize = 1024 * 1024;
+
+fn send_and_receive(env: &TestEnv, file: &std::path::Path) -> (Outcome, Outcome) {
+    let mut r = env.recv(&[]);
+    let sent = env.send(file, &r.addr(), &["--json"]);
+    let received = r.finish();
+    (sent, received)
+}
+
+#[test]
+fn empty_tiny_large_and_unicode_files_arrive_identical() {
+    let env = TestEnv::new();
+    for (name, len) in [
+        ("empty", 0),
+        ("one-byte", 1),
+        ("random.bin", 10 * MIB + 3),
+        ("naïve résumé ✓ 日本.txt", 4097),
+    ] {
+        let file = env.random_file(name, len, len as u64);
+        let (sent, received) = send_and_receive(&env, &file);
+        sent.assert_code(0);
+        received.assert_code(0);
+        let want = sha256_file(&file);
+        assert_eq!(sha256_file(&env.dst().join(name)), want, "{name}");
+
+        let summary = sent.events().into_iter().find(|e| e["event"] == "summary");
+        let summary = summary.unwrap_or_else(|| panic!("no summary\n{sent}"));
+        assert_eq!(summary["ok"], true);
+        assert_eq!(summary["name"], name);
+        assert_eq!(summary["bytes"], len as u64);
+        assert_eq!(summary["sha256"], want.as_str());
+        assert!(summary["seconds"].as_f64().is_some());
+
+        let recv_summary = received
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "summary");
+        assert_eq!(recv_summary.unwrap()["sha256"], want.as_str());
+    }
+    let mut names = entries(&env.dst());
+    names.sort();
+    let mut want = vec!["empty", "naïve résumé ✓ 日本.txt", "one-byte", "random.bin"];
+    want.sort();
+    assert_eq!(names, want, "only the final files, no temporaries");
+}
+
+#[test]
+fn mode_and_mtime_are_preserved() {
+    let env = TestEnv::new();
+    let file = env.random_file("tool.sh", 100, 1);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o750)).unwrap();
+    let mtime = UNIX_EPOCH + Duration::new(1_500_000_000, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (sent, received) = send_and_receive(&env, &file);
+    sent.assert_code(0);
+    received.assert_code(0);
+    let meta = fs::metadata(env.dst().join("tool.sh")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(meta.modified().unwrap(), mtime);
+}
+
+#[test]
+fn existing_file_is_refused_and_left_byte_for_byte_intact() {
+    let env = TestEnv::new();
+    let file = env.random_file("a.txt", 5000, 7);
+    fs::write(env.dst().join("a.txt"), b"precious old content").unwrap();
+    let (sent, received) = send_and_receive(&env, &file);
+    sent.assert_code(5)
+        .assert_stderr_contains("xfer: error:")
+        .assert_stderr_contains("already exists");
+    received.assert_code(5);
+    assert_eq!(
+        fs::read(env.dst().join("a.txt")).unwrap(),
+        b"precious old content"
+    );
+    assert_eq!(entries(&env.dst()), vec!["a.txt"]);
+}
+
+#[test]
+fn overwrite_replaces_an_existing_file() {
+    let env = TestEnv::new();
+    let file = env.random_file("a.txt", 5000, 7);
+    fs::write(env.dst().join("a.txt"), b"old").unwrap();
+    let mut r = env.recv(&["--overwrite"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&env.dst().join("a.txt")), sha256_file(&file));
+    assert_eq!(entries(&env.dst()), vec!["a.txt"]);
+}
+
+#[test]
+fn output_flag_puts_the_file_at_the_exact_path() {
+    let env = TestEnv::new();
+    let file = env.random_file("orig.bin", 3000, 3);
+    let out = env.dst().join("chosen.bin");
+    let mut r = env.recv_with(&["-o", out.to_str().unwrap()], false);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&out), sha256_file(&file));
+    assert_eq!(entries(&env.dst()), vec!["chosen.bin"]);
+}
+
+#[test]
+fn a_flipped_byte_in_transit_fails_both_sides_with_code_4_and_leaves_nothing() {
+    let env = TestEnv::new();
+    let file = env.random_file("data.bin", 4 * MIB, 11);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::FlipByteAt(MIB as u64 + 17));
+    let sent = env.send(&file, &proxy.addr(), &[]);
+    let received = r.finish();
+    sent.assert_code(4)
+        .assert_stderr_contains("SHA-256 mismatch");
+    received
+        .assert_code(4)
+        .assert_stderr_contains("SHA-256 mismatch");
+    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+}
+
+#[test]
+fn sender_killed_mid_transfer_makes_the_receiver_exit_3_leaving_nothing() {
+    let env = TestEnv::new();
+    let file = env.random_file("big.bin", 16 * MIB, 5);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    r.wait_event("file-start");
+    proxy.wait_forwarded(2 * MIB as u64);
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    r.finish()
+        .assert_code(3)
+        .assert_stderr_contains("connection to");
+    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+}
+
+#[test]
+fn receiver_killed_mid_transfer_makes_the_sender_exit_3() {
+    let env = TestEnv::new();
+    let file = env.random_file("big.bin", 16 * MIB, 6);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    r.wait_event("file-start");
+    proxy.wait_forwarded(2 * MIB as u64);
+    r.child.kill().unwrap();
+    collect(&mut sender).assert_code(3);
+}
+
+#[test]
+fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_removes_the_temporary_file() {
+    let env = TestEnv::new();
+    let file = env.random_file("big.bin", 16 * MIB, 8);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    r.wait_event("file-start");
+    proxy.wait_forwarded(2 * MIB as u64);
+    assert_eq!(
+        entries(&env.dst()).len(),
+        1,
+        "a temporary file while receiving"
+    );
+    r.signal("INT");
+    r.finish()
+        .assert_code(130)
+        .assert_stderr_contains("interrupted");
+    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+    collect(&mut sender).assert_code(3);
+}
+
+/// Opens a connection and exchanges preambles, as a sender would.
+fn raw_sender(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    Preamble::ours().write_to(&mut s).unwrap();
+    let theirs = protocol::read_preamble(&mut s).unwrap();
+    theirs.check_compatible().unwrap();
+    s
+}
+
+fn offer(name: &str, size: u64) -> Frame {
+    Frame::Offer(Offer {
+        flags: 0,
+        size,
+        mode: 0o644,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+        name: name.into(),
+    })
+}
+
+#[test]
+fn hostile_names_are_refused_and_nothing_is_written_anywhere() {
+    let env = TestEnv::new();
+    for name in [
+        "../x", "/etc/x", "a/b", "..", ".", "", "a\0b", "\x1b[1A", "a\\b", "x\ny",
+    ] {
+        let mut r = env.recv(&[]);
+        let mut s = raw_sender(&r.addr());
+        protocol::write_frame(&mut s, &offer(name, 4)).unwrap();
+        match protocol::read_frame(&mut s).unwrap() {
+            Frame::Refuse(refuse) => {
+                assert_eq!(refuse.reason, Reason::BadName, "{name:?}");
+                assert!(
+                    !refuse.message.contains('\x1b'),
+                    "escape sequence echoed: {:?}",
+                    refuse.message
+                );
+            }
+            other => panic!("{name:?} was not refused: {other:?}"),
+        }
+        drop(s);
+        let out = r.finish();
+        out.assert_code(5);
+        assert!(!out.stderr.contains('\x1b'), "raw escape on the terminal");
+        assert!(
+            entries(&env.dst()).is_empty(),
+            "{name:?}: {:?}",
+            entries(&env.dst())
+        );
+        assert_eq!(entries(env.root.path()), vec!["dst", "src"], "{name:?}");
+    }
+    assert!(!std::path::Path::new("/etc/x").exists());
+}
+
+#[test]
+fn a_size_beyond_free_space_is_refused_before_any_data() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    protocol::write_frame(&mut s, &offer("huge", 1 << 62)).unwrap();
+    match protocol::read_frame(&mut s).unwrap() {
+        Frame::Refuse(refuse) => assert_eq!(refuse.reason, Reason::TooLarge),
+        other => panic!("not refused: {other:?}"),
+    }
+    drop(s);
+    r.finish().assert_code(5).assert_stderr_contains("free");
+    assert!(entries(&env.dst()).is_empty());
+}
+
+#[test]
+fn a_wrong_trailer_digest_is_caught_by_the_receiver() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    protocol::write_frame(&mut s, &offer("f", 5)).unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Accept(_)
+    ));
+    s.write_all(b"hello").unwrap();
+    protocol::write_frame(
+        &mut s,
+        &Frame::Trailer(Trailer {
+            size: 5,
+            sha256: [0; 32],
+        }),
+    )
+    .unwrap();
+    match protocol::read_frame(&mut s).unwrap() {
+        Frame::Ack(ack) => assert_eq!(ack.status, protocol::AckStatus::DigestMismatch),
+        other => panic!("expected ACK: {other:?}"),
+    }
+    r.finish().assert_code(4);
+    assert!(entries(&env.dst()).is_empty());
+}
+
+#[test]
+fn a_peer_speaking_another_version_gets_a_clear_error() {
+    let env = TestEnv::new();
+    // Against the real receiver.
+    let mut r = env.recv(&[]);
+    let mut s = TcpStream::connect(r.addr()).unwrap();
+    s.write_all(b"XFER\x00\x02\x00\x00").unwrap();
+    let mut theirs = [0u8; 8];
+    s.read_exact(&mut theirs).unwrap();
+    assert_eq!(&theirs[..6], b"XFER\x00\x01");
+    r.finish()
+        .assert_code(3)
+        .assert_stderr_contains("version 2");
+
+    // Against the real sender.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"XFER\x00\x09\x00\x00").unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+    });
+    let file = env.random_file("v.bin", 10, 1);
+    env.send(&file, &addr, &[])
+        .assert_code(3)
+        .assert_stderr_contains("version 9");
+    fake.join().unwrap();
+}
+
+#[test]
+fn a_silent_client_is_dropped_by_the_receiver_with_code_7() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--connect-timeout", "1s"]);
+    let _silent = TcpStream::connect(r.addr()).unwrap();
+    r.finish()
+        .assert_code(7)
+        .assert_stderr_contains("timed out");
+}
+
+#[test]
+fn a_stalled_receiver_times_out_the_sender_with_code_7() {
+    let env = TestEnv::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let file = env.random_file("s.bin", 10, 1);
+    let out = env.send(&file, &addr, &["--idle-timeout", "1s"]);
+    out.assert_code(7).assert_stderr_contains("timed out");
+    drop(listener);
+}
+
+#[test]
+fn ipv6_loopback_works() {
+    let env = TestEnv::new();
+    let file = env.random_file("v6.bin", MIB + 1, 9);
+    let mut r = env.recv(&["--bind", "::1"]);
+    let target = format!("[::1]:{}", r.port);
+    env.send(&file, &target, &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&env.dst().join("v6.bin")), sha256_file(&file));
+}
+
+#[test]
+fn keep_running_serves_transfers_one_after_another() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running"]);
+    for i in 0..3 {
+        let file = env.random_file(&format!("f{i}"), 1000 * i + 1, i as u64);
+        env.send(&file, &r.addr(), &[]).assert_code(0);
+    }
+    // A failed transfer does not stop the server.
+    let again = env.src().join("f0");
+    env.send(&again, &r.addr(), &[]).assert_code(5);
+    let file = env.random_file("f3", 10, 3);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.signal("TERM");
+    r.finish().assert_code(130);
+    assert_eq!(entries(&env.dst()), vec!["f0", "f1", "f2", "f3"]);
+}
+
+#[test]
+fn a_five_gib_sparse_file_round_trips() {
+    let env = TestEnv::new();
+    let size: u64 = 5 << 30;
+    let file = env.src().join("sparse.img");
+    {
+        let f = fs::File::create(&file).unwrap();
+        f.set_len(size).unwrap();
+        // Data past the 4 GiB mark, so a 32-bit size anywhere would show.
+        for (at, bytes) in [
+            (0u64, &b"start"[..]),
+            ((4 << 30) + 1, b"past 4 GiB"),
+            (size - 3, b"end"),
+        ] {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(bytes, at).unwrap();
+        }
+    }
+    let (sent, received) = send_and_receive(&env, &file);
+    sent.assert_code(0);
+    received.assert_code(0);
+    let out = env.dst().join("sparse.img");
+    assert_eq!(fs::metadata(&out).unwrap().len(), size);
+    assert_eq!(sha256_file(&out), sha256_file(&file));
+    // The receiver keeps holes as holes.
+    assert!(fs::metadata(&out).unwrap().blocks() * 512 < 64 << 20);
+}
+
+#[test]
+fn a_missing_file_is_a_local_error_with_code_6() {
+    let env = TestEnv::new();
+    let out = env.send(&env.src().join("nope.txt"), "127.0.0.1:9", &[]);
+    out.assert_code(6)
+        .assert_stderr_contains("xfer: error: cannot open '")
+        .assert_stderr_contains("nope.txt': no such file or directory");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn nobody_listening_is_a_network_error_with_code_3() {
+    let env = TestEnv::new();
+    let file = env.random_file("x", 1, 1);
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.send(&file, &format!("127.0.0.1:{port}"), &[])
+        .assert_code(3)
+        .assert_stderr_contains(&format!("cannot connect to 127.0.0.1:{port}"));
+}
+
+#[test]
+fn usage_errors_are_one_line_with_code_2() {
+    let env = TestEnv::new();
+    let file = env.random_file("x", 1, 1);
+    for args in [
+        vec!["send", file.to_str().unwrap(), "no-port-here"],
+        vec!["send", file.to_str().unwrap(), "::1:9000"],
+        vec!["recv", "--port", "99999"],
+        vec!["recv", "--port", "0", "--idle-timeout", "soon"],
+        vec!["send", "--bogus"],
+        vec!["recv", "--port", "0", "-o", "x", "--keep-running"],
+    ] {
+        let mut cmd = xfer();
+        cmd.args(&args);
+        let out = run_bounded(cmd);
+        out.assert_code(2).assert_stderr_contains("xfer: error: ");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}\n{out}");
+    }
+}
+
+#[test]
+fn help_shows_an_example_and_the_exit_code_table() {
+    for args in [
+        vec!["--help"],
+        vec!["send", "--help"],
+        vec!["recv", "--help"],
+        vec!["bench", "--help"],
+    ] {
+        let mut cmd = xfer();
+        cmd.args(&args);
+        let out = run_bounded(cmd);
+        out.assert_code(0);
+        assert!(out.stdout.contains("Examples:"), "{args:?}\n{out}");
+        for code in [
+            "  0  ", "  3  ", "  4  ", "  5  ", "  6  ", "  7  ", "130  ",
+        ] {
+            assert!(out.stdout.contains(code), "{args:?} lacks {code:?}\n{out}");
+        }
+    }
+}
+
+#[test]
+fn bench_reports_verified_throughput_and_cleans_up() {
+    let env = TestEnv::new();
+    let mut cmd = xfer();
+    cmd.args(["bench", "--size", "8MiB", "--json", "--dir"])
+        .arg(env.dst());
+    let out = run_bounded(cmd);
+    out.assert_code(0);
+    let events = out.events();
+    let bench = events.iter().find(|e| e["event"] == "bench").unwrap();
+    assert_eq!(bench["bytes"], 8 * MIB as u64);
+    assert!(bench["mb_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(bench["sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        entries(&env.dst()).is_empty(),
+        "bench left {:?}",
+        entries(&env.dst())
+    );
+}
+
+#[test]
+fn the_receiver_listens_on_ipv4_and_ipv6_by_default() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running"]);
+    let a = env.random_file("a", 10, 1);
+    let b = env.random_file("b", 10, 2);
+    env.send(&a, &format!("127.0.0.1:{}", r.port), &[])
+        .assert_code(0);
+    env.send(&b, &format!("[::1]:{}", r.port), &[])
+        .assert_code(0);
+    r.signal("INT");
+    r.finish().assert_code(130);
+    assert_eq!(entries(&env.dst()), vec!["a", "b"]);
+}

@@ -1,0 +1,99 @@
+//! A one-connection TCP proxy on loopback that can flip a byte or stop
+//! forwarding, to show what xfer does when the network misbehaves. When
+//! either side closes, it closes both, like a network path going away.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Forward everything unchanged.
+    Pass,
+    /// Invert the byte at this offset of the sender-to-receiver stream.
+    FlipByteAt(u64),
+    /// Forward this many sender-to-receiver bytes, then swallow the rest.
+    StallAfter(u64),
+}
+
+pub struct Proxy {
+    pub port: u16,
+    forwarded: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub fn start(upstream: SocketAddr, mode: Mode) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let counter = forwarded.clone();
+        thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            thread::spawn(move || {
+                pump(c2, s2, mode, &counter);
+            });
+            thread::spawn(move || {
+                pump(s3, c3, Mode::Pass, &AtomicU64::new(0));
+            });
+        });
+        Proxy { port, forwarded }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Waits (bounded) until at least `n` bytes went sender-to-receiver.
+    pub fn wait_forwarded(&self, n: u64) {
+        let deadline = Instant::now() + super::STEP;
+        while self.forwarded.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "proxy forwarded only {} of {n} bytes",
+                self.forwarded.load(Ordering::SeqCst)
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, mode: Mode, forwarded: &AtomicU64) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        let start = offset;
+        offset += n as u64;
+        let send = match mode {
+            Mode::Pass => n,
+            Mode::FlipByteAt(at) => {
+                if (start..offset).contains(&at) {
+                    chunk[(at - start) as usize] ^= 0xff;
+                }
+                n
+            }
+            Mode::StallAfter(limit) => limit.saturating_sub(start).min(n as u64) as usize,
+        };
+        if send > 0 && to.write_all(&chunk[..send]).is_err() {
+            break;
+        }
+        forwarded.fetch_add(send as u64, Ordering::SeqCst);
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
