@@ -10,6 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
+use rustix::process::Signal;
 use testenv::proxy::{Mode, Proxy};
 use testenv::*;
 use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer};
@@ -181,7 +182,7 @@ fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_removes_the_temporary_file(
         1,
         "a temporary file while receiving"
     );
-    r.signal("INT");
+    r.signal(Signal::INT);
     r.finish()
         .assert_code(130)
         .assert_stderr_contains("interrupted");
@@ -361,7 +362,7 @@ fn keep_running_serves_transfers_one_after_another() {
     env.send(&again, &r.addr(), &[]).assert_code(5);
     let file = env.random_file("f3", 10, 3);
     env.send(&file, &r.addr(), &[]).assert_code(0);
-    r.signal("TERM");
+    r.signal(Signal::TERM);
     r.finish().assert_code(130);
     assert_eq!(entries(&env.dst()), vec!["f0", "f1", "f2", "f3"]);
 }
@@ -488,7 +489,7 @@ fn the_receiver_listens_on_ipv4_and_ipv6_by_default() {
         .assert_code(0);
     env.send(&b, &format!("[::1]:{}", r.port), &[])
         .assert_code(0);
-    r.signal("INT");
+    r.signal(Signal::INT);
     r.finish().assert_code(130);
     assert_eq!(entries(&env.dst()), vec!["a", "b"]);
 }

@@ -530,6 +530,32 @@ mod tests {
         assert_eq!(&bytes[5..13], &[0, 0, 0, 0, 0, 0, 0, 1]);
     }
 
+    /// The test vectors printed in docs/PROTOCOL.md section 8.
+    #[test]
+    fn documented_test_vectors_hold() {
+        assert_eq!(Frame::End.encode(), [0x06, 0, 0, 0, 0]);
+        let offer = Frame::Offer(Offer {
+            flags: 0,
+            size: 0,
+            mode: 0o100644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            name: "a".into(),
+        });
+        let mut want = vec![0x01, 0, 0, 0, 0x1f];
+        want.extend([0; 4]);
+        want.extend([0; 8]);
+        want.extend([0x00, 0x00, 0x81, 0xa4]);
+        want.extend([0; 8]);
+        want.extend([0; 4]);
+        want.extend([0x00, 0x01, b'a']);
+        assert_eq!(offer.encode(), want);
+        assert_eq!(
+            crate::protocol::Preamble::ours().encode(),
+            [0x58, 0x46, 0x45, 0x52, 0, 1, 0, 0]
+        );
+    }
+
     #[test]
     fn every_truncation_is_an_error() {
         for frame in samples() {

@@ -177,14 +177,10 @@ impl RecvProcess {
         }
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
+    /// Sends `sig` (e.g. `Signal::INT`) to the receiver process.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a live pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
     }
 }
 
