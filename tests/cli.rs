@@ -139,6 +139,52 @@ fn a_flipped_byte_in_transit_fails_both_sides_with_code_4_and_leaves_nothing() {
 }
 
 #[test]
+fn a_full_disk_mid_transfer_fails_cleanly_and_the_server_keeps_serving() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: a private tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let env = TestEnv::new();
+    let mnt = env.dst();
+    // The receiver gets its own mount namespace with an 8 MiB tmpfs over
+    // dst; we look into it through /proc/PID/root.
+    let script = format!(
+        "mount -t tmpfs -o size=8m xfer-test '{}' && exec '{}' recv --port 0 --json --keep-running --dir '{}'",
+        mnt.display(),
+        env!("CARGO_BIN_EXE_xfer"),
+        mnt.display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    cmd.stdin(std::process::Stdio::null());
+    let mut r = RecvProcess::spawn(cmd);
+    let view = std::path::PathBuf::from(format!("/proc/{}/root{}", r.child.id(), mnt.display()));
+
+    let file = env.random_file("big.bin", 6 * MIB, 12);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::HoldAfter(MIB as u64));
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    r.wait_event("file-start");
+    proxy.wait_forwarded(MIB as u64);
+    // The offer fitted; now the disk fills up behind the receiver's back.
+    fs::write(view.join("filler"), vec![1u8; 5 * MIB]).unwrap();
+    proxy.release();
+
+    collect(&mut sender)
+        .assert_code(5)
+        .assert_stderr_contains("no space left on device");
+    let failed = r.wait_event("file-failed");
+    assert_eq!(failed["exit_code"], 6, "{failed}");
+    assert_eq!(entries(&view), vec!["filler"], "the temporary file is gone");
+
+    // The server is still there and works once space is back.
+    fs::remove_file(view.join("filler")).unwrap();
+    let small = env.random_file("small.bin", 1000, 13);
+    env.send(&small, &r.addr(), &[]).assert_code(0);
+    assert_eq!(entries(&view), vec!["small.bin"]);
+    assert_eq!(sha256_file(&view.join("small.bin")), sha256_file(&small));
+}
+
+#[test]
 fn sender_killed_mid_transfer_makes_the_receiver_exit_3_leaving_nothing() {
     let env = TestEnv::new();
     let file = env.random_file("big.bin", 16 * MIB, 5);

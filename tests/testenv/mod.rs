@@ -73,23 +73,7 @@ impl TestEnv {
             cmd.arg("--dir").arg(self.dst());
         }
         cmd.args(extra);
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn xfer recv");
-        let events = spawn_line_reader(child.stdout.take().unwrap());
-        let stderr = spawn_collector(child.stderr.take().unwrap());
-        let mut r = RecvProcess {
-            child,
-            events,
-            seen: Vec::new(),
-            stderr: Some(stderr),
-            port: 0,
-        };
-        let listening = r.wait_event("listening");
-        r.port = listening["port"].as_u64().expect("port in listening event") as u16;
-        r
+        RecvProcess::spawn(cmd)
     }
 
     /// Runs `xfer send` to completion (bounded by [`STEP`]).
@@ -123,6 +107,28 @@ pub struct RecvProcess {
 }
 
 impl RecvProcess {
+    /// Starts a receiver command that was given `--json` and waits for its
+    /// `listening` event.
+    pub fn spawn(mut cmd: Command) -> RecvProcess {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xfer recv");
+        let events = spawn_line_reader(child.stdout.take().unwrap());
+        let stderr = spawn_collector(child.stderr.take().unwrap());
+        let mut r = RecvProcess {
+            child,
+            events,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            port: 0,
+        };
+        let listening = r.wait_event("listening");
+        r.port = listening["port"].as_u64().expect("port in listening event") as u16;
+        r
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,15 @@ pub enum Mode {
     FlipByteAt(u64),
     /// Forward this many sender-to-receiver bytes, then swallow the rest.
     StallAfter(u64),
+    /// Forward this many sender-to-receiver bytes, then hold the rest back
+    /// (the sender feels backpressure) until [`Proxy::release`].
+    HoldAfter(u64),
 }
 
 pub struct Proxy {
     pub port: u16,
     forwarded: Arc<AtomicU64>,
+    released: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -30,6 +34,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let forwarded = Arc::new(AtomicU64::new(0));
         let counter = forwarded.clone();
+        let released = Arc::new(AtomicBool::new(false));
+        let gate = released.clone();
         thread::spawn(move || {
             let Ok((client, _)) = listener.accept() else {
                 return;
@@ -41,13 +47,28 @@ impl Proxy {
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
             thread::spawn(move || {
-                pump(c2, s2, mode, &counter);
+                pump(c2, s2, mode, &counter, &gate);
             });
             thread::spawn(move || {
-                pump(s3, c3, Mode::Pass, &AtomicU64::new(0));
+                pump(
+                    s3,
+                    c3,
+                    Mode::Pass,
+                    &AtomicU64::new(0),
+                    &AtomicBool::new(true),
+                );
             });
         });
-        Proxy { port, forwarded }
+        Proxy {
+            port,
+            forwarded,
+            released,
+        }
+    }
+
+    /// Lets a [`Mode::HoldAfter`] proxy forward the rest.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
     }
 
     pub fn addr(&self) -> String {
@@ -68,11 +89,29 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, mode: Mode, forwarded: &AtomicU64) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    mode: Mode,
+    forwarded: &AtomicU64,
+    released: &AtomicBool,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
-        let n = match from.read(&mut buf) {
+        if let Mode::HoldAfter(limit) = mode {
+            let deadline = Instant::now() + super::STEP;
+            while offset >= limit && !released.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let want = match mode {
+            Mode::HoldAfter(limit) if offset < limit && !released.load(Ordering::SeqCst) => {
+                ((limit - offset) as usize).min(buf.len())
+            }
+            _ => buf.len(),
+        };
+        let n = match from.read(&mut buf[..want]) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -88,6 +127,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mode: Mode, forwarded: &AtomicU6
                 n
             }
             Mode::StallAfter(limit) => limit.saturating_sub(start).min(n as u64) as usize,
+            Mode::HoldAfter(_) => n,
         };
         if send > 0 && to.write_all(&chunk[..send]).is_err() {
             break;
