@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Compare xfer with the tools people use today, on loopback, in one run.
+#
+#   bash bench/compare.sh                 # 1 GiB, 3 rounds, destination on tmpfs
+#   bash bench/compare.sh --disk /var/tmp # destination on a disk directory
+#   bash bench/compare.sh --smoke         # 16 MiB, 1 round: checks the script works
+#
+# Peers: socat (raw, unverified), nc + sha256sum by hand, an rsync daemon
+# (--whole-file), scp to a private sshd on 127.0.0.1. Commands alternate
+# within each round; the table reports medians. It also records peak RSS of
+# the xfer sender and receiver for the 1 GiB file and a 5 GiB sparse file.
+# Installs missing peers from Debian packages (needs root for that and for
+# sshd). Cleans up every process and file it starts.
+set -euo pipefail
+
+SIZE_MIB=1024
+ROUNDS=3
+DEST_PARENT=/dev/shm
+SPARSE_GIB=5
+SMOKE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size-mib) SIZE_MIB=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --disk) DEST_PARENT=$2; shift 2 ;;
+    --smoke) SMOKE=1; SIZE_MIB=16; ROUNDS=1; SPARSE_GIB=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+log() { printf 'compare: %s\n' "$*" >&2; }
+
+# --- peers -----------------------------------------------------------------
+need=()
+command -v socat >/dev/null || need+=(socat)
+command -v nc >/dev/null || need+=(netcat-openbsd)
+command -v rsync >/dev/null || need+=(rsync)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v scp >/dev/null || need+=(openssh-client)
+[ -x /usr/bin/time ] || need+=(time)
+command -v sha256sum >/dev/null || need+=(coreutils)
+command -v ss >/dev/null || need+=(iproute2)
+command -v bc >/dev/null || need+=(bc)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+log "building xfer (release)"
+(cd "$here" && cargo build --release --locked -q)
+XFER="$here/target/release/xfer"
+
+# --- scratch space and cleanup -----------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/xfer-compare.XXXXXX")
+dst=$(mktemp -d "$DEST_PARENT/xfer-compare-dst.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work" "$dst"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+wait_port() { # wait until something listens on port $1 (bounded: 10 s); without
+  # connecting, since a probe would use up a one-shot listener
+  for _ in $(seq 1 200); do
+    [ -n "$(ss -Hltn "sport = :$1")" ] && return 0
+    sleep 0.05
+  done
+  echo "compare: nothing listens on port $1" >&2; return 1
+}
+
+src="$work/data.bin"
+log "generating ${SIZE_MIB} MiB of random data"
+head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$src"
+cat "$src" > /dev/null   # into the page cache
+bytes=$(stat -c %s "$src")
+want=$(sha256sum "$src" | cut -d' ' -f1)
+
+check() { # the destination file must be identical
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  [ "$got" = "$want" ] || { echo "compare: $2 produced a different file" >&2; exit 1; }
+}
+
+# --- one run of each tool; each prints its seconds ----------------------------
+run_xfer() {
+  rm -f "$dst/data.bin"
+  local port; port=$(free_port)
+  "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local t0; t0=$(now)
+  "$XFER" send "$src" "127.0.0.1:$port" --quiet
+  wait "$r"
+  local t1; t1=$(now)
+  check "$dst/data.bin" xfer
+  echo "$t1 - $t0" | bc -l
+}
+
+run_socat() {
+  rm -f "$dst/out"
+  local port; port=$(free_port)
+  socat -u -b 1048576 "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr" "OPEN:$dst/out,creat,trunc" & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local t0; t0=$(now)
+  socat -u -b 1048576 "OPEN:$src" "TCP:127.0.0.1:$port"
+  wait "$r"
+  local t1; t1=$(now)
+  check "$dst/out" socat
+  echo "$t1 - $t0" | bc -l
+}
+
+run_nc() { # by hand: hash, send, receive, hash again, compare
+  rm -f "$dst/out"
+  local port; port=$(free_port)
+  ( nc -l 127.0.0.1 "$port" > "$dst/out" && sha256sum "$dst/out" | cut -d' ' -f1 > "$work/rx.sum" ) & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local t0; t0=$(now)
+  sha256sum "$src" | cut -d' ' -f1 > "$work/tx.sum"
+  nc -N 127.0.0.1 "$port" < "$src"
+  wait "$r"
+  cmp -s "$work/tx.sum" "$work/rx.sum" || { echo "compare: nc digests differ" >&2; exit 1; }
+  local t1; t1=$(now)
+  check "$dst/out" nc
+  echo "$t1 - $t0" | bc -l
+}
+
+rsync_port=""
+start_rsyncd() {
+  rsync_port=$(free_port)
+  cat > "$work/rsyncd.conf" <<EOF
+use chroot = no
+pid file = $work/rsyncd.pid
+[dst]
+  path = $dst
+  read only = no
+  uid = root
+  gid = root
+EOF
+  rsync --daemon --no-detach --address=127.0.0.1 --port="$rsync_port" --config="$work/rsyncd.conf" & pids+=($!)
+  wait_port "$rsync_port"
+}
+run_rsync() {
+  rm -f "$dst/data.bin"
+  local t0; t0=$(now)
+  rsync --whole-file "$src" "rsync://127.0.0.1:$rsync_port/dst/"
+  local t1; t1=$(now)
+  check "$dst/data.bin" rsync
+  echo "$t1 - $t0" | bc -l
+}
+
+ssh_port=""
+start_sshd() {
+  ssh_port=$(free_port)
+  mkdir -p /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$work/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
+  cp "$work/client_key.pub" "$work/authorized_keys"
+  chmod 600 "$work/authorized_keys"
+  cat > "$work/sshd_config" <<EOF
+Port $ssh_port
+ListenAddress 127.0.0.1
+HostKey $work/host_key
+AuthorizedKeysFile $work/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile $work/sshd.pid
+Subsystem sftp internal-sftp
+EOF
+  /usr/sbin/sshd -D -f "$work/sshd_config" & pids+=($!)
+  wait_port "$ssh_port"
+}
+run_scp() {
+  rm -f "$dst/out"
+  local t0; t0=$(now)
+  scp -q -i "$work/client_key" -P "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$src" "root@127.0.0.1:$dst/out"
+  local t1; t1=$(now)
+  check "$dst/out" scp
+  echo "$t1 - $t0" | bc -l
+}
+
+start_rsyncd
+start_sshd
+
+tools=(xfer socat nc rsync scp)
+declare -A times
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  for t in "${tools[@]}"; do
+    s=$("run_$t")
+    times[$t]="${times[$t]:-} $s"
+    log "  $t: $s s"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# --- peak RSS ----------------------------------------------------------------
+rss_run() { # $1 = file to send; prints "sender_kib receiver_kib"
+  rm -f "$dst/$(basename "$1")"
+  local port; port=$(free_port)
+  /usr/bin/time -f %M -o "$work/rss.recv" "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  /usr/bin/time -f %M -o "$work/rss.send" "$XFER" send "$1" "127.0.0.1:$port" --quiet
+  wait "$r"
+  rm -f "$dst/$(basename "$1")"
+  echo "$(tail -1 "$work/rss.send") $(tail -1 "$work/rss.recv")"
+}
+log "peak RSS, ${SIZE_MIB} MiB file"
+read -r rss_s1 rss_r1 < <(rss_run "$src")
+sparse="$work/sparse.img"
+truncate -s "${SPARSE_GIB}G" "$sparse"
+log "peak RSS, ${SPARSE_GIB} GiB sparse file"
+read -r rss_s5 rss_r5 < <(rss_run "$sparse")
+
+# --- report --------------------------------------------------------------------
+xfer_med=$(echo "${times[xfer]}" | median)
+echo
+echo "| tool | verified | median s | MB/s | xfer speed ÷ tool speed |"
+echo "|---|---|---:|---:|---:|"
+for t in "${tools[@]}"; do
+  med=$(echo "${times[$t]}" | median)
+  case $t in
+    xfer) v="SHA-256, end to end" ;; socat) v="no" ;; nc) v="sha256sum both ends" ;;
+    rsync) v="rsync checksum" ;; scp) v="SSH MAC" ;;
+  esac
+  printf '| %s | %s | %.3f | %.0f | %.2f |\n' "$t" "$v" "$med" \
+    "$(echo "$bytes / $med / 1000000" | bc -l)" "$(echo "$med / $xfer_med" | bc -l)"
+done
+echo
+echo "| xfer peak RSS | sender | receiver |"
+echo "|---|---:|---:|"
+printf '| %s MiB file | %.1f MiB | %.1f MiB |\n' "$SIZE_MIB" "$(echo "$rss_s1/1024" | bc -l)" "$(echo "$rss_r1/1024" | bc -l)"
+printf '| %s GiB sparse file | %.1f MiB | %.1f MiB |\n' "$SPARSE_GIB" "$(echo "$rss_s5/1024" | bc -l)" "$(echo "$rss_r5/1024" | bc -l)"
+echo
+echo "Data: ${SIZE_MIB} MiB random, from the page cache, to $DEST_PARENT; $ROUNDS round(s), tools alternating; medians."
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), SHA-NI: $(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)."
+[ "$SMOKE" = 1 ] && echo "(smoke mode: sizes too small for the figures to mean anything)"
+exit 0
