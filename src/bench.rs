@@ -75,6 +75,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         &mut Generator::new(config.size),
         "generated data",
         &offer,
+        TIMEOUT,
         &Reporter::new(config.quiet || config.json, false),
     )?;
     let received = receiver

@@ -113,7 +113,7 @@ pub struct RecvArgs {
     pub bind: Option<IpAddr>,
 
     /// Directory where files land.
-    #[arg(short, long, value_name = "DIR", default_value = ".", env = "XFER_DIR")]
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub dir: PathBuf,
 
     /// Exact path for the one incoming file (instead of --dir and its name).

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::NamedTempFile;
 
 use crate::exit_codes::io_reason;
-use crate::names::{escape_for_terminal, validate_name};
+use crate::names::{escape_for_terminal, shown, validate_name};
 use crate::protocol::{Offer, Reason};
 use crate::signals::{self, Watch};
 
@@ -63,7 +63,7 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
     validate_name(&offer.name).map_err(|e| {
         Refusal::new(
             Reason::BadName,
-            format!("refused name '{}': {e}", escape_for_terminal(&offer.name)),
+            format!("refused name '{}': {e}", shown(&offer.name)),
         )
     })?;
     let (dir, final_path) = match target {
@@ -110,7 +110,7 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
             Reason::TooLarge,
             format!(
                 "'{}' needs {} but only {} is free at the destination",
-                escape_for_terminal(&offer.name),
+                crate::names::shown(&offer.name),
                 human_bytes(offer.size),
                 human_bytes(free)
             ),
@@ -173,9 +173,10 @@ impl PartialFile {
         // A trailing hole left by the sparse writer still counts as data.
         file.set_len(offer.size)
             .map_err(|e| io_refusal("cannot size", &e))?;
-        // Only permission bits travel: never set-id or sticky bits from a peer.
+        // Only permission bits travel, never set-id or sticky bits, and the
+        // receiver's umask applies as it would to any file it creates.
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
-            offer.mode & 0o777,
+            offer.mode & 0o777 & !umask(),
         ))
         .map_err(|e| io_refusal("cannot set permissions of", &e))?;
         if let Some(mtime) = mtime_of(offer) {
@@ -248,6 +249,23 @@ fn mtime_of(offer: &Offer) -> Option<SystemTime> {
             .checked_sub(Duration::from_secs(offer.mtime_secs.unsigned_abs()))?
             .checked_add(nanos)
     }
+}
+
+/// This process's umask, read without changing it (Linux 4.7+ reports it
+/// in /proc); 022 where it cannot be read.
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 /// Bytes available to an unprivileged writer in `dir`'s file system.

@@ -70,9 +70,14 @@ impl ExitCode {
         s
     }
 
-    /// Picks the code for an error: the first [`Failure`] in its chain wins;
-    /// otherwise protocol and timeout errors are recognised by type.
+    /// Picks the code for an error: after a signal, always `Interrupted`;
+    /// else the first [`Failure`] in its chain wins; otherwise protocol and
+    /// timeout errors are recognised by type.
     pub fn for_error(err: &anyhow::Error) -> ExitCode {
+        // Whatever broke after a signal broke because of it.
+        if crate::signals::interrupted() {
+            return ExitCode::Interrupted;
+        }
         for cause in err.chain() {
             if let Some(f) = cause.downcast_ref::<Failure>() {
                 return f.code;

@@ -17,16 +17,13 @@ fn main() {
                 let _ = e.print();
                 process::exit(ExitCode::Success.code());
             }
-            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                let _ = e.print();
-                process::exit(ExitCode::Usage.code());
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+                fail(
+                    ExitCode::Usage,
+                    "no command given: use 'xfer send', 'xfer recv' or 'xfer bench' (see 'xfer --help')",
+                )
             }
-            _ => {
-                let rendered = e.render().to_string();
-                let first = rendered.lines().next().unwrap_or("invalid arguments");
-                let first = first.strip_prefix("error: ").unwrap_or(first);
-                fail(ExitCode::Usage, &format!("{first} (see 'xfer --help')"));
-            }
+            _ => fail(ExitCode::Usage, &one_line(&e.render().to_string())),
         },
     };
     if let Err(e) = xfer::signals::install() {
@@ -40,6 +37,19 @@ fn main() {
         Err(_) if xfer::signals::interrupted() => fail(ExitCode::Interrupted, "interrupted"),
         Err(e) => fail(ExitCode::for_error(&e), &format!("{e:#}")),
     }
+}
+
+/// clap's message on one line: the error and any indented details (such as
+/// which required arguments are missing), without usage and tips.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut text = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    for detail in lines.take_while(|l| l.starts_with("  ") && !l.trim().is_empty()) {
+        text.push(' ');
+        text.push_str(detail.trim());
+    }
+    format!("{text} (see 'xfer --help')")
 }
 
 fn fail(code: ExitCode, message: &str) -> ! {

@@ -70,6 +70,20 @@ pub fn escape_for_terminal(s: &str) -> String {
     out
 }
 
+/// Longest name shown in a message; a hostile peer must not be able to
+/// flood a log line with a 64 KiB name.
+const SHOWN_MAX_CHARS: usize = 120;
+
+/// A name from the network as shown in messages: escaped, and cut to
+/// [`SHOWN_MAX_CHARS`] characters with a marker when longer.
+pub fn shown(name: &str) -> String {
+    if name.chars().count() <= SHOWN_MAX_CHARS {
+        return escape_for_terminal(name);
+    }
+    let cut: String = name.chars().take(SHOWN_MAX_CHARS).collect();
+    format!("{}...({} bytes)", escape_for_terminal(&cut), name.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +131,16 @@ mod tests {
         );
         // 255 bytes means bytes, not characters.
         assert!(validate_name(&"é".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn shown_names_are_bounded() {
+        let long = "\x1b".repeat(10_000);
+        let s = shown(&long);
+        assert!(s.len() < 1000, "{}", s.len());
+        assert!(!s.contains('\x1b'));
+        assert!(s.ends_with("...(10000 bytes)"));
+        assert_eq!(shown("short.txt"), "short.txt");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use crate::config::RecvConfig;
 use crate::destination::{self, Target};
 use crate::exit_codes::{ExitCode, Failure};
-use crate::names::escape_for_terminal;
+use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed};
 use crate::protocol::{Accept, Ack, AckStatus, Digest, Frame, Offer, Reason, Refuse, hex};
@@ -36,6 +36,13 @@ pub struct Policy {
     pub idle_timeout: std::time::Duration,
 }
 
+impl Policy {
+    /// With `-o` the receiver takes exactly one file per session.
+    fn one_file(&self) -> bool {
+        matches!(self.target, Target::Output(_))
+    }
+}
+
 /// One file that arrived, was verified and is in place.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -47,39 +54,67 @@ pub struct Received {
 }
 
 /// Serves one session: handshake, then offers until END. Returns the files
-/// received, or the first failure.
+/// received, or the first failure. A refused or unverified file does not end
+/// the session (the stream is still in step); a broken stream does.
 pub fn serve<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     policy: &Policy,
     reporter: &Reporter,
 ) -> anyhow::Result<Vec<Received>> {
+    // One deadline for the whole opening, however the peer trickles it.
+    let first = {
+        let mut bounded = WithDeadline::new(stream, Instant::now() + policy.handshake_timeout);
+        session::handshake(&mut bounded, peer)?;
+        session::expect_frame(&mut bounded, peer, "an offer")?
+    };
     stream
-        .set_deadline(policy.handshake_timeout)
+        .set_deadline(policy.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
-    session::handshake(stream, peer)?;
+
     let mut received = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut next = Some(first);
     loop {
-        let frame = match session::expect_frame(stream, peer, "an offer") {
-            Ok(f) => f,
-            // Every file so far is committed; a close here loses nothing.
-            Err(_) if !received.is_empty() => break,
-            Err(e) => return Err(e),
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => match session::next_frame(stream, peer, "an offer or END") {
+                Ok(Some(frame)) => frame,
+                // Every file so far is settled; a close here loses nothing.
+                Ok(None) => break,
+                // A file that already failed says more than the stall after it.
+                Err(e) => return Err(failure.unwrap_or(e)),
+            },
         };
         match frame {
             Frame::Offer(offer) => {
-                stream.set_deadline(policy.idle_timeout).map_err(|e| {
-                    Failure::network(format!("cannot set a deadline on {peer}"), &e)
-                })?;
-                match receive_file(stream, peer, &offer, policy, reporter) {
-                    Ok(file) => received.push(file),
-                    Err(e) => {
-                        reporter.event(
-                            "file-failed",
-                            json!({ "name": offer.name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(&e).code() }),
-                        );
+                let outcome = if policy.one_file() && (failure.is_some() || !received.is_empty()) {
+                    Ok(Err(refuse(
+                        stream,
+                        peer,
+                        Reason::Unsupported,
+                        "this receiver takes exactly one file (-o)".into(),
+                    )))
+                } else {
+                    receive_file(stream, peer, &offer, policy, reporter)
+                };
+                let file_failure = match outcome {
+                    Ok(Ok(file)) => {
+                        received.push(file);
+                        None
+                    }
+                    Ok(Err(e)) => Some((e, false)),
+                    Err(e) => Some((e, true)),
+                };
+                if let Some((e, fatal)) = file_failure {
+                    reporter.event(
+                        "file-failed",
+                        json!({ "name": offer.name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(&e).code() }),
+                    );
+                    if fatal {
                         return Err(e);
                     }
+                    failure.get_or_insert(e);
                 }
             }
             Frame::End => break,
@@ -90,8 +125,77 @@ pub fn serve<S: Link + ?Sized>(
             }
         }
     }
-    Ok(received)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(received),
+    }
 }
+
+/// Declines an offer: a REFUSE frame to the peer, and our own error with the
+/// receiver's exit code for that reason.
+fn refuse<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    reason: Reason,
+    message: String,
+) -> anyhow::Error {
+    let _ = session::send_frame(
+        stream,
+        &Frame::Refuse(Refuse {
+            reason,
+            message: message.clone(),
+        }),
+        peer,
+    );
+    let code = match reason {
+        // Our own disk or permissions: a local file error on this side.
+        Reason::LocalIo => ExitCode::LocalFile,
+        other => session::code_for_reason(other),
+    };
+    Failure::new(code, message).into()
+}
+
+/// A stream whose every read and write must finish before one instant.
+struct WithDeadline<'a, S: Link + ?Sized> {
+    inner: &'a mut S,
+    until: Instant,
+}
+
+impl<'a, S: Link + ?Sized> WithDeadline<'a, S> {
+    fn new(inner: &'a mut S, until: Instant) -> Self {
+        WithDeadline { inner, until }
+    }
+
+    fn arm(&mut self) -> std::io::Result<()> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake deadline passed",
+            ));
+        }
+        self.inner.set_deadline(left)
+    }
+}
+
+impl<S: Link + ?Sized> std::io::Read for WithDeadline<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
 
 fn receive_file<S: Link + ?Sized>(
     stream: &mut S,
@@ -99,32 +203,22 @@ fn receive_file<S: Link + ?Sized>(
     offer: &Offer,
     policy: &Policy,
     reporter: &Reporter,
-) -> anyhow::Result<Received> {
-    let shown = escape_for_terminal(&offer.name);
-    let refuse = |stream: &mut S, reason: Reason, message: String| -> anyhow::Error {
-        let _ = session::send_frame(
-            stream,
-            &Frame::Refuse(Refuse {
-                reason,
-                message: message.clone(),
-            }),
-            peer,
-        );
-        Failure::new(session::code_for_reason(reason), message).into()
-    };
+) -> anyhow::Result<anyhow::Result<Received>> {
+    let shown = shown(&offer.name);
     if offer.flags != 0 {
-        return Err(refuse(
+        return Ok(Err(refuse(
             stream,
+            peer,
             Reason::Unsupported,
             format!(
                 "offer of '{shown}' uses feature flags 0x{:x} this receiver does not support",
                 offer.flags
             ),
-        ));
+        )));
     }
     let mut partial = match destination::prepare(&policy.target, policy.overwrite, offer) {
         Ok(p) => p,
-        Err(r) => return Err(refuse(stream, r.reason, r.message)),
+        Err(r) => return Ok(Err(refuse(stream, peer, r.reason, r.message))),
     };
 
     reporter.info(format!(
@@ -133,7 +227,7 @@ fn receive_file<S: Link + ?Sized>(
     ));
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "path": partial.final_path(), "size": offer.size, "offset": 0 }),
+        json!({ "name": offer.name, "path": partial.final_path().display().to_string(), "size": offer.size, "offset": 0 }),
     );
     session::send_frame(
         stream,
@@ -218,7 +312,7 @@ fn receive_file<S: Link + ?Sized>(
             }),
             peer,
         )?;
-        return Err(Failure::new(
+        return Ok(Err(Failure::new(
             ExitCode::Integrity,
             format!(
                 "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; nothing was kept",
@@ -226,7 +320,7 @@ fn receive_file<S: Link + ?Sized>(
                 hex(&digest)
             ),
         )
-        .into());
+        .into()));
     }
 
     let path = match partial.commit(offer) {
@@ -246,7 +340,7 @@ fn receive_file<S: Link + ?Sized>(
                 Reason::Exists => ExitCode::Refused,
                 _ => ExitCode::LocalFile,
             };
-            return Err(Failure::new(code, r.message).into());
+            return Ok(Err(Failure::new(code, r.message).into()));
         }
     };
     session::send_frame(
@@ -271,15 +365,15 @@ fn receive_file<S: Link + ?Sized>(
     ));
     reporter.event(
         "file-done",
-        json!({ "name": offer.name, "path": path, "bytes": offer.size, "sha256": hex(&digest), "seconds": seconds }),
+        json!({ "name": offer.name, "path": path.display().to_string(), "bytes": offer.size, "sha256": hex(&digest), "seconds": seconds }),
     );
-    Ok(Received {
+    Ok(Ok(Received {
         name: offer.name.clone(),
         path,
         bytes: offer.size,
         sha256: digest,
         seconds,
-    })
+    }))
 }
 
 /// `xfer recv`: listen, then serve one session (or many, with
@@ -358,7 +452,7 @@ fn summarize(reporter: &Reporter, result: &anyhow::Result<Vec<Received>>, second
             });
             if let [one] = files.as_slice() {
                 fields["name"] = json!(one.name);
-                fields["path"] = json!(one.path);
+                fields["path"] = json!(one.path.display().to_string());
                 fields["sha256"] = json!(hex(&one.sha256));
             }
             reporter.event("summary", fields);

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -40,6 +40,7 @@ pub fn send_one<S, R>(
     source: &mut R,
     source_name: &str,
     offer: &Offer,
+    idle_timeout: Duration,
     reporter: &Reporter,
 ) -> anyhow::Result<Sent>
 where
@@ -125,6 +126,11 @@ where
         }),
         peer,
     )?;
+    // Before its verdict the receiver fsyncs the whole file, which on a slow
+    // disk takes longer than any sensible idle time; allow for that.
+    stream
+        .set_deadline(ack_deadline(idle_timeout, offer.size))
+        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
     let ack = match session::expect_frame(stream, peer, "the receiver's verdict")? {
         Frame::Ack(ack) => ack,
         Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
@@ -162,6 +168,12 @@ where
         sha256: digest,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// How long to wait for the ACK of `size` bytes: the idle timeout plus one
+/// second per 16 MiB, time for an fsync at a slow disk's pace.
+pub fn ack_deadline(idle: Duration, size: u64) -> Duration {
+    idle + Duration::from_secs(size / (16 << 20))
 }
 
 /// `xfer send FILE HOST:PORT`.
@@ -206,6 +218,18 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
 
 fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
     let shown_path = escape_for_terminal(&config.file.display().to_string());
+    // Look before opening: opening a FIFO would block until it has a writer.
+    match std::fs::metadata(&config.file) {
+        Ok(m) if !m.is_file() => {
+            return Err(Failure::new(
+                ExitCode::LocalFile,
+                format!("cannot send '{shown_path}': not a regular file"),
+            )
+            .into());
+        }
+        Ok(_) => {}
+        Err(e) => return Err(Failure::local(format!("cannot open '{shown_path}'"), &e).into()),
+    }
     let mut file = File::open(&config.file)
         .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
     let meta = file
@@ -221,9 +245,13 @@ fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
     let (mtime_secs, mtime_nanos) = match meta.modified() {
         Ok(t) => match t.duration_since(UNIX_EPOCH) {
             Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+            // Before 1970: floor to whole seconds, nanoseconds count up.
             Err(before) => {
                 let d = before.duration();
-                (-(d.as_secs() as i64), 0)
+                match d.subsec_nanos() {
+                    0 => (-(d.as_secs() as i64), 0),
+                    n => (-(d.as_secs() as i64) - 1, 1_000_000_000 - n),
+                }
             }
         },
         Err(_) => (0, 0),
@@ -248,5 +276,13 @@ fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
         escape_for_terminal(&offer.name),
         crate::destination::human_bytes(offer.size)
     ));
-    send_one(&mut stream, &peer, &mut file, &shown_path, &offer, reporter)
+    send_one(
+        &mut stream,
+        &peer,
+        &mut file,
+        &shown_path,
+        &offer,
+        config.idle_timeout,
+        reporter,
+    )
 }

@@ -49,6 +49,20 @@ pub fn expect_frame<S: Link + ?Sized>(
         .map_err(|e| describe(e, peer).context(format!("waiting for {waiting_for}")))
 }
 
+/// Reads the next frame where the peer may also just end the session:
+/// `None` for a clean close before the first byte of a frame.
+pub fn next_frame<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    waiting_for: &str,
+) -> anyhow::Result<Option<Frame>> {
+    match protocol::read_frame(stream) {
+        Ok(frame) => Ok(Some(frame)),
+        Err(ProtocolError::Closed) => Ok(None),
+        Err(e) => Err(describe(e, peer).context(format!("waiting for {waiting_for}"))),
+    }
+}
+
 /// Writes one frame and flushes it, naming the peer on failure.
 pub fn send_frame<S: Link + ?Sized>(
     stream: &mut S,

@@ -1,4 +1,4 @@
-//! Ctrl-C and SIGTERM: stop promptly, through the normal error path, so
+//! Ctrl-C, SIGTERM, SIGHUP and SIGQUIT: stop promptly, through the normal error path, so
 //! temporary files are removed and the final name is never touched.
 //!
 //! A watcher thread sets a flag and shuts down every registered socket,
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::exit_codes::ExitCode;
@@ -41,14 +41,14 @@ fn registry() -> MutexGuard<'static, Registry> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// True once SIGINT or SIGTERM has arrived.
+/// True once SIGINT, SIGTERM, SIGHUP or SIGQUIT has arrived.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Starts the watcher thread. Call once, from `main`.
 pub fn install() -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
     std::thread::Builder::new()
         .name("xfer-signals".into())
         .spawn(move || {
@@ -67,6 +67,10 @@ pub fn install() -> std::io::Result<()> {
             });
             let _ = rx.recv_timeout(GRACE);
             remove_temps();
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr().lock(),
+                b"xfer: error: interrupted\n",
+            );
             std::process::exit(ExitCode::Interrupted.code());
         })?;
     Ok(())

@@ -11,6 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
 use rustix::process::Signal;
+use sha2::Digest as _;
 use testenv::proxy::{Mode, Proxy};
 use testenv::*;
 use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer};
@@ -329,6 +330,7 @@ fn a_wrong_trailer_digest_is_caught_by_the_receiver() {
         Frame::Ack(ack) => assert_eq!(ack.status, protocol::AckStatus::DigestMismatch),
         other => panic!("expected ACK: {other:?}"),
     }
+    drop(s);
     r.finish().assert_code(4);
     assert!(entries(&env.dst()).is_empty());
 }
@@ -386,6 +388,10 @@ fn a_stalled_receiver_times_out_the_sender_with_code_7() {
 
 #[test]
 fn ipv6_loopback_works() {
+    if !ipv6_available() {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    }
     let env = TestEnv::new();
     let file = env.random_file("v6.bin", MIB + 1, 9);
     let mut r = env.recv(&["--bind", "::1"]);
@@ -527,6 +533,10 @@ fn bench_reports_verified_throughput_and_cleans_up() {
 
 #[test]
 fn the_receiver_listens_on_ipv4_and_ipv6_by_default() {
+    if !ipv6_available() {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    }
     let env = TestEnv::new();
     let mut r = env.recv(&["--keep-running"]);
     let a = env.random_file("a", 10, 1);
@@ -538,4 +548,230 @@ fn the_receiver_listens_on_ipv4_and_ipv6_by_default() {
     r.signal(Signal::INT);
     r.finish().assert_code(130);
     assert_eq!(entries(&env.dst()), vec!["a", "b"]);
+}
+
+// Regression tests for problems found in review; each failed before its fix.
+
+#[test]
+fn a_client_trickling_its_handshake_is_dropped_at_the_deadline() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--connect-timeout", "1s"]);
+    let mut s = TcpStream::connect(r.addr()).unwrap();
+    let started = std::time::Instant::now();
+    // One byte every 300 ms: each read is quick, the whole is too slow.
+    let preamble = Preamble::ours().encode();
+    for b in preamble.iter().chain(offer("a", 1).encode().iter()) {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    r.finish().assert_code(7);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_destination_path_that_is_not_utf8_works() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new();
+    let odd = env
+        .root
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"dst-\xff"));
+    fs::create_dir(&odd).unwrap();
+    let file = env.random_file("f.bin", 100, 1);
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(&odd);
+    let mut r = RecvProcess::spawn(cmd);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&odd.join("f.bin")), sha256_file(&file));
+}
+
+#[test]
+fn sighup_mid_transfer_removes_the_temporary_file() {
+    let env = TestEnv::new();
+    let file = env.random_file("big.bin", 16 * MIB, 8);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    r.wait_event("file-start");
+    proxy.wait_forwarded(2 * MIB as u64);
+    r.signal(Signal::HUP);
+    let out = r.finish();
+    out.assert_code(130);
+    let summary = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    assert_eq!(
+        summary["exit_code"], 130,
+        "the summary agrees with the exit code"
+    );
+    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+    collect(&mut sender).assert_code(3);
+}
+
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap();
+    u32::from_str_radix(line.trim(), 8).unwrap()
+}
+
+#[test]
+fn a_peer_cannot_make_files_world_writable_or_setuid() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    let mut frame = offer("w", 2);
+    if let Frame::Offer(o) = &mut frame {
+        o.mode = 0o106777;
+    }
+    protocol::write_frame(&mut s, &frame).unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Accept(_)
+    ));
+    s.write_all(b"hi").unwrap();
+    protocol::write_frame(
+        &mut s,
+        &Frame::Trailer(Trailer {
+            size: 2,
+            sha256: sha2::Sha256::digest(b"hi").into(),
+        }),
+    )
+    .unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Ack(_)
+    ));
+    protocol::write_frame(&mut s, &Frame::End).unwrap();
+    r.finish().assert_code(0);
+    let mode = fs::metadata(env.dst().join("w"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o777 & !umask());
+}
+
+/// Sends one complete file over an open raw session and returns the ACK.
+fn raw_send_file(s: &mut TcpStream, name: &str, data: &[u8]) -> Frame {
+    protocol::write_frame(s, &offer(name, data.len() as u64)).unwrap();
+    match protocol::read_frame(s).unwrap() {
+        Frame::Accept(_) => {}
+        other => return other,
+    }
+    s.write_all(data).unwrap();
+    protocol::write_frame(
+        s,
+        &Frame::Trailer(Trailer {
+            size: data.len() as u64,
+            sha256: sha2::Sha256::digest(data).into(),
+        }),
+    )
+    .unwrap();
+    protocol::read_frame(s).unwrap()
+}
+
+#[test]
+fn output_path_takes_exactly_one_file_per_session() {
+    let env = TestEnv::new();
+    let out = env.dst().join("out.bin");
+    let mut r = env.recv_with(&["-o", out.to_str().unwrap(), "--overwrite"], false);
+    let mut s = raw_sender(&r.addr());
+    assert!(matches!(
+        raw_send_file(&mut s, "one", b"first"),
+        Frame::Ack(_)
+    ));
+    match raw_send_file(&mut s, "two", b"second") {
+        Frame::Refuse(refuse) => assert_eq!(refuse.reason, Reason::Unsupported),
+        other => panic!("second file not refused: {other:?}"),
+    }
+    protocol::write_frame(&mut s, &Frame::End).unwrap();
+    r.finish().assert_code(5);
+    assert_eq!(fs::read(&out).unwrap(), b"first");
+}
+
+#[test]
+fn a_session_goes_on_after_a_refused_offer() {
+    let env = TestEnv::new();
+    fs::write(env.dst().join("taken"), b"keep me").unwrap();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    match raw_send_file(&mut s, "taken", b"new") {
+        Frame::Refuse(refuse) => assert_eq!(refuse.reason, Reason::Exists),
+        other => panic!("not refused: {other:?}"),
+    }
+    match raw_send_file(&mut s, "free", b"fresh") {
+        Frame::Ack(ack) => assert_eq!(ack.status, protocol::AckStatus::Ok),
+        other => panic!("not acknowledged: {other:?}"),
+    }
+    protocol::write_frame(&mut s, &Frame::End).unwrap();
+    r.finish().assert_code(5);
+    assert_eq!(fs::read(env.dst().join("taken")).unwrap(), b"keep me");
+    assert_eq!(fs::read(env.dst().join("free")).unwrap(), b"fresh");
+}
+
+#[test]
+fn sending_a_fifo_fails_at_once_instead_of_hanging() {
+    let env = TestEnv::new();
+    let fifo = env.src().join("pipe");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    env.send(&fifo, "127.0.0.1:9", &[])
+        .assert_code(6)
+        .assert_stderr_contains("not a regular file");
+}
+
+#[test]
+fn a_missing_argument_is_named_and_a_bare_call_is_one_line() {
+    let mut cmd = xfer();
+    cmd.arg("recv");
+    let out = run_bounded(cmd);
+    out.assert_code(2).assert_stderr_contains("--port");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    let out = run_bounded(xfer());
+    out.assert_code(2)
+        .assert_stderr_contains("xfer: error: no command given");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn mtimes_before_1970_survive() {
+    let env = TestEnv::new();
+    let file = env.random_file("old", 10, 1);
+    let mtime = UNIX_EPOCH - Duration::from_millis(1500);
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (sent, received) = send_and_receive(&env, &file);
+    sent.assert_code(0);
+    received.assert_code(0);
+    assert_eq!(
+        fs::metadata(env.dst().join("old"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
 }

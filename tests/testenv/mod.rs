@@ -21,13 +21,23 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The longest any single step may take before the test fails.
-pub const STEP: Duration = Duration::from_secs(60);
+pub const STEP: Duration = Duration::from_secs(120);
 
 pub fn xfer() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xfer"));
     c.stdin(Stdio::null());
-    c.env_remove("XFER_PORT").env_remove("XFER_DIR");
+    // A developer's own settings must not leak into the tests.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("XFER_") {
+            c.env_remove(key);
+        }
+    }
     c
+}
+
+/// Whether this machine has IPv6 loopback; some containers do not.
+pub fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
 }
 
 pub struct TestEnv {
