@@ -1,10 +1,14 @@
 //! The hashing copy: move exactly `len` bytes from a reader to a writer while
-//! computing their SHA-256, with reading, hashing and writing overlapped.
+//! computing their SHA-256, with reading and writing overlapped.
 //!
-//! Three stages (read, hash, write) run on their own threads and hand a small
-//! ring of reused buffers along bounded channels, so memory is constant
-//! whatever the length and the slowest stage sets the pace. This module knows
-//! nothing of sockets, files or frames; it must never allocate per chunk.
+//! Two stages hand a small ring of reused buffers along bounded channels:
+//! the calling thread reads a chunk and hashes it while it is still hot in
+//! the cache, and a writer thread writes the previous chunk meanwhile.
+//! Memory is constant whatever the length. (A separate hashing thread was
+//! measured too: on a 2-core machine running both ends it was about 10%
+//! slower, as every chunk then crossed cores twice; see docs/PERFORMANCE.md.)
+//! This module knows nothing of sockets, files or frames; it must never
+//! allocate per chunk.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -15,8 +19,8 @@ use crate::protocol::Digest;
 
 /// Size of each buffer in the ring.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
-/// Number of buffers in flight: enough for every stage to hold one and
-/// one spare, so no stage waits on another's buffer in the steady state.
+/// Buffers in flight: one being read, one being written, two spare so
+/// neither side waits on the other's buffer in the steady state.
 const RING: usize = 4;
 
 /// Which end of the copy failed; callers know which end is the file.
@@ -44,7 +48,7 @@ where
     W: Write + Send + ?Sized,
 {
     if len <= CHUNK_SIZE as u64 {
-        // One chunk: threads would cost more than they overlap.
+        // One chunk: a thread would cost more than it overlaps.
         let mut buf = vec![0u8; len as usize];
         fill(source, &mut buf).map_err(CopyError::Source)?;
         hasher.update(&buf);
@@ -59,66 +63,51 @@ where
             .send(vec![0u8; CHUNK_SIZE])
             .expect("the ring has room for every buffer");
     }
-    let (hash_tx, hash_rx) = sync_channel::<(Vec<u8>, usize)>(RING);
-    let (write_tx, write_rx) = sync_channel::<(Vec<u8>, usize)>(RING);
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(RING);
 
     std::thread::scope(|scope| {
-        let hash_stage = scope.spawn(move || hash_stage(hash_rx, write_tx, hasher));
-        let write_stage = scope.spawn(move || write_stage(write_rx, free_tx, sink, progress));
-        let read_result = read_stage(source, len, free_rx, hash_tx);
-        let digest = hash_stage.join().expect("hash stage does not panic");
-        let written = write_stage.join().expect("write stage does not panic");
-        // A sink failure makes the earlier stages stop early, so report it
-        // first: it is the cause, not a symptom.
+        let writer = scope.spawn(move || write_stage(full_rx, free_tx, sink, progress));
+        let read_result = read_and_hash(source, len, &mut hasher, free_rx, full_tx);
+        let written = writer.join().expect("the write stage does not panic");
+        // A sink failure makes the reader stop early, so report it first:
+        // it is the cause, not a symptom.
         written.map_err(CopyError::Sink)?;
         read_result.map_err(CopyError::Source)?;
-        Ok(digest)
+        Ok(hasher.finalize().into())
     })
 }
 
-fn read_stage<R: Read + ?Sized>(
+fn read_and_hash<R: Read + ?Sized>(
     source: &mut R,
     len: u64,
+    hasher: &mut Sha256,
     free: Receiver<Vec<u8>>,
-    to_hash: SyncSender<(Vec<u8>, usize)>,
+    to_write: SyncSender<(Vec<u8>, usize)>,
 ) -> io::Result<()> {
     let mut remaining = len;
     while remaining > 0 {
         let Ok(mut buf) = free.recv() else {
-            return Ok(()); // a later stage stopped; it reports why
+            return Ok(()); // the writer stopped; it reports why
         };
         let n = remaining.min(buf.len() as u64) as usize;
         fill(source, &mut buf[..n])?;
+        hasher.update(&buf[..n]);
         remaining -= n as u64;
-        if to_hash.send((buf, n)).is_err() {
+        if to_write.send((buf, n)).is_err() {
             return Ok(());
         }
     }
     Ok(())
 }
 
-fn hash_stage(
-    from_read: Receiver<(Vec<u8>, usize)>,
-    to_write: SyncSender<(Vec<u8>, usize)>,
-    mut hasher: Sha256,
-) -> Digest {
-    for (buf, n) in from_read {
-        hasher.update(&buf[..n]);
-        if to_write.send((buf, n)).is_err() {
-            break;
-        }
-    }
-    hasher.finalize().into()
-}
-
 fn write_stage<W: Write + ?Sized>(
-    from_hash: Receiver<(Vec<u8>, usize)>,
+    from_reader: Receiver<(Vec<u8>, usize)>,
     free: SyncSender<Vec<u8>>,
     sink: &mut W,
     progress: &(dyn Fn(u64) + Sync),
 ) -> io::Result<()> {
     let mut written = 0u64;
-    for (buf, n) in from_hash {
+    for (buf, n) in from_reader {
         sink.write_all(&buf[..n])?;
         written += n as u64;
         progress(written);

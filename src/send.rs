@@ -232,6 +232,8 @@ fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
     }
     let mut file = File::open(&config.file)
         .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
+    // Read-ahead hint for disks; harmless where it does not apply.
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
     let meta = file
         .metadata()
         .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
