@@ -43,6 +43,7 @@ command -v scp >/dev/null || need+=(openssh-client)
 command -v sha256sum >/dev/null || need+=(coreutils)
 command -v ss >/dev/null || need+=(iproute2)
 command -v bc >/dev/null || need+=(bc)
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   apt-get update -qq >/dev/null
@@ -222,6 +223,21 @@ truncate -s "${SPARSE_GIB}G" "$sparse"
 log "peak RSS, ${SPARSE_GIB} GiB sparse file"
 read -r rss_s5 rss_r5 < <(rss_run "$sparse")
 
+# --- time to first byte ----------------------------------------------------------
+ttfb_run() { # $1 = file; prints ms from the sender's exec to its first 1 MiB data write
+  local port; port=$(free_port)
+  "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  strace -f -tt -e trace=execve,sendto,write -o "$work/ttfb.trace" "$XFER" send "$1" "127.0.0.1:$port" --quiet
+  wait "$r"
+  rm -f "$dst/$(basename "$1")"
+  awk 'NR==1 {split($2,a,":"); s=a[1]*3600+a[2]*60+a[3]}
+       / = 1048576$/ {split($2,a,":"); t=a[1]*3600+a[2]*60+a[3]; printf "%.1f\n", (t-s)*1000; exit}' "$work/ttfb.trace"
+}
+log "time to first byte"
+ttfb_small=$(ttfb_run "$src")
+ttfb_sparse=$(ttfb_run "$sparse")
+
 # --- report --------------------------------------------------------------------
 xfer_med=$(echo "${times[xfer]}" | median)
 echo
@@ -241,6 +257,11 @@ echo "| xfer peak RSS | sender | receiver |"
 echo "|---|---:|---:|"
 printf '| %s MiB file | %.1f MiB | %.1f MiB |\n' "$SIZE_MIB" "$(echo "$rss_s1/1024" | bc -l)" "$(echo "$rss_r1/1024" | bc -l)"
 printf '| %s GiB sparse file | %.1f MiB | %.1f MiB |\n' "$SPARSE_GIB" "$(echo "$rss_s5/1024" | bc -l)" "$(echo "$rss_r5/1024" | bc -l)"
+echo
+echo "| xfer time to first data byte (sender exec to first 1 MiB socket write, under strace) | ms |"
+echo "|---|---:|"
+echo "| ${SIZE_MIB} MiB file | $ttfb_small |"
+echo "| ${SPARSE_GIB} GiB sparse file | $ttfb_sparse |"
 echo
 echo "Data: ${SIZE_MIB} MiB random, from the page cache, to $DEST_PARENT; $ROUNDS round(s), tools alternating; medians."
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), SHA-NI: $(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)."
