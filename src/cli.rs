@@ -124,9 +124,19 @@ pub struct RecvArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// Serve transfers one after another until interrupted.
+    /// Keep serving senders, several at once, until interrupted.
     #[arg(long)]
     pub keep_running: bool,
+
+    /// With --keep-running: how many senders are served at once; one more
+    /// gets a "busy" refusal (exit code 5 on its side).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        env = "XFER_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
 
     #[command(flatten)]
     pub common: CommonArgs,

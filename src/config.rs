@@ -30,6 +30,8 @@ pub struct RecvConfig {
     pub target: Target,
     pub overwrite: bool,
     pub keep_running: bool,
+    /// With `keep_running`: sessions served at once.
+    pub max_connections: usize,
     pub quiet: bool,
     pub json: bool,
     pub connect_timeout: Duration,
@@ -110,6 +112,15 @@ impl RecvConfig {
             target,
             overwrite: args.overwrite,
             keep_running: args.keep_running,
+            max_connections: match args.max_connections {
+                0 => {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        "--max-connections must be at least 1",
+                    ));
+                }
+                n => n,
+            },
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,

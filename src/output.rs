@@ -18,11 +18,22 @@ use crate::names::escape_for_terminal;
 pub struct Reporter {
     pub quiet: bool,
     pub json: bool,
+    /// Whether progress bars may be drawn at all.
+    pub bars: bool,
 }
 
 impl Reporter {
     pub fn new(quiet: bool, json: bool) -> Self {
-        Reporter { quiet, json }
+        Reporter {
+            quiet,
+            json,
+            bars: true,
+        }
+    }
+
+    /// The same reporter, with progress bars allowed or not.
+    pub fn with_progress(self, bars: bool) -> Self {
+        Reporter { bars, ..self }
     }
 
     /// A line for people, on stderr, unless `--quiet`.
@@ -49,7 +60,7 @@ impl Reporter {
     /// A progress bar for `total` bytes of `name`, drawn only for a person
     /// watching a terminal.
     pub fn progress(&self, name: &str, total: u64) -> Progress {
-        let visible = !self.quiet && std::io::stderr().is_terminal();
+        let visible = self.bars && !self.quiet && std::io::stderr().is_terminal();
         let bar = if visible {
             ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
         } else {

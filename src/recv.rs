@@ -6,9 +6,9 @@
 //! free space, and every read has a deadline. This module must never create
 //! a file under its final name except by committing a verified partial file.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -21,7 +21,7 @@ use crate::exit_codes::{ExitCode, Failure};
 use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed};
-use crate::protocol::{Accept, Ack, AckStatus, Digest, Frame, Offer, Reason, Refuse, hex};
+use crate::protocol::{self, Accept, Ack, AckStatus, Digest, Frame, Offer, Reason, Refuse, hex};
 use crate::session::{self, Link};
 use crate::signals;
 
@@ -376,10 +376,13 @@ fn receive_file<S: Link + ?Sized>(
     }))
 }
 
-/// `xfer recv`: listen, then serve one session (or many, with
-/// `--keep-running`) until interrupted.
+/// `xfer recv`: listen, then serve one session, or with `--keep-running`
+/// many at once (each on its own thread, up to `--max-connections`) until
+/// interrupted.
 pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
-    let reporter = Reporter::new(config.quiet, config.json);
+    // Concurrent sessions would draw over each other's bars; a server is
+    // watched through its log and JSON events instead.
+    let reporter = Reporter::new(config.quiet, config.json).with_progress(!config.keep_running);
     let listener = crate::net::listen(config.bind, config.port)?;
     let local = listener
         .local_addr()
@@ -397,35 +400,106 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         "listening",
         json!({ "address": local.to_string(), "port": local.port() }),
     );
-    loop {
-        let result = accept_and_serve(&listener, config, &reporter);
+    if !config.keep_running {
+        let result = accept(&listener)
+            .and_then(|(stream, peer)| serve_connection(stream, &peer, config, &reporter));
         if signals::interrupted() {
             return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
         }
-        if !config.keep_running {
-            return result;
-        }
-        if let Err(e) = result {
-            // A failed session ends only that session; say why and go on.
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr().lock(),
-                format!("xfer: error: {e:#}\n").as_bytes(),
-            );
-        }
+        return result;
     }
+
+    let active = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        while !signals::interrupted() {
+            let (stream, peer) = match accept(&listener) {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if !signals::interrupted() {
+                        report_error(&e);
+                        // Out of descriptors or memory: let the load pass.
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    continue;
+                }
+            };
+            if active.load(Ordering::SeqCst) >= config.max_connections {
+                refuse_busy(stream, &peer, config.max_connections, &reporter);
+                continue;
+            }
+            active.fetch_add(1, Ordering::SeqCst);
+            let (active, reporter) = (&active, &reporter);
+            let spawned = std::thread::Builder::new()
+                .name(format!("xfer-session {peer}"))
+                .spawn_scoped(scope, move || {
+                    // One failing or hostile session ends only itself.
+                    if let Err(e) = serve_connection(stream, &peer, config, reporter) {
+                        report_error(&e);
+                    }
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                active.fetch_sub(1, Ordering::SeqCst);
+                report_error(&anyhow::Error::new(e).context("cannot start a session thread"));
+            }
+        }
+    });
+    Err(Failure::new(ExitCode::Interrupted, "interrupted").into())
 }
 
-fn accept_and_serve(
-    listener: &TcpListener,
+fn report_error(e: &anyhow::Error) {
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr().lock(),
+        format!("xfer: error: {e:#}\n").as_bytes(),
+    );
+}
+
+/// Accepts one connection; the peer as shown in messages.
+fn accept(listener: &TcpListener) -> anyhow::Result<(TcpStream, String)> {
+    let (stream, addr) = listener
+        .accept()
+        .map_err(|e| Failure::network("cannot accept a connection", &e))?;
+    // Show IPv4 peers as IPv4 even on the dual-stack socket.
+    let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string();
+    Ok((stream, peer))
+}
+
+/// Over the connection limit: say so in a way the sender can report (our
+/// preamble, then ERROR busy), and close without leaving it hanging. Every
+/// step is bounded so a flood of connections cannot stall the accept loop.
+fn refuse_busy(mut stream: TcpStream, peer: &str, limit: usize, reporter: &Reporter) {
+    let quick = std::time::Duration::from_millis(200);
+    let _ = crate::net::set_deadline(&stream, quick);
+    let _ = protocol::Preamble::ours().write_to(&mut stream);
+    session::send_error(
+        &mut stream,
+        Reason::Busy,
+        &format!("receiver is busy with {limit} transfers; try again later"),
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Read what the sender already sent, so closing does not reset the
+    // connection before it has read our ERROR.
+    let mut sink = [0u8; 8192];
+    let until = Instant::now() + quick;
+    while Instant::now() < until {
+        match std::io::Read::read(&mut stream, &mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    reporter.info(format!(
+        "refused {peer}: {limit} transfers already in progress"
+    ));
+    reporter.event("refused", json!({ "peer": peer, "reason": "busy" }));
+}
+
+fn serve_connection(
+    mut stream: TcpStream,
+    peer: &str,
     config: &RecvConfig,
     reporter: &Reporter,
 ) -> anyhow::Result<()> {
-    let (mut stream, addr) = listener
-        .accept()
-        .map_err(|e| Failure::network("cannot accept a connection", &e))?;
     let _watch = signals::watch_socket(&stream);
-    // Show IPv4 peers as IPv4 even on the dual-stack socket.
-    let peer = std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string();
     let policy = Policy {
         target: config.target.clone(),
         overwrite: config.overwrite,
@@ -436,19 +510,24 @@ fn accept_and_serve(
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
     reporter.event("connected", json!({ "peer": peer }));
     let started = Instant::now();
-    let result = serve(&mut stream, &peer, &policy, reporter);
+    let result = serve(&mut stream, peer, &policy, reporter);
     let seconds = started.elapsed().as_secs_f64();
-    summarize(reporter, &result, seconds);
+    summarize(reporter, peer, &result, seconds);
     result.map(drop)
 }
 
 /// The last JSON event of a session, success or not.
-fn summarize(reporter: &Reporter, result: &anyhow::Result<Vec<Received>>, seconds: f64) {
+fn summarize(
+    reporter: &Reporter,
+    peer: &str,
+    result: &anyhow::Result<Vec<Received>>,
+    seconds: f64,
+) {
     match result {
         Ok(files) => {
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             let mut fields = json!({
-                "ok": true, "exit_code": 0, "files": files.len(), "bytes": bytes, "seconds": seconds,
+                "ok": true, "exit_code": 0, "peer": peer, "files": files.len(), "bytes": bytes, "seconds": seconds,
             });
             if let [one] = files.as_slice() {
                 fields["name"] = json!(one.name);
@@ -461,7 +540,7 @@ fn summarize(reporter: &Reporter, result: &anyhow::Result<Vec<Received>>, second
             let code = ExitCode::for_error(e);
             reporter.event(
                 "summary",
-                json!({ "ok": false, "exit_code": code.code(), "error": format!("{e:#}"), "seconds": seconds }),
+                json!({ "ok": false, "exit_code": code.code(), "peer": peer, "error": format!("{e:#}"), "seconds": seconds }),
             );
         }
     }

@@ -775,3 +775,65 @@ fn mtimes_before_1970_survive() {
         mtime
     );
 }
+
+#[test]
+fn eight_concurrent_senders_are_served_at_once_by_one_receiver() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running"]);
+    // A hostile client stays connected and then speaks nonsense; it must
+    // not hold up or break anyone else.
+    let mut hostile = TcpStream::connect(r.addr()).unwrap();
+    let files: Vec<_> = (0..8)
+        .map(|i| env.random_file(&format!("c{i}.bin"), 2 * MIB + i * 1000, 100 + i as u64))
+        .collect();
+    let mut senders: Vec<_> = files
+        .iter()
+        .map(|f| env.spawn_send(f, &r.addr(), &[]))
+        .collect();
+    hostile.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    for (sender, file) in senders.iter_mut().zip(&files) {
+        collect(sender).assert_code(0);
+        let name = file.file_name().unwrap();
+        assert_eq!(sha256_file(&env.dst().join(name)), sha256_file(file));
+    }
+    drop(hostile);
+    r.signal(Signal::TERM);
+    r.finish().assert_code(130);
+    assert_eq!(entries(&env.dst()).len(), 8, "{:?}", entries(&env.dst()));
+}
+
+#[test]
+fn a_sender_over_the_connection_limit_gets_a_busy_refusal_and_code_5() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running", "--max-connections", "1"]);
+    // Occupy the one slot with a session that has shaken hands.
+    let occupant = raw_sender(&r.addr());
+    let file = env.random_file("late.bin", 1000, 1);
+    let started = std::time::Instant::now();
+    env.send(&file, &r.addr(), &[])
+        .assert_code(5)
+        .assert_stderr_contains("busy");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it did not hang"
+    );
+    assert!(entries(&env.dst()).is_empty());
+
+    // Once the slot is free, the same sender gets through (bounded retries
+    // while the receiver notices the occupant left).
+    drop(occupant);
+    let mut delivered = false;
+    for _ in 0..50 {
+        let out = env.send(&file, &r.addr(), &[]);
+        if out.code() == Some(0) {
+            delivered = true;
+            break;
+        }
+        out.assert_stderr_contains("busy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(delivered, "the freed slot was never reused");
+    r.signal(Signal::TERM);
+    r.finish().assert_code(130);
+    assert_eq!(entries(&env.dst()), vec!["late.bin"]);
+}
