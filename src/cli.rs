@@ -61,6 +61,17 @@ pub enum Command {
     /// Measure verified throughput over loopback, in one process.
     #[command(after_help = bench_help())]
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write every page into a directory.
+    Man {
+        /// Write xfer.1 and one page per subcommand into this directory.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Flags both sides of a transfer take.

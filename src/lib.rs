@@ -16,7 +16,21 @@ pub mod send;
 pub mod session;
 pub mod signals;
 
+use std::io::Write;
+
+use anyhow::Context;
 use cli::{Cli, Command};
+
+/// Writes generated text to stdout; a reader that stopped early (`| head`)
+/// is not an error.
+fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Validates the parsed command line and runs it.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -24,5 +38,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(&config::SendConfig::from_args(args)?),
         Command::Recv(args) => recv::run(&config::RecvConfig::from_args(args)?),
         Command::Bench(args) => bench::run(&config::BenchConfig::from_args(args)?),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "xfer", &mut out);
+            print_stdout(&out)
+        }
+        Command::Man { out_dir: None } => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .context("cannot render the man page")?;
+            print_stdout(&out)
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir).map_err(
+                |e| {
+                    exit_codes::Failure::local(
+                        format!("cannot write man pages to '{}'", dir.display()),
+                        &e,
+                    )
+                },
+            )?;
+            Ok(())
+        }
     }
 }

@@ -837,3 +837,24 @@ fn a_sender_over_the_connection_limit_gets_a_busy_refusal_and_code_5() {
     r.finish().assert_code(130);
     assert_eq!(entries(&env.dst()), vec!["late.bin"]);
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli_definition() {
+    let mut cmd = xfer();
+    cmd.args(["completions", "bash"]);
+    let out = run_bounded(cmd);
+    out.assert_code(0);
+    assert!(out.stdout.contains("--max-connections"), "{out}");
+    assert!(out.stdout.contains("recv"), "{out}");
+
+    let env = TestEnv::new();
+    let mut cmd = xfer();
+    cmd.args(["man", "--out-dir"]).arg(env.dst());
+    run_bounded(cmd).assert_code(0);
+    for page in ["xfer.1", "xfer-send.1", "xfer-recv.1", "xfer-bench.1"] {
+        let text = fs::read_to_string(env.dst().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let recv = fs::read_to_string(env.dst().join("xfer-recv.1")).unwrap();
+    assert!(recv.contains("keep\\-running"), "flags are documented");
+}
