@@ -25,7 +25,8 @@ fn main_help() -> String {
 fn send_help() -> String {
     after_help(
         "  xfer send backup.tar 192.0.2.10:9000\n  \
-           xfer send --json --quiet db.dump [::1]:9000\n",
+           xfer send --json --quiet db.dump [::1]:9000\n  \
+           tar c ./photos | xfer send - host:9000 --name photos.tar\n",
     )
 }
 
@@ -33,7 +34,8 @@ fn recv_help() -> String {
     after_help(
         "  xfer recv --port 9000 --dir /srv/incoming\n  \
            xfer recv --port 0 --json -o /tmp/exact-name.bin\n  \
-           xfer recv --port 9000 --keep-running --overwrite\n",
+           xfer recv --port 9000 --keep-running --overwrite\n  \
+           xfer recv --port 9000 --stdout | tar x\n",
     )
 }
 
@@ -98,14 +100,14 @@ pub struct CommonArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// The file to send.
+    /// The file to send, or `-` for standard input (needs --name).
     pub file: PathBuf,
 
     /// Where `xfer recv` listens: HOST:PORT, with IPv6 in brackets ([::1]:9000).
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
 
-    /// Offer the file under this name instead of its own.
+    /// Offer the file under this name instead of its own (required for `-`).
     #[arg(long)]
     pub name: Option<String>,
 
@@ -130,6 +132,12 @@ pub struct RecvArgs {
     /// Exact path for the one incoming file (instead of --dir and its name).
     #[arg(short, long, value_name = "PATH", conflicts_with_all = ["dir", "keep_running"])]
     pub output: Option<PathBuf>,
+
+    /// Write the one incoming file to standard output as it arrives (JSON
+    /// events, if asked for, go to stderr). Exit code 4 means the output
+    /// failed verification and must be discarded.
+    #[arg(long, conflicts_with_all = ["dir", "output", "keep_running", "overwrite"])]
+    pub stdout: bool,
 
     /// Replace an existing file (atomically, only once the new one is verified).
     #[arg(long)]

@@ -13,6 +13,7 @@ use crate::net;
 
 #[derive(Debug, Clone)]
 pub struct SendConfig {
+    /// The file to send; `-` is standard input, sent as a stream.
     pub file: PathBuf,
     /// The name offered to the receiver.
     pub name: String,
@@ -54,6 +55,12 @@ impl SendConfig {
             .map_err(|e: String| Failure::new(ExitCode::Usage, e))?;
         let name = match args.name {
             Some(n) => n,
+            None if args.file.as_os_str() == "-" => {
+                return Err(Failure::new(
+                    ExitCode::Usage,
+                    "sending standard input needs a name for it: add --name NAME",
+                ));
+            }
             None => args
                 .file
                 .file_name()
@@ -81,9 +88,17 @@ impl SendConfig {
     }
 }
 
+impl SendConfig {
+    /// Whether the data comes from standard input.
+    pub fn stdin(&self) -> bool {
+        self.file.as_os_str() == "-"
+    }
+}
+
 impl RecvConfig {
     pub fn from_args(args: RecvArgs) -> Result<Self, Failure> {
         let target = match args.output {
+            _ if args.stdout => Target::Stdout,
             Some(path) => {
                 let parent = match path.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

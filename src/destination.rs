@@ -29,6 +29,8 @@ pub enum Target {
     Dir(PathBuf),
     /// The one incoming file lands at exactly this path.
     Output(PathBuf),
+    /// The one incoming file goes to standard output as it arrives.
+    Stdout,
 }
 
 /// Why an offer is declined; becomes a REFUSE frame and an exit code.
@@ -69,6 +71,12 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
     let (dir, final_path) = match target {
         Target::Dir(dir) => (dir.clone(), dir.join(&offer.name)),
         Target::Output(path) => (parent_dir(path), path.clone()),
+        Target::Stdout => {
+            return Err(Refusal::new(
+                Reason::LocalIo,
+                "standard output is not a place for files",
+            ));
+        }
     };
     let shown = escape_for_terminal(&final_path.display().to_string());
 
@@ -157,11 +165,12 @@ impl PartialFile {
         self.temp.path()
     }
 
-    /// Makes the verified data durable and visible under its final name:
+    /// Makes the verified `size` bytes durable and visible under their final
+    /// name:
     /// permission bits and mtime applied, fsync, atomic rename, directory
     /// fsync. On error the temporary file is removed and the final name is
     /// untouched (or, with overwrite, still holds its old content).
-    pub fn commit(self, offer: &Offer) -> Result<PathBuf, Refusal> {
+    pub fn commit(self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
         let shown = escape_for_terminal(&self.final_path.display().to_string());
         let io_refusal = |what: &str, e: &io::Error| {
             Refusal::new(
@@ -171,7 +180,7 @@ impl PartialFile {
         };
         let file = self.temp.as_file();
         // A trailing hole left by the sparse writer still counts as data.
-        file.set_len(offer.size)
+        file.set_len(size)
             .map_err(|e| io_refusal("cannot size", &e))?;
         // Only permission bits travel, never set-id or sticky bits, and the
         // receiver's umask applies as it would to any file it creates.
@@ -328,7 +337,7 @@ mod tests {
             .into_owned();
         assert!(temp_name.starts_with(TEMP_PREFIX) && temp_name.ends_with(TEMP_SUFFIX));
         p.writer().write_all(b"abc").unwrap();
-        let path = p.commit(&o).unwrap();
+        let path = p.commit(&o, o.size).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"abc");
         let meta = fs::metadata(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -361,7 +370,7 @@ mod tests {
         let o = offer("a", 3);
         let mut p = prepare(&t, true, &o).unwrap();
         p.writer().write_all(b"new").unwrap();
-        p.commit(&o).unwrap();
+        p.commit(&o, o.size).unwrap();
         assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"new");
         assert_eq!(entries(dir.path()), vec!["a"]);
     }
@@ -373,7 +382,7 @@ mod tests {
         let mut p = prepare(&Target::Dir(dir.path().into()), false, &o).unwrap();
         p.writer().write_all(b"new").unwrap();
         fs::write(dir.path().join("a"), b"old").unwrap();
-        let err = p.commit(&o).unwrap_err();
+        let err = p.commit(&o, o.size).unwrap_err();
         assert_eq!(err.reason, Reason::Exists);
         assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"old");
         assert_eq!(entries(dir.path()), vec!["a"]);
@@ -403,7 +412,7 @@ mod tests {
         let o = offer("original-name", 2);
         let mut p = prepare(&Target::Output(out.clone()), false, &o).unwrap();
         p.writer().write_all(b"hi").unwrap();
-        assert_eq!(p.commit(&o).unwrap(), out);
+        assert_eq!(p.commit(&o, o.size).unwrap(), out);
         assert_eq!(entries(dir.path()), vec!["chosen.bin"]);
     }
 
@@ -419,7 +428,7 @@ mod tests {
         w.write_all(&zeros[4..]).unwrap();
         w.write_all(&zeros).unwrap();
         w.write_all(&zeros).unwrap();
-        let path = p.commit(&o).unwrap();
+        let path = p.commit(&o, o.size).unwrap();
         let data = fs::read(&path).unwrap();
         assert_eq!(data.len() as u64, size);
         assert_eq!(&data[..4], b"head");

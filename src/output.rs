@@ -20,6 +20,8 @@ pub struct Reporter {
     pub json: bool,
     /// Whether progress bars may be drawn at all.
     pub bars: bool,
+    /// JSON events go to stderr because stdout carries the data.
+    pub events_to_stderr: bool,
 }
 
 impl Reporter {
@@ -28,6 +30,15 @@ impl Reporter {
             quiet,
             json,
             bars: true,
+            events_to_stderr: false,
+        }
+    }
+
+    /// The same reporter, writing JSON events to stderr (stdout is data).
+    pub fn with_events_on_stderr(self) -> Self {
+        Reporter {
+            events_to_stderr: true,
+            ..self
         }
     }
 
@@ -52,26 +63,33 @@ impl Reporter {
         if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields) {
             o.extend(extra);
         }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{obj}");
-        let _ = out.flush();
+        if self.events_to_stderr {
+            let _ = writeln!(std::io::stderr().lock(), "{obj}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{obj}");
+            let _ = out.flush();
+        }
     }
 
-    /// A progress bar for `total` bytes of `name`, drawn only for a person
-    /// watching a terminal.
-    pub fn progress(&self, name: &str, total: u64) -> Progress {
+    /// A progress bar for `total` bytes of `name` (a byte counter when the
+    /// total is unknown), drawn only for a person watching a terminal.
+    pub fn progress(&self, name: &str, total: Option<u64>) -> Progress {
         let visible = self.bars && !self.quiet && std::io::stderr().is_terminal();
         let bar = if visible {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
         };
+        let template = if total.is_some() {
+            "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}"
+        } else {
+            "{msg:.bold} {spinner} {binary_bytes} {binary_bytes_per_sec}"
+        };
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(template)
+                .expect("the template is valid")
+                .progress_chars("=> "),
         );
         bar.set_message(escape_for_terminal(name));
         if visible {

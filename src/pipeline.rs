@@ -56,7 +56,35 @@ where
         progress(len);
         return Ok(hasher.finalize().into());
     }
+    copy_overlapped(source, sink, Some(len), hasher, progress).map(|(_, digest)| digest)
+}
 
+/// Copies everything `source` yields until its end, of a length nobody
+/// knows in advance (a stream), and returns how many bytes and their digest.
+pub fn copy_hashed_to_end<R, W>(
+    source: &mut R,
+    sink: &mut W,
+    hasher: Sha256,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(u64, Digest), CopyError>
+where
+    R: Read + Send + ?Sized,
+    W: Write + Send + ?Sized,
+{
+    copy_overlapped(source, sink, None, hasher, progress)
+}
+
+fn copy_overlapped<R, W>(
+    source: &mut R,
+    sink: &mut W,
+    len: Option<u64>,
+    mut hasher: Sha256,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(u64, Digest), CopyError>
+where
+    R: Read + Send + ?Sized,
+    W: Write + Send + ?Sized,
+{
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(RING);
     for _ in 0..RING {
         free_tx
@@ -72,32 +100,45 @@ where
         // A sink failure makes the reader stop early, so report it first:
         // it is the cause, not a symptom.
         written.map_err(CopyError::Sink)?;
-        read_result.map_err(CopyError::Source)?;
-        Ok(hasher.finalize().into())
+        let total = read_result.map_err(CopyError::Source)?;
+        Ok((total, hasher.finalize().into()))
     })
 }
 
+/// Reads and hashes `len` bytes, or up to the end when `len` is `None`,
+/// handing each chunk to the writer. Returns the bytes read.
 fn read_and_hash<R: Read + ?Sized>(
     source: &mut R,
-    len: u64,
+    len: Option<u64>,
     hasher: &mut Sha256,
     free: Receiver<Vec<u8>>,
     to_write: SyncSender<(Vec<u8>, usize)>,
-) -> io::Result<()> {
-    let mut remaining = len;
-    while remaining > 0 {
-        let Ok(mut buf) = free.recv() else {
-            return Ok(()); // the writer stopped; it reports why
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let want = match len {
+            Some(len) if total >= len => return Ok(total),
+            Some(len) => (len - total).min(CHUNK_SIZE as u64) as usize,
+            None => CHUNK_SIZE,
         };
-        let n = remaining.min(buf.len() as u64) as usize;
-        fill(source, &mut buf[..n])?;
+        let Ok(mut buf) = free.recv() else {
+            return Ok(total); // the writer stopped; it reports why
+        };
+        let n = if len.is_some() {
+            fill(source, &mut buf[..want])?;
+            want
+        } else {
+            fill_to_end(source, &mut buf[..want])?
+        };
+        if n == 0 {
+            return Ok(total);
+        }
         hasher.update(&buf[..n]);
-        remaining -= n as u64;
+        total += n as u64;
         if to_write.send((buf, n)).is_err() {
-            return Ok(());
+            return Ok(total);
         }
     }
-    Ok(())
 }
 
 fn write_stage<W: Write + ?Sized>(
@@ -115,6 +156,20 @@ fn write_stage<W: Write + ?Sized>(
         let _ = free.send(buf);
     }
     Ok(())
+}
+
+/// Fills `buf` as far as the source goes; returns how much (0 at the end).
+fn fill_to_end<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Fills `buf` completely, or fails with `UnexpectedEof` naming how short.
@@ -219,6 +274,19 @@ mod tests {
         assert!(matches!(err, CopyError::Sink(ref e) if e.kind() == io::ErrorKind::BrokenPipe));
         // The reader stops once the ring is full instead of draining the source.
         assert!(src.len() >= data.len() - (RING + 2) * CHUNK_SIZE);
+    }
+
+    #[test]
+    fn copies_a_stream_to_its_end_whatever_its_length() {
+        for len in [0, 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 5] {
+            let data = pattern(len);
+            let mut out = Vec::new();
+            let (n, digest) =
+                copy_hashed_to_end(&mut &data[..], &mut out, Sha256::new(), &|_| {}).unwrap();
+            assert_eq!(n, len as u64);
+            assert_eq!(out, data);
+            assert_eq!(digest, sha(&data));
+        }
     }
 
     #[test]

@@ -20,8 +20,11 @@ use crate::destination::{self, Target};
 use crate::exit_codes::{ExitCode, Failure};
 use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
-use crate::pipeline::{CopyError, copy_hashed};
-use crate::protocol::{self, Accept, Ack, AckStatus, Digest, Frame, Offer, Reason, Refuse, hex};
+use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
+use crate::protocol::{
+    self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_STREAM, Frame, Offer, Reason, Refuse,
+    hex,
+};
 use crate::session::{self, Link};
 use crate::signals;
 
@@ -37,9 +40,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// With `-o` the receiver takes exactly one file per session.
+    /// With `-o` or `--stdout` the receiver takes exactly one file per session.
     fn one_file(&self) -> bool {
-        matches!(self.target, Target::Output(_))
+        matches!(self.target, Target::Output(_) | Target::Stdout)
     }
 }
 
@@ -197,6 +200,13 @@ impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
 
 impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
 
+/// Where one file's bytes go: a partial file committed once verified, or
+/// straight to stdout (where a mismatch can only be reported).
+enum Output {
+    File(destination::PartialFile),
+    Stdout,
+}
+
 fn receive_file<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
@@ -205,29 +215,45 @@ fn receive_file<S: Link + ?Sized>(
     reporter: &Reporter,
 ) -> anyhow::Result<anyhow::Result<Received>> {
     let shown = shown(&offer.name);
-    if offer.flags != 0 {
+    let streamed = offer.flags & FLAG_STREAM != 0;
+    if offer.flags & !FLAG_STREAM != 0 || (streamed && offer.size != 0) {
         return Ok(Err(refuse(
             stream,
             peer,
             Reason::Unsupported,
             format!(
-                "offer of '{shown}' uses feature flags 0x{:x} this receiver does not support",
-                offer.flags
+                "offer of '{shown}' uses feature flags 0x{:x} (size {}) this receiver does not support",
+                offer.flags, offer.size
             ),
         )));
     }
-    let mut partial = match destination::prepare(&policy.target, policy.overwrite, offer) {
-        Ok(p) => p,
-        Err(r) => return Ok(Err(refuse(stream, peer, r.reason, r.message))),
+    let mut output = match &policy.target {
+        Target::Stdout => match crate::names::validate_name(&offer.name) {
+            Ok(()) => Output::Stdout,
+            Err(e) => {
+                let message = format!("refused name '{shown}': {e}");
+                return Ok(Err(refuse(stream, peer, Reason::BadName, message)));
+            }
+        },
+        target => match destination::prepare(target, policy.overwrite, offer) {
+            Ok(p) => Output::File(p),
+            Err(r) => return Ok(Err(refuse(stream, peer, r.reason, r.message))),
+        },
+    };
+    let shown_path = match &output {
+        Output::File(p) => p.final_path().display().to_string(),
+        Output::Stdout => "-".to_string(),
     };
 
-    reporter.info(format!(
-        "receiving '{shown}' ({}) from {peer}",
+    let size_text = if streamed {
+        "a stream".to_string()
+    } else {
         destination::human_bytes(offer.size)
-    ));
+    };
+    reporter.info(format!("receiving '{shown}' ({size_text}) from {peer}"));
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "path": partial.final_path().display().to_string(), "size": offer.size, "offset": 0 }),
+        json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": 0 }),
     );
     session::send_frame(
         stream,
@@ -239,45 +265,89 @@ fn receive_file<S: Link + ?Sized>(
     )?;
 
     let started = Instant::now();
-    let progress = reporter.progress(&offer.name, offer.size);
+    let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
     let done = AtomicU64::new(0);
-    let copied = copy_hashed(
-        &mut *stream,
-        &mut partial.writer(),
-        offer.size,
-        Sha256::new(),
-        &|n| {
-            done.store(n, Ordering::Relaxed);
-            progress.set(n);
-        },
-    );
+    let on_progress = |n| {
+        done.store(n, Ordering::Relaxed);
+        progress.set(n);
+    };
+    let copied = {
+        let mut stdout;
+        let mut file_writer;
+        let sink: &mut (dyn std::io::Write + Send) = match &mut output {
+            Output::File(p) => {
+                file_writer = p.writer();
+                &mut file_writer
+            }
+            Output::Stdout => {
+                stdout = std::io::stdout();
+                &mut stdout
+            }
+        };
+        if streamed {
+            copy_hashed_to_end(
+                &mut ChunkReader::new(&mut *stream),
+                sink,
+                Sha256::new(),
+                &on_progress,
+            )
+        } else {
+            copy_hashed(&mut *stream, sink, offer.size, Sha256::new(), &on_progress)
+                .map(|digest| (offer.size, digest))
+        }
+        .and_then(|done| {
+            // Data on stdout must really leave before we call it received.
+            sink.flush().map_err(CopyError::Sink)?;
+            Ok(done)
+        })
+    };
     drop(progress);
-    let digest = match copied {
+    let got = done.load(Ordering::Relaxed);
+    let (size, digest) = match copied {
         Ok(d) => d,
+        Err(CopyError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            session::send_error(stream, Reason::Protocol, &e.to_string());
+            return Err(Failure::new(ExitCode::Network, format!("{peer}: {e}")).into());
+        }
         Err(CopyError::Source(e)) => {
-            let got = done.load(Ordering::Relaxed);
+            let of = if streamed {
+                String::new()
+            } else {
+                format!(" of {}", offer.size)
+            };
             return Err(anyhow::Error::new(Failure::network(
-                format!(
-                    "connection to {peer} lost after {got} of {} bytes of '{shown}'",
-                    offer.size
-                ),
+                format!("connection to {peer} lost after {got}{of} bytes of '{shown}'"),
                 &e,
             )));
         }
         Err(CopyError::Sink(e)) => {
-            let failure = Failure::local(
-                format!("cannot write '{}'", partial.temp_path().display()),
-                &e,
-            );
-            session::send_error(
-                stream,
-                Reason::LocalIo,
-                &format!(
-                    "receiver cannot store '{}': {}",
-                    offer.name,
-                    crate::exit_codes::io_reason(&e)
+            let (failure, told) = match &output {
+                Output::Stdout if e.kind() == std::io::ErrorKind::BrokenPipe => (
+                    Failure::new(
+                        ExitCode::LocalFile,
+                        format!(
+                            "stdout was closed after {got} bytes of '{shown}'; the transfer was abandoned"
+                        ),
+                    ),
+                    "the receiver's output was closed".to_string(),
                 ),
-            );
+                Output::Stdout => (
+                    Failure::local("cannot write to stdout", &e),
+                    format!(
+                        "receiver cannot write its output: {}",
+                        crate::exit_codes::io_reason(&e)
+                    ),
+                ),
+                Output::File(p) => (
+                    Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e),
+                    format!(
+                        "receiver cannot store '{}': {}",
+                        offer.name,
+                        crate::exit_codes::io_reason(&e)
+                    ),
+                ),
+            };
+            session::send_error(stream, Reason::LocalIo, &told);
             return Err(failure.into());
         }
     };
@@ -290,13 +360,17 @@ fn receive_file<S: Link + ?Sized>(
             return Err(session::unexpected(&other, "TRAILER", peer));
         }
     };
-    if trailer.size != offer.size {
-        session::send_error(stream, Reason::Protocol, "trailer size differs from offer");
+    if trailer.size != size {
+        session::send_error(
+            stream,
+            Reason::Protocol,
+            "trailer size differs from the data",
+        );
         return Err(Failure::new(
             ExitCode::Network,
             format!(
-                "{peer}: trailer says {} bytes but the offer said {}",
-                trailer.size, offer.size
+                "{peer}: trailer says {} bytes but {size} arrived",
+                trailer.size
             ),
         )
         .into());
@@ -312,10 +386,14 @@ fn receive_file<S: Link + ?Sized>(
             }),
             peer,
         )?;
+        let fate = match output {
+            Output::File(_) => "nothing was kept",
+            Output::Stdout => "the data written to stdout is corrupt and must be discarded",
+        };
         return Ok(Err(Failure::new(
             ExitCode::Integrity,
             format!(
-                "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; nothing was kept",
+                "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; {fate}",
                 hex(&trailer.sha256),
                 hex(&digest)
             ),
@@ -323,25 +401,28 @@ fn receive_file<S: Link + ?Sized>(
         .into()));
     }
 
-    let path = match partial.commit(offer) {
-        Ok(p) => p,
-        Err(r) => {
-            session::send_frame(
-                stream,
-                &Frame::Ack(Ack {
-                    status: AckStatus::Failed,
-                    sha256: digest,
-                    reason: r.reason,
-                    message: r.message.clone(),
-                }),
-                peer,
-            )?;
-            let code = match r.reason {
-                Reason::Exists => ExitCode::Refused,
-                _ => ExitCode::LocalFile,
-            };
-            return Ok(Err(Failure::new(code, r.message).into()));
-        }
+    let path = match output {
+        Output::Stdout => PathBuf::from("-"),
+        Output::File(partial) => match partial.commit(offer, size) {
+            Ok(p) => p,
+            Err(r) => {
+                session::send_frame(
+                    stream,
+                    &Frame::Ack(Ack {
+                        status: AckStatus::Failed,
+                        sha256: digest,
+                        reason: r.reason,
+                        message: r.message.clone(),
+                    }),
+                    peer,
+                )?;
+                let code = match r.reason {
+                    Reason::Exists => ExitCode::Refused,
+                    _ => ExitCode::LocalFile,
+                };
+                return Ok(Err(Failure::new(code, r.message).into()));
+            }
+        },
     };
     session::send_frame(
         stream,
@@ -357,20 +438,24 @@ fn receive_file<S: Link + ?Sized>(
 
     let seconds = started.elapsed().as_secs_f64();
     reporter.info(format!(
-        "received '{}' ({}, {}), sha256 {}",
-        escape_for_terminal(&path.display().to_string()),
-        destination::human_bytes(offer.size),
-        rate(offer.size, seconds),
+        "received {} ({}, {}), sha256 {}",
+        if path.as_os_str() == "-" {
+            format!("'{shown}' on standard output")
+        } else {
+            format!("'{}'", escape_for_terminal(&path.display().to_string()))
+        },
+        destination::human_bytes(size),
+        rate(size, seconds),
         hex(&digest)
     ));
     reporter.event(
         "file-done",
-        json!({ "name": offer.name, "path": path.display().to_string(), "bytes": offer.size, "sha256": hex(&digest), "seconds": seconds }),
+        json!({ "name": offer.name, "path": path.display().to_string(), "bytes": size, "sha256": hex(&digest), "seconds": seconds }),
     );
     Ok(Ok(Received {
         name: offer.name.clone(),
         path,
-        bytes: offer.size,
+        bytes: size,
         sha256: digest,
         seconds,
     }))
@@ -382,7 +467,10 @@ fn receive_file<S: Link + ?Sized>(
 pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     // Concurrent sessions would draw over each other's bars; a server is
     // watched through its log and JSON events instead.
-    let reporter = Reporter::new(config.quiet, config.json).with_progress(!config.keep_running);
+    let mut reporter = Reporter::new(config.quiet, config.json).with_progress(!config.keep_running);
+    if config.target == Target::Stdout {
+        reporter = reporter.with_events_on_stderr();
+    }
     let listener = crate::net::listen(config.bind, config.port)?;
     let local = listener
         .local_addr()

@@ -18,8 +18,10 @@ use crate::config::SendConfig;
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
 use crate::names::escape_for_terminal;
 use crate::output::{Reporter, rate};
-use crate::pipeline::{CopyError, copy_hashed};
-use crate::protocol::{self, AckStatus, Digest, Frame, Offer, Reason, Trailer, hex};
+use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
+use crate::protocol::{
+    self, AckStatus, ChunkWriter, Digest, FLAG_STREAM, Frame, Offer, Reason, Trailer, hex,
+};
 use crate::session::{self, Link};
 use crate::signals;
 
@@ -32,7 +34,8 @@ pub struct Sent {
     pub seconds: f64,
 }
 
-/// Runs one session that sends `offer.size` bytes from `source`.
+/// Runs one session that sends `offer.size` bytes from `source`, or with
+/// the stream flag, everything `source` yields until its end.
 /// `source_name` names the source in local error messages.
 pub fn send_one<S, R>(
     stream: &mut S,
@@ -77,19 +80,36 @@ where
         other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
     }
 
+    let streamed = offer.flags & FLAG_STREAM != 0;
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "size": offer.size, "offset": 0 }),
+        json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": 0 }),
     );
     let started = Instant::now();
-    let progress = reporter.progress(&offer.name, offer.size);
+    let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
     let done = AtomicU64::new(0);
-    let copied = copy_hashed(source, &mut *stream, offer.size, Sha256::new(), &|n| {
+    let on_progress = |n| {
         done.store(n, Ordering::Relaxed);
         progress.set(n);
-    });
+    };
+    let copied = if streamed {
+        let mut framed = ChunkWriter::new(&mut *stream);
+        copy_hashed_to_end(source, &mut framed, Sha256::new(), &on_progress).and_then(|done| {
+            framed.finish().map_err(CopyError::Sink)?;
+            Ok(done)
+        })
+    } else {
+        copy_hashed(
+            source,
+            &mut *stream,
+            offer.size,
+            Sha256::new(),
+            &on_progress,
+        )
+        .map(|digest| (offer.size, digest))
+    };
     drop(progress);
-    let digest = match copied {
+    let (size, digest) = match copied {
         Ok(d) => d,
         Err(CopyError::Source(e)) => {
             session::send_error(
@@ -107,11 +127,13 @@ where
                 }
             }
             let sent = done.load(Ordering::Relaxed);
+            let of = if streamed {
+                String::new()
+            } else {
+                format!(" of {}", offer.size)
+            };
             return Err(Failure::network(
-                format!(
-                    "connection to {peer} lost after {sent} of {} bytes of '{shown}'",
-                    offer.size
-                ),
+                format!("connection to {peer} lost after {sent}{of} bytes of '{shown}'"),
                 &e,
             )
             .into());
@@ -121,7 +143,7 @@ where
     session::send_frame(
         stream,
         &Frame::Trailer(Trailer {
-            size: offer.size,
+            size,
             sha256: digest,
         }),
         peer,
@@ -129,7 +151,7 @@ where
     // Before its verdict the receiver fsyncs the whole file, which on a slow
     // disk takes longer than any sensible idle time; allow for that.
     stream
-        .set_deadline(ack_deadline(idle_timeout, offer.size))
+        .set_deadline(ack_deadline(idle_timeout, size))
         .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
     let ack = match session::expect_frame(stream, peer, "the receiver's verdict")? {
         Frame::Ack(ack) => ack,
@@ -164,7 +186,7 @@ where
     let _ = session::send_frame(stream, &Frame::End, peer);
     Ok(Sent {
         name: offer.name.clone(),
-        bytes: offer.size,
+        bytes: size,
         sha256: digest,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -217,20 +239,74 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
 }
 
 fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
+    let (mut source, offer, shown_path): (Box<dyn Read + Send>, Offer, String) = if config.stdin() {
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let offer = Offer {
+            flags: FLAG_STREAM,
+            size: 0,
+            mode: 0o100644,
+            mtime_secs: now.as_secs() as i64,
+            mtime_nanos: now.subsec_nanos(),
+            name: config.name.clone(),
+        };
+        (
+            Box::new(std::io::stdin()),
+            offer,
+            "standard input".to_string(),
+        )
+    } else {
+        let (file, offer) = open_file(config)?;
+        (
+            Box::new(file),
+            offer,
+            escape_for_terminal(&config.file.display().to_string()),
+        )
+    };
+
+    let peer = config.target.to_string();
+    let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
+    let _watch = signals::watch_socket(&stream);
+    crate::net::prepare(&stream, config.idle_timeout)
+        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
+    reporter.event("connected", json!({ "peer": peer }));
+    reporter.info(format!(
+        "sending '{}' ({}) to {peer}",
+        escape_for_terminal(&offer.name),
+        if config.stdin() {
+            "from standard input".to_string()
+        } else {
+            crate::destination::human_bytes(offer.size)
+        }
+    ));
+    send_one(
+        &mut stream,
+        &peer,
+        &mut source,
+        &shown_path,
+        &offer,
+        config.idle_timeout,
+        reporter,
+    )
+}
+
+/// Opens a regular file to send and describes it in an offer.
+fn open_file(config: &SendConfig) -> anyhow::Result<(File, Offer)> {
     let shown_path = escape_for_terminal(&config.file.display().to_string());
     // Look before opening: opening a FIFO would block until it has a writer.
     match std::fs::metadata(&config.file) {
         Ok(m) if !m.is_file() => {
             return Err(Failure::new(
                 ExitCode::LocalFile,
-                format!("cannot send '{shown_path}': not a regular file"),
+                format!("cannot send '{shown_path}': not a regular file (use '-' for a stream)"),
             )
             .into());
         }
         Ok(_) => {}
         Err(e) => return Err(Failure::local(format!("cannot open '{shown_path}'"), &e).into()),
     }
-    let mut file = File::open(&config.file)
+    let file = File::open(&config.file)
         .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
     // Read-ahead hint for disks; harmless where it does not apply.
     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
@@ -266,25 +342,5 @@ fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
         mtime_nanos,
         name: config.name.clone(),
     };
-
-    let peer = config.target.to_string();
-    let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
-    let _watch = signals::watch_socket(&stream);
-    crate::net::prepare(&stream, config.idle_timeout)
-        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
-    reporter.event("connected", json!({ "peer": peer }));
-    reporter.info(format!(
-        "sending '{}' ({}) to {peer}",
-        escape_for_terminal(&offer.name),
-        crate::destination::human_bytes(offer.size)
-    ));
-    send_one(
-        &mut stream,
-        &peer,
-        &mut file,
-        &shown_path,
-        &offer,
-        config.idle_timeout,
-        reporter,
-    )
+    Ok((file, offer))
 }

@@ -858,3 +858,121 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
     let recv = fs::read_to_string(env.dst().join("xfer-recv.1")).unwrap();
     assert!(recv.contains("keep\\-running"), "flags are documented");
 }
+
+/// `xfer recv --port 0 --json --stdout`, its stdout going to `stdout`.
+fn recv_to_stdout(stdout: std::process::Stdio) -> RecvProcess {
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--json", "--stdout"]);
+    cmd.stdout(stdout);
+    RecvProcess::spawn_with_events_on_stderr(cmd)
+}
+
+#[test]
+fn a_tar_stream_goes_through_stdin_and_stdout() {
+    use std::process::{Command, Stdio};
+    let env = TestEnv::new();
+    let tree = env.src().join("tree");
+    fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    fs::write(tree.join("a.txt"), b"hello").unwrap();
+    fs::write(tree.join("sub/b.bin"), random_bytes(3 * MIB + 17, 4)).unwrap();
+    fs::write(tree.join("sub/deeper/c"), b"").unwrap();
+
+    let mut untar = Command::new("tar")
+        .arg("x")
+        .arg("-C")
+        .arg(env.dst())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r = recv_to_stdout(Stdio::from(untar.stdin.take().unwrap()));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "tar c -C '{}' tree | '{}' send - {} --name tree.tar",
+        env.src().display(),
+        env!("CARGO_BIN_EXE_xfer"),
+        r.addr()
+    ));
+    run_bounded(cmd).assert_code(0);
+    r.finish().assert_code(0);
+    assert!(wait_bounded(&mut untar).success());
+    for rel in ["a.txt", "sub/b.bin", "sub/deeper/c"] {
+        assert_eq!(
+            sha256_file(&env.dst().join("tree").join(rel)),
+            sha256_file(&tree.join(rel)),
+            "{rel}"
+        );
+    }
+    let done = r.seen.iter().find(|e| e["event"] == "file-done").unwrap();
+    assert_eq!(done["path"], "-");
+}
+
+#[test]
+fn a_stream_from_stdin_lands_as_a_verified_file() {
+    use std::process::Stdio;
+    let env = TestEnv::new();
+    let file = env.random_file("input.bin", 5 * MIB + 3, 21);
+    let mut r = env.recv(&[]);
+    let mut cmd = xfer();
+    cmd.args(["send", "-", &r.addr(), "--name", "from-stdin.bin", "--json"]);
+    cmd.stdin(Stdio::from(fs::File::open(&file).unwrap()));
+    let sent = run_bounded(cmd);
+    sent.assert_code(0);
+    r.finish().assert_code(0);
+    let out = env.dst().join("from-stdin.bin");
+    assert_eq!(sha256_file(&out), sha256_file(&file));
+    let summary = sent
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    assert_eq!(summary["bytes"], 5 * MIB as u64 + 3);
+    assert_eq!(entries(&env.dst()), vec!["from-stdin.bin"]);
+}
+
+#[test]
+fn stdin_without_a_name_is_a_usage_error() {
+    let mut cmd = xfer();
+    cmd.args(["send", "-", "127.0.0.1:9"]);
+    run_bounded(cmd)
+        .assert_code(2)
+        .assert_stderr_contains("--name");
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_the_transfer_cleanly() {
+    use std::process::{Command, Stdio};
+    let env = TestEnv::new();
+    let mut head = Command::new("head")
+        .args(["-c", "10"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut r = recv_to_stdout(Stdio::from(head.stdin.take().unwrap()));
+    let file = env.random_file("big.bin", 20 * MIB, 22);
+    env.send(&file, &r.addr(), &[])
+        .assert_code(5)
+        .assert_stderr_contains("output was closed");
+    let out = r.finish();
+    out.assert_code(6)
+        .assert_stderr_contains("stdout was closed");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    wait_bounded(&mut head);
+}
+
+#[test]
+fn a_corrupted_stream_to_stdout_exits_4_and_says_to_discard_the_output() {
+    use std::process::Stdio;
+    let env = TestEnv::new();
+    let sink = fs::File::create(env.dst().join("captured")).unwrap();
+    let mut r = recv_to_stdout(Stdio::from(sink));
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::FlipByteAt(2 * MIB as u64));
+    let file = env.random_file("s.bin", 4 * MIB, 23);
+    let mut cmd = xfer();
+    cmd.args(["send", "-", &proxy.addr(), "--name", "s.bin"]);
+    cmd.stdin(Stdio::from(fs::File::open(&file).unwrap()));
+    run_bounded(cmd).assert_code(4);
+    r.finish()
+        .assert_code(4)
+        .assert_stderr_contains("must be discarded");
+}

@@ -6,9 +6,11 @@
 //! it has not checked against a cap first. Every decoder is total: malformed
 //! input yields a [`ProtocolError`], never a panic.
 
+mod chunks;
 mod frame;
 mod preamble;
 
+pub use chunks::{ChunkReader, ChunkWriter, DATA_FRAME, FLAG_STREAM, MAX_DATA_CHUNK};
 pub use frame::{
     Accept, Ack, AckStatus, ErrorFrame, Frame, FrameType, MAX_CONTROL_FRAME, MAX_MESSAGE_LEN,
     MAX_NAME_LEN, Offer, Reason, Refuse, Trailer, read_frame, write_frame,

@@ -112,6 +112,8 @@ pub struct RecvProcess {
     pub child: Child,
     events: Receiver<String>,
     pub seen: Vec<Value>,
+    /// Lines that were not JSON (messages, when events share stderr).
+    text: Vec<String>,
     stderr: Option<thread::JoinHandle<String>>,
     pub port: u16,
 }
@@ -127,11 +129,29 @@ impl RecvProcess {
             .expect("spawn xfer recv");
         let events = spawn_line_reader(child.stdout.take().unwrap());
         let stderr = spawn_collector(child.stderr.take().unwrap());
+        Self::started(child, events, Some(stderr))
+    }
+
+    /// Like [`spawn`](Self::spawn) for `--stdout` receivers, whose JSON
+    /// events come on stderr among the other messages; the caller decides
+    /// where stdout goes.
+    pub fn spawn_with_events_on_stderr(mut cmd: Command) -> RecvProcess {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn xfer recv");
+        let events = spawn_line_reader(child.stderr.take().unwrap());
+        Self::started(child, events, None)
+    }
+
+    fn started(
+        child: Child,
+        events: Receiver<String>,
+        stderr: Option<thread::JoinHandle<String>>,
+    ) -> RecvProcess {
         let mut r = RecvProcess {
             child,
             events,
             seen: Vec::new(),
-            stderr: Some(stderr),
+            text: Vec::new(),
+            stderr,
             port: 0,
         };
         let listening = r.wait_event("listening");
@@ -152,10 +172,7 @@ impl RecvProcess {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(line) => self.seen.push(
-                    serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("receiver printed non-JSON {line:?}: {e}")),
-                ),
+                Ok(line) => self.take_line(line),
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
                     panic!("receiver did not emit '{name}' within {STEP:?}");
@@ -172,15 +189,12 @@ impl RecvProcess {
     pub fn finish(&mut self) -> Outcome {
         let status = wait_bounded(&mut self.child);
         while let Ok(line) = self.events.recv_timeout(Duration::from_secs(5)) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                self.seen.push(v);
-            }
+            self.take_line(line);
         }
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
+        let stderr = match self.stderr.take() {
+            Some(h) => h.join().unwrap(),
+            None => self.text.join("\n"),
+        };
         Outcome {
             status,
             stdout: self
@@ -194,6 +208,16 @@ impl RecvProcess {
     }
 
     /// Sends `sig` (e.g. `Signal::INT`) to the receiver process.
+    fn take_line(&mut self, line: String) {
+        if self.stderr.is_none() && !line.starts_with('{') {
+            self.text.push(line);
+            return;
+        }
+        let v = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("receiver printed non-JSON {line:?}: {e}"));
+        self.seen.push(v);
+    }
+
     pub fn signal(&self, sig: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a live pid");
         rustix::process::kill_process(pid, sig).expect("kill");
