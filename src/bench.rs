@@ -75,6 +75,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         &mut Generator::new(config.size),
         "generated data",
         &offer,
+        false,
         TIMEOUT,
         &Reporter::new(config.quiet || config.json, false),
     )?;
@@ -122,6 +123,12 @@ impl Generator {
             state: 0x9e37_79b9_7f4a_7c15,
             remaining: len,
         }
+    }
+}
+
+impl send::Source for Generator {
+    fn seek_to(&mut self, _offset: u64) -> std::io::Result<bool> {
+        Ok(false)
     }
 }
 

@@ -111,6 +111,17 @@ pub struct SendArgs {
     #[arg(long)]
     pub name: Option<String>,
 
+    /// After a network failure or timeout, try again this many times
+    /// (waiting 1 s, 2 s, 4 s, ... up to 30 s), resuming each time. Not for
+    /// standard input, which cannot be read twice.
+    #[arg(long, value_name = "N", default_value_t = 3, env = "XFER_RETRIES")]
+    pub retries: u32,
+
+    /// Start from the first byte even if the receiver holds part of the
+    /// file from an interrupted attempt.
+    #[arg(long)]
+    pub no_resume: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -18,6 +18,10 @@ pub struct SendConfig {
     /// The name offered to the receiver.
     pub name: String,
     pub target: net::Target,
+    /// Continue from what the receiver already holds of this file.
+    pub resume: bool,
+    /// Further attempts after a network failure or timeout.
+    pub retries: u32,
     pub quiet: bool,
     pub json: bool,
     pub connect_timeout: Duration,
@@ -80,6 +84,8 @@ impl SendConfig {
             file: args.file,
             name,
             target,
+            resume: !args.no_resume,
+            retries: args.retries,
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,

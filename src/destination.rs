@@ -11,16 +11,21 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tempfile::NamedTempFile;
+use std::io::{Read, Seek};
+use std::os::unix::fs::OpenOptionsExt;
+
+use sha2::{Digest as _, Sha256};
 
 use crate::exit_codes::io_reason;
 use crate::names::{escape_for_terminal, shown, validate_name};
-use crate::protocol::{Offer, Reason};
+use crate::protocol::{FLAG_STREAM, Offer, Reason};
 use crate::signals::{self, Watch};
 
 /// Prefix of every temporary file xfer creates; the suffix is `.part`.
 pub const TEMP_PREFIX: &str = ".xfer-";
 pub const TEMP_SUFFIX: &str = ".part";
+/// Suffix of a resumable partial file, kept after an interrupted transfer.
+pub const PARTIAL_SUFFIX: &str = ".partial";
 
 /// Where the receiver puts files, from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,16 +55,37 @@ impl Refusal {
     }
 }
 
-/// A file being received: the open temporary file and where it will go.
+/// A file being received: the open partial file and where it will go.
+///
+/// Two kinds: a resumable partial (`.xfer-<hash>.partial`, named from the
+/// final path, size and mtime) that survives an interrupted transfer so the
+/// next attempt can continue it, and for streams a one-off temporary file
+/// (`.xfer-<random>.part`) that is removed on any failure.
 #[derive(Debug)]
 pub struct PartialFile {
-    temp: NamedTempFile,
+    file: File,
+    path: PathBuf,
     final_path: PathBuf,
     overwrite: bool,
-    _watch: Watch,
+    resumable: bool,
+    /// Bytes already held from an earlier, interrupted transfer.
+    held: u64,
+    /// Committed or discarded: nothing left for `Drop` to do.
+    settled: bool,
+    _watch: Option<Watch>,
 }
 
-/// Decides where `offer` would land and opens its temporary file, or says
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        // A resumable partial is kept for the next attempt; a one-off
+        // temporary file never outlives its transfer.
+        if !self.settled && !self.resumable {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Decides where `offer` would land and opens its partial file, or says
 /// why it must be refused. Nothing is written when this fails.
 pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<PartialFile, Refusal> {
     validate_name(&offer.name).map_err(|e| {
@@ -78,19 +104,20 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
             ));
         }
     };
-    let shown = escape_for_terminal(&final_path.display().to_string());
+    let shown_final = escape_for_terminal(&final_path.display().to_string());
+    let shown_dir = escape_for_terminal(&dir.display().to_string());
 
     match fs::symlink_metadata(&final_path) {
         Ok(meta) if meta.is_dir() => {
             return Err(Refusal::new(
                 Reason::Exists,
-                format!("'{shown}' exists and is a directory"),
+                format!("'{shown_final}' exists and is a directory"),
             ));
         }
         Ok(_) if !overwrite => {
             return Err(Refusal::new(
                 Reason::Exists,
-                format!("'{shown}' already exists (the receiver can allow --overwrite)"),
+                format!("'{shown_final}' already exists (the receiver can allow --overwrite)"),
             ));
         }
         Ok(_) => {}
@@ -98,62 +125,156 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
         Err(e) => {
             return Err(Refusal::new(
                 Reason::LocalIo,
-                format!("cannot check '{shown}': {}", io_reason(&e)),
+                format!("cannot check '{shown_final}': {}", io_reason(&e)),
             ));
         }
     }
 
+    let resumable = offer.flags & FLAG_STREAM == 0;
+    let partial_path = dir.join(partial_name(&final_path, offer));
+    let already = if resumable {
+        fs::symlink_metadata(&partial_path)
+            .map(|m| m.len().min(offer.size))
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let free = free_space(&dir).map_err(|e| {
         Refusal::new(
             Reason::LocalIo,
-            format!(
-                "cannot use directory '{}': {}",
-                escape_for_terminal(&dir.display().to_string()),
-                io_reason(&e)
-            ),
+            format!("cannot use directory '{shown_dir}': {}", io_reason(&e)),
         )
     })?;
-    if offer.size > free {
+    if offer.size - already > free {
         return Err(Refusal::new(
             Reason::TooLarge,
             format!(
                 "'{}' needs {} but only {} is free at the destination",
-                crate::names::shown(&offer.name),
-                human_bytes(offer.size),
+                shown(&offer.name),
+                human_bytes(offer.size - already),
                 human_bytes(free)
             ),
         ));
     }
 
-    let temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(&dir)
-        .map_err(|e| {
-            Refusal::new(
+    let cannot_create = |e: &io::Error| {
+        Refusal::new(
+            Reason::LocalIo,
+            format!("cannot create a file in '{shown_dir}': {}", io_reason(e)),
+        )
+    };
+    let mut partial = if resumable {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            // Never follow a link planted where the partial file goes.
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&partial_path)
+            .map_err(|e| cannot_create(&e))?;
+        let meta = file.metadata().map_err(|e| cannot_create(&e))?;
+        if !meta.is_file() {
+            return Err(Refusal::new(
                 Reason::LocalIo,
-                format!(
-                    "cannot create a file in '{}': {}",
-                    escape_for_terminal(&dir.display().to_string()),
-                    io_reason(&e)
-                ),
-            )
-        })?;
-    let watch = signals::watch_temp(temp.path());
-    Ok(PartialFile {
-        temp,
-        final_path,
-        overwrite,
-        _watch: watch,
-    })
+                format!("'{}' is not a regular file", partial_path.display()),
+            ));
+        }
+        // Two senders of the same file must not write one partial file.
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(Refusal::new(
+                Reason::Busy,
+                format!("'{shown_final}' is being received from another sender right now"),
+            ));
+        }
+        PartialFile {
+            file,
+            path: partial_path,
+            final_path,
+            overwrite,
+            resumable: true,
+            held: meta.len(),
+            settled: false,
+            _watch: None,
+        }
+    } else {
+        let (file, path) = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(&dir)
+            .and_then(|t| t.keep().map_err(|e| e.error))
+            .map_err(|e| cannot_create(&e))?;
+        let watch = signals::watch_temp(&path);
+        PartialFile {
+            file,
+            path,
+            final_path,
+            overwrite,
+            resumable: false,
+            held: 0,
+            settled: false,
+            _watch: Some(watch),
+        }
+    };
+    if partial.held > offer.size {
+        // Longer than the file can be: not a prefix of it.
+        partial.restart_at(0).map_err(|e| cannot_create(&e))?;
+    }
+    Ok(partial)
+}
+
+/// The resumable partial file's name: hidden, plainly xfer's, and the same
+/// for the same destination, size and mtime, so a retry finds it.
+fn partial_name(final_path: &Path, offer: &Offer) -> String {
+    let mut h = Sha256::new();
+    h.update(final_path.as_os_str().as_encoded_bytes());
+    h.update(offer.size.to_be_bytes());
+    h.update(offer.mtime_secs.to_be_bytes());
+    h.update(offer.mtime_nanos.to_be_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    format!(
+        "{TEMP_PREFIX}{}{PARTIAL_SUFFIX}",
+        crate::protocol::hex(&digest)[..16].to_owned()
+    )
 }
 
 impl PartialFile {
+    /// Bytes held from an earlier attempt (0 for a fresh file).
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// The SHA-256 state after the bytes held, read back from disk.
+    pub fn held_hasher(&mut self) -> io::Result<Sha256> {
+        let mut hasher = Sha256::new();
+        self.file.seek(io::SeekFrom::Start(0))?;
+        let mut left = self.held;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            self.file.read_exact(&mut buf[..want])?;
+            hasher.update(&buf[..want]);
+            left -= want as u64;
+        }
+        Ok(hasher)
+    }
+
+    /// Positions the file for data from `offset` on, dropping anything held
+    /// past it (0 starts over).
+    pub fn restart_at(&mut self, offset: u64) -> io::Result<()> {
+        if offset < self.held {
+            self.file.set_len(offset)?;
+            self.held = offset;
+        }
+        self.file.seek(io::SeekFrom::Start(offset))?;
+        Ok(())
+    }
+
     /// A writer for the data: all-zero chunks become holes instead of
     /// written blocks, so sparse files stay sparse and cost no disk.
     pub fn writer(&mut self) -> SparseWriter<'_> {
         SparseWriter {
-            file: self.temp.as_file_mut(),
+            file: &mut self.file,
         }
     }
 
@@ -162,15 +283,31 @@ impl PartialFile {
     }
 
     pub fn temp_path(&self) -> &Path {
-        self.temp.path()
+        &self.path
+    }
+
+    /// Removes the partial data: it is wrong (digest mismatch) or can never
+    /// complete here (disk full).
+    pub fn discard(mut self) {
+        let _ = fs::remove_file(&self.path);
+        self.settled = true;
     }
 
     /// Makes the verified `size` bytes durable and visible under their final
-    /// name:
-    /// permission bits and mtime applied, fsync, atomic rename, directory
-    /// fsync. On error the temporary file is removed and the final name is
-    /// untouched (or, with overwrite, still holds its old content).
-    pub fn commit(self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
+    /// name: permission bits and mtime applied, fsync, atomic rename (never
+    /// replacing a file unless overwriting), directory fsync. On error the
+    /// partial file is removed and the final name is untouched (or, with
+    /// overwrite, still holds its old content).
+    pub fn commit(mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
+        let result = self.finish(offer, size);
+        if result.is_err() {
+            let _ = fs::remove_file(&self.path);
+        }
+        self.settled = true;
+        result
+    }
+
+    fn finish(&mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
         let shown = escape_for_terminal(&self.final_path.display().to_string());
         let io_refusal = |what: &str, e: &io::Error| {
             Refusal::new(
@@ -178,7 +315,7 @@ impl PartialFile {
                 format!("{what} '{shown}': {}", io_reason(e)),
             )
         };
-        let file = self.temp.as_file();
+        let file = &self.file;
         // A trailing hole left by the sparse writer still counts as data.
         file.set_len(size)
             .map_err(|e| io_refusal("cannot size", &e))?;
@@ -195,30 +332,41 @@ impl PartialFile {
         file.sync_all()
             .map_err(|e| io_refusal("cannot flush data for", &e))?;
 
-        let dir = parent_dir(&self.final_path);
-        let final_path = self.final_path.clone();
-        let persisted = if self.overwrite {
-            self.temp.persist(&final_path).map(drop)
+        let renamed = if self.overwrite {
+            fs::rename(&self.path, &self.final_path)
         } else {
-            self.temp.persist_noclobber(&final_path).map(drop)
+            rename_noclobber(&self.path, &self.final_path)
         };
-        // On failure the PersistError still owns the temporary file and
-        // removes it when dropped here.
-        persisted.map_err(|e| {
-            if e.error.kind() == io::ErrorKind::AlreadyExists {
+        renamed.map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
                 Refusal::new(
                     Reason::Exists,
                     format!("'{shown}' appeared while receiving; kept it"),
                 )
             } else {
-                io_refusal("cannot rename into", &e.error)
+                io_refusal("cannot rename into", &e)
             }
         })?;
         // The rename is durable only once the directory is synced.
-        if let Ok(d) = File::open(&dir) {
+        if let Ok(d) = File::open(parent_dir(&self.final_path)) {
             let _ = d.sync_all();
         }
-        Ok(final_path)
+        Ok(self.final_path.clone())
+    }
+}
+
+/// Renames `from` to `to` only if `to` does not exist, atomically: with
+/// RENAME_NOREPLACE, or where the file system lacks it, a hard link (which
+/// fails on an existing name) and an unlink.
+fn rename_noclobber(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -335,7 +483,7 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        assert!(temp_name.starts_with(TEMP_PREFIX) && temp_name.ends_with(TEMP_SUFFIX));
+        assert!(temp_name.starts_with(TEMP_PREFIX) && temp_name.ends_with(PARTIAL_SUFFIX));
         p.writer().write_all(b"abc").unwrap();
         let path = p.commit(&o, o.size).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"abc");
@@ -350,9 +498,63 @@ mod tests {
     }
 
     #[test]
-    fn dropping_a_partial_file_removes_it() {
+    fn an_interrupted_partial_is_kept_and_found_again_with_its_prefix() {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = prepare(&Target::Dir(dir.path().into()), false, &offer("a", 1)).unwrap();
+        let t = Target::Dir(dir.path().into());
+        let o = offer("a", 10);
+        let mut p = prepare(&t, false, &o).unwrap();
+        assert_eq!(p.held(), 0);
+        p.writer().write_all(b"01234").unwrap();
+        drop(p); // interrupted
+        let names = entries(dir.path());
+        assert_eq!(names.len(), 1);
+        assert!(names[0].ends_with(PARTIAL_SUFFIX), "{names:?}");
+
+        let mut again = prepare(&t, false, &o).unwrap();
+        assert_eq!(again.held(), 5);
+        let want: [u8; 32] = Sha256::digest(b"01234").into();
+        let got: [u8; 32] = again.held_hasher().unwrap().finalize().into();
+        assert_eq!(got, want);
+        again.restart_at(5).unwrap();
+        again.writer().write_all(b"56789").unwrap();
+        let path = again.commit(&o, 10).unwrap();
+        assert_eq!(fs::read(path).unwrap(), b"0123456789");
+        assert_eq!(entries(dir.path()), vec!["a"]);
+    }
+
+    #[test]
+    fn a_different_file_under_the_same_name_gets_its_own_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().into());
+        let mut p = prepare(&t, false, &offer("a", 10)).unwrap();
+        p.writer().write_all(b"old").unwrap();
+        drop(p);
+        let other = prepare(&t, false, &offer("a", 11)).unwrap();
+        assert_eq!(other.held(), 0);
+    }
+
+    #[test]
+    fn a_partial_in_use_is_refused_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().into());
+        let _first = prepare(&t, false, &offer("a", 10)).unwrap();
+        assert_eq!(
+            prepare(&t, false, &offer("a", 10)).unwrap_err().reason,
+            Reason::Busy
+        );
+    }
+
+    #[test]
+    fn discarding_and_stream_temporaries_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().into());
+        let mut p = prepare(&t, false, &offer("a", 10)).unwrap();
+        p.writer().write_all(b"x").unwrap();
+        p.discard();
+        assert!(entries(dir.path()).is_empty());
+        let mut stream = offer("s", 0);
+        stream.flags = FLAG_STREAM;
+        let mut p = prepare(&t, false, &stream).unwrap();
         p.writer().write_all(b"x").unwrap();
         drop(p);
         assert!(entries(dir.path()).is_empty());

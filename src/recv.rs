@@ -245,31 +245,80 @@ fn receive_file<S: Link + ?Sized>(
         Output::Stdout => "-".to_string(),
     };
 
+    // What an earlier, interrupted attempt left: offered for resuming.
+    let (held, held_hasher) = match &mut output {
+        Output::File(p) if p.held() > 0 => match p.held_hasher() {
+            Ok(h) => (p.held(), Some(h)),
+            Err(e) => {
+                let message = format!(
+                    "cannot read the partial data of '{shown}': {}",
+                    crate::exit_codes::io_reason(&e)
+                );
+                return Ok(Err(refuse(stream, peer, Reason::LocalIo, message)));
+            }
+        },
+        _ => (0, None),
+    };
+    session::send_frame(
+        stream,
+        &Frame::Accept(Accept {
+            offset: held,
+            prefix_sha256: held_hasher
+                .clone()
+                .map(|h| h.finalize().into())
+                .unwrap_or([0; 32]),
+        }),
+        peer,
+    )?;
+    // The sender says whether the held prefix is really the start of its
+    // file (resume) or not (start over).
+    let (start, hasher) = match held_hasher {
+        None => (0, Sha256::new()),
+        Some(h) => match session::expect_frame(stream, peer, "START")? {
+            Frame::Start { offset } if offset == held => (held, h),
+            Frame::Start { offset: 0 } => (0, Sha256::new()),
+            Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+            other => {
+                session::send_error(
+                    stream,
+                    Reason::Protocol,
+                    "expected START at 0 or the offset",
+                );
+                return Err(session::unexpected(&other, "START", peer));
+            }
+        },
+    };
+    if let Output::File(p) = &mut output {
+        if let Err(e) = p.restart_at(start) {
+            let failure = Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e);
+            session::send_error(stream, Reason::LocalIo, "receiver cannot prepare its file");
+            return Err(failure.into());
+        }
+    }
+
     let size_text = if streamed {
         "a stream".to_string()
+    } else if start > 0 {
+        format!(
+            "{}, resuming at {}",
+            destination::human_bytes(offer.size),
+            destination::human_bytes(start)
+        )
     } else {
         destination::human_bytes(offer.size)
     };
     reporter.info(format!("receiving '{shown}' ({size_text}) from {peer}"));
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": 0 }),
+        json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start }),
     );
-    session::send_frame(
-        stream,
-        &Frame::Accept(Accept {
-            offset: 0,
-            prefix_sha256: [0; 32],
-        }),
-        peer,
-    )?;
 
     let started = Instant::now();
     let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
-    let done = AtomicU64::new(0);
+    let done = AtomicU64::new(start);
     let on_progress = |n| {
-        done.store(n, Ordering::Relaxed);
-        progress.set(n);
+        done.store(start + n, Ordering::Relaxed);
+        progress.set(start + n);
     };
     let copied = {
         let mut stdout;
@@ -288,11 +337,11 @@ fn receive_file<S: Link + ?Sized>(
             copy_hashed_to_end(
                 &mut ChunkReader::new(&mut *stream),
                 sink,
-                Sha256::new(),
+                hasher,
                 &on_progress,
             )
         } else {
-            copy_hashed(&mut *stream, sink, offer.size, Sha256::new(), &on_progress)
+            copy_hashed(&mut *stream, sink, offer.size - start, hasher, &on_progress)
                 .map(|digest| (offer.size, digest))
         }
         .and_then(|done| {
@@ -348,6 +397,10 @@ fn receive_file<S: Link + ?Sized>(
                 ),
             };
             session::send_error(stream, Reason::LocalIo, &told);
+            // A partial that cannot be written to cannot be resumed either.
+            if let Output::File(p) = output {
+                p.discard();
+            }
             return Err(failure.into());
         }
     };
@@ -387,7 +440,10 @@ fn receive_file<S: Link + ?Sized>(
             peer,
         )?;
         let fate = match output {
-            Output::File(_) => "nothing was kept",
+            Output::File(p) => {
+                p.discard();
+                "nothing was kept"
+            }
             Output::Stdout => "the data written to stdout is corrupt and must be discarded",
         };
         return Ok(Err(Failure::new(

@@ -37,64 +37,100 @@ pub struct Sent {
 /// Runs one session that sends `offer.size` bytes from `source`, or with
 /// the stream flag, everything `source` yields until its end.
 /// `source_name` names the source in local error messages.
+#[allow(clippy::too_many_arguments)]
 pub fn send_one<S, R>(
     stream: &mut S,
     peer: &str,
     source: &mut R,
     source_name: &str,
     offer: &Offer,
+    resume: bool,
     idle_timeout: Duration,
     reporter: &Reporter,
 ) -> anyhow::Result<Sent>
 where
     S: Link + ?Sized,
-    R: Read + Send + ?Sized,
+    R: Source + ?Sized,
 {
     session::handshake(stream, peer)?;
     let shown = escape_for_terminal(&offer.name);
     session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
-    match session::expect_frame(stream, peer, "the receiver's answer to the offer")? {
-        Frame::Accept(a) if a.offset == 0 => {}
-        Frame::Accept(a) => {
-            session::send_error(stream, Reason::Unsupported, "resuming is not supported");
-            return Err(Failure::new(
-                ExitCode::Network,
-                format!(
-                    "{peer} asked to resume '{shown}' at byte {}, which this version cannot do",
-                    a.offset
-                ),
-            )
-            .into());
-        }
-        Frame::Refuse(r) => {
-            return Err(Failure::new(
-                session::code_for_reason(r.reason),
-                format!(
-                    "{peer} refused '{shown}': {}",
-                    escape_for_terminal(&r.message)
-                ),
-            )
-            .into());
-        }
-        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-        other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
-    }
-
     let streamed = offer.flags & FLAG_STREAM != 0;
+    let (start, hasher) =
+        match session::expect_frame(stream, peer, "the receiver's answer to the offer")? {
+            Frame::Accept(a) if a.offset == 0 => (0, Sha256::new()),
+            Frame::Accept(a) if streamed || a.offset > offer.size => {
+                session::send_error(stream, Reason::Protocol, "offset out of range");
+                return Err(Failure::new(
+                    ExitCode::Network,
+                    format!(
+                        "{peer} offered to resume '{shown}' at byte {} of {}",
+                        a.offset,
+                        if streamed {
+                            "a stream".to_string()
+                        } else {
+                            offer.size.to_string()
+                        }
+                    ),
+                )
+                .into());
+            }
+            Frame::Accept(a) => {
+                // The receiver holds a prefix from an earlier attempt: continue
+                // after it only if it is really the start of this file.
+                let resumed = if resume {
+                    prefix_matches(source, a.offset, &a.prefix_sha256)
+                        .map_err(|e| Failure::local(format!("cannot read '{source_name}'"), &e))?
+                } else {
+                    None
+                };
+                let (start, hasher) = match resumed {
+                    Some(hasher) => (a.offset, hasher),
+                    None => {
+                        source.seek_to(0).map_err(|e| {
+                            Failure::local(format!("cannot read '{source_name}'"), &e)
+                        })?;
+                        (0, Sha256::new())
+                    }
+                };
+                session::send_frame(stream, &Frame::Start { offset: start }, peer)?;
+                (start, hasher)
+            }
+            Frame::Refuse(r) => {
+                return Err(Failure::new(
+                    session::code_for_reason(r.reason),
+                    format!(
+                        "{peer} refused '{shown}': {}",
+                        escape_for_terminal(&r.message)
+                    ),
+                )
+                .into());
+            }
+            Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+            other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
+        };
+
+    if start > 0 {
+        reporter.info(format!(
+            "resuming '{shown}' at {} of {}",
+            crate::destination::human_bytes(start),
+            crate::destination::human_bytes(offer.size)
+        ));
+    }
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": 0 }),
+        json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": start }),
     );
     let started = Instant::now();
     let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
-    let done = AtomicU64::new(0);
+    let done = AtomicU64::new(start);
     let on_progress = |n| {
-        done.store(n, Ordering::Relaxed);
-        progress.set(n);
+        done.store(start + n, Ordering::Relaxed);
+        progress.set(start + n);
     };
     let copied = if streamed {
         let mut framed = ChunkWriter::new(&mut *stream);
-        copy_hashed_to_end(source, &mut framed, Sha256::new(), &on_progress).and_then(|done| {
+        copy_hashed_to_end(source, &mut framed, hasher, &on_progress).and_then(|done| {
             framed.finish().map_err(CopyError::Sink)?;
             Ok(done)
         })
@@ -102,8 +138,8 @@ where
         copy_hashed(
             source,
             &mut *stream,
-            offer.size,
-            Sha256::new(),
+            offer.size - start,
+            hasher,
             &on_progress,
         )
         .map(|digest| (offer.size, digest))
@@ -192,6 +228,82 @@ where
     })
 }
 
+/// Network failures and timeouts may pass; everything else will not.
+fn worth_retrying(e: &anyhow::Error) -> bool {
+    !signals::interrupted()
+        && matches!(
+            ExitCode::for_error(e),
+            ExitCode::Network | ExitCode::Timeout
+        )
+}
+
+/// 1 s, 2 s, 4 s, ... at most 30 s before attempt `n + 1`.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs((1u64 << n.saturating_sub(1).min(5)).min(30))
+}
+
+/// Sleeps for `d` in short steps; false if a signal arrived meanwhile.
+fn sleep_unless_interrupted(d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if signals::interrupted() {
+            return false;
+        }
+        std::thread::sleep(
+            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+    !signals::interrupted()
+}
+
+/// Where the data comes from: anything readable; files can also go back
+/// to an offset, which resuming needs.
+pub trait Source: Read + Send {
+    /// Positions the next read at `offset`; `Ok(false)` when this source
+    /// cannot (a pipe), so resuming is not possible.
+    fn seek_to(&mut self, offset: u64) -> std::io::Result<bool>;
+}
+
+impl Source for File {
+    fn seek_to(&mut self, offset: u64) -> std::io::Result<bool> {
+        std::io::Seek::seek(self, std::io::SeekFrom::Start(offset)).map(|_| true)
+    }
+}
+
+impl Source for std::io::Stdin {
+    fn seek_to(&mut self, _offset: u64) -> std::io::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// Hashes the first `offset` bytes of `source` and compares them with the
+/// receiver's digest of what it holds. On a match, returns the hash state,
+/// with `source` positioned at `offset`.
+fn prefix_matches<R: Source + ?Sized>(
+    source: &mut R,
+    offset: u64,
+    theirs: &Digest,
+) -> std::io::Result<Option<Sha256>> {
+    if !source.seek_to(0)? {
+        return Ok(None);
+    }
+    let mut hasher = Sha256::new();
+    let mut left = offset;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        match source.read(&mut buf[..want])? {
+            0 => return Ok(None), // our file is shorter now
+            n => {
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+    }
+    let ours: Digest = hasher.clone().finalize().into();
+    Ok((ours == *theirs).then_some(hasher))
+}
+
 /// How long to wait for the ACK of `size` bytes: the idle timeout plus one
 /// second per 16 MiB, time for an fsync at a slow disk's pace.
 pub fn ack_deadline(idle: Duration, size: u64) -> Duration {
@@ -202,7 +314,30 @@ pub fn ack_deadline(idle: Duration, size: u64) -> Duration {
 pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     let reporter = Reporter::new(config.quiet, config.json);
     let started = Instant::now();
-    let result = send_file(config, &reporter);
+    let mut attempt = 0;
+    let result = loop {
+        let result = send_file(config, &reporter);
+        match &result {
+            Err(e) if attempt < config.retries && !config.stdin() && worth_retrying(e) => {
+                attempt += 1;
+                let delay = backoff(attempt);
+                reporter.info(format!(
+                    "{e:#}; retrying in {} s (attempt {} of {})",
+                    delay.as_secs(),
+                    attempt + 1,
+                    config.retries + 1
+                ));
+                reporter.event(
+                    "retry",
+                    json!({ "attempt": attempt, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
+                );
+                if !sleep_unless_interrupted(delay) {
+                    break result;
+                }
+            }
+            _ => break result,
+        }
+    };
     let seconds = started.elapsed().as_secs_f64();
     match &result {
         Ok(sent) => {
@@ -239,7 +374,7 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
 }
 
 fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
-    let (mut source, offer, shown_path): (Box<dyn Read + Send>, Offer, String) = if config.stdin() {
+    let (mut source, offer, shown_path): (Box<dyn Source>, Offer, String) = if config.stdin() {
         let now = std::time::SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -283,9 +418,10 @@ fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
     send_one(
         &mut stream,
         &peer,
-        &mut source,
+        &mut *source,
         &shown_path,
         &offer,
+        config.resume,
         config.idle_timeout,
         reporter,
     )

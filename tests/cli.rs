@@ -18,6 +18,19 @@ use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer};
 
 const MIB: usize = 1024 * 1024;
 
+/// Nothing but xfer's own resumable partial files (and no final name).
+#[track_caller]
+fn assert_only_partials(dir: &std::path::Path) {
+    let names = entries(dir);
+    assert!(!names.is_empty(), "the partial data was not kept");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with(".xfer-") && n.ends_with(".partial")),
+        "{names:?}"
+    );
+}
+
 fn send_and_receive(env: &TestEnv, file: &std::path::Path) -> (Outcome, Outcome) {
     let mut r = env.recv(&[]);
     let sent = env.send(file, &r.addr(), &["--json"]);
@@ -163,7 +176,7 @@ fn a_full_disk_mid_transfer_fails_cleanly_and_the_server_keeps_serving() {
 
     let file = env.random_file("big.bin", 6 * MIB, 12);
     let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::HoldAfter(MIB as u64));
-    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(MIB as u64);
     // The offer fitted; now the disk fills up behind the receiver's back.
@@ -186,12 +199,12 @@ fn a_full_disk_mid_transfer_fails_cleanly_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn sender_killed_mid_transfer_makes_the_receiver_exit_3_leaving_nothing() {
+fn sender_killed_mid_transfer_makes_the_receiver_exit_3_leaving_only_its_partial_file() {
     let env = TestEnv::new();
     let file = env.random_file("big.bin", 16 * MIB, 5);
     let mut r = env.recv(&[]);
     let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
-    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(2 * MIB as u64);
     sender.kill().unwrap();
@@ -199,7 +212,7 @@ fn sender_killed_mid_transfer_makes_the_receiver_exit_3_leaving_nothing() {
     r.finish()
         .assert_code(3)
         .assert_stderr_contains("connection to");
-    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+    assert_only_partials(&env.dst());
 }
 
 #[test]
@@ -208,7 +221,7 @@ fn receiver_killed_mid_transfer_makes_the_sender_exit_3() {
     let file = env.random_file("big.bin", 16 * MIB, 6);
     let mut r = env.recv(&[]);
     let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
-    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(2 * MIB as u64);
     r.child.kill().unwrap();
@@ -216,24 +229,24 @@ fn receiver_killed_mid_transfer_makes_the_sender_exit_3() {
 }
 
 #[test]
-fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_removes_the_temporary_file() {
+fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_leaves_only_its_partial_file() {
     let env = TestEnv::new();
     let file = env.random_file("big.bin", 16 * MIB, 8);
     let mut r = env.recv(&[]);
     let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
-    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(2 * MIB as u64);
     assert_eq!(
         entries(&env.dst()).len(),
         1,
-        "a temporary file while receiving"
+        "a partial file while receiving"
     );
     r.signal(Signal::INT);
     r.finish()
         .assert_code(130)
         .assert_stderr_contains("interrupted");
-    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+    assert_only_partials(&env.dst());
     collect(&mut sender).assert_code(3);
 }
 
@@ -359,7 +372,7 @@ fn a_peer_speaking_another_version_gets_a_clear_error() {
         let _ = s.read(&mut buf);
     });
     let file = env.random_file("v.bin", 10, 1);
-    env.send(&file, &addr, &[])
+    env.send(&file, &addr, &["--retries", "0"])
         .assert_code(3)
         .assert_stderr_contains("version 9");
     fake.join().unwrap();
@@ -381,7 +394,7 @@ fn a_stalled_receiver_times_out_the_sender_with_code_7() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let file = env.random_file("s.bin", 10, 1);
-    let out = env.send(&file, &addr, &["--idle-timeout", "1s"]);
+    let out = env.send(&file, &addr, &["--idle-timeout", "1s", "--retries", "0"]);
     out.assert_code(7).assert_stderr_contains("timed out");
     drop(listener);
 }
@@ -465,7 +478,7 @@ fn nobody_listening_is_a_network_error_with_code_3() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    env.send(&file, &format!("127.0.0.1:{port}"), &[])
+    env.send(&file, &format!("127.0.0.1:{port}"), &["--retries", "0"])
         .assert_code(3)
         .assert_stderr_contains(&format!("cannot connect to 127.0.0.1:{port}"));
 }
@@ -597,12 +610,12 @@ fn a_destination_path_that_is_not_utf8_works() {
 }
 
 #[test]
-fn sighup_mid_transfer_removes_the_temporary_file() {
+fn sighup_mid_transfer_stops_cleanly_like_ctrl_c() {
     let env = TestEnv::new();
     let file = env.random_file("big.bin", 16 * MIB, 8);
     let mut r = env.recv(&[]);
     let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(2 * MIB as u64));
-    let mut sender = env.spawn_send(&file, &proxy.addr(), &[]);
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(2 * MIB as u64);
     r.signal(Signal::HUP);
@@ -617,7 +630,7 @@ fn sighup_mid_transfer_removes_the_temporary_file() {
         summary["exit_code"], 130,
         "the summary agrees with the exit code"
     );
-    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+    assert_only_partials(&env.dst());
     collect(&mut sender).assert_code(3);
 }
 
@@ -975,4 +988,121 @@ fn a_corrupted_stream_to_stdout_exits_4_and_says_to_discard_the_output() {
     r.finish()
         .assert_code(4)
         .assert_stderr_contains("must be discarded");
+}
+
+#[test]
+fn a_killed_transfer_resumes_sending_only_the_missing_bytes() {
+    let env = TestEnv::new();
+    let size = 200 * MIB;
+    let file = env.random_file("big.bin", size, 31);
+    let mut r = env.recv(&["--keep-running"]);
+    let cut = Proxy::start(
+        r.addr().parse().unwrap(),
+        Mode::StallAfter(100 * MIB as u64),
+    );
+    let mut sender = env.spawn_send(&file, &cut.addr(), &["--retries", "0"]);
+    cut.wait_forwarded(100 * MIB as u64);
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    r.wait_event("file-failed");
+    assert_only_partials(&env.dst());
+
+    let counted = Proxy::start(r.addr().parse().unwrap(), Mode::Pass);
+    let again = env.send(&file, &counted.addr(), &["--json"]);
+    again.assert_code(0);
+    let start = again
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "file-start")
+        .unwrap();
+    let offset = start["offset"].as_u64().unwrap();
+    assert!(offset > 50 * MIB as u64, "resumed at {offset}");
+    let crossed = counted.forwarded();
+    assert!(
+        crossed < (size as u64) - offset + MIB as u64,
+        "{crossed} bytes crossed"
+    );
+    assert_eq!(sha256_file(&env.dst().join("big.bin")), sha256_file(&file));
+    assert_eq!(entries(&env.dst()), vec!["big.bin"]);
+    r.signal(Signal::TERM);
+    r.finish();
+}
+
+#[test]
+fn a_partial_that_is_not_a_prefix_of_the_file_is_replaced() {
+    let env = TestEnv::new();
+    let file = env.random_file("f.bin", 8 * MIB, 32);
+    let mut r = env.recv(&["--keep-running"]);
+    let cut = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(4 * MIB as u64));
+    let mut sender = env.spawn_send(&file, &cut.addr(), &["--retries", "0"]);
+    cut.wait_forwarded(4 * MIB as u64);
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    r.wait_event("file-failed");
+    // Damage the kept prefix: it no longer matches the sender's file.
+    let partial = env.dst().join(&entries(&env.dst())[0]);
+    let mut bytes = fs::read(&partial).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&partial, bytes).unwrap();
+
+    let again = env.send(&file, &r.addr(), &["--json"]);
+    again.assert_code(0);
+    let start = again
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "file-start")
+        .unwrap();
+    assert_eq!(start["offset"], 0, "started over");
+    assert_eq!(sha256_file(&env.dst().join("f.bin")), sha256_file(&file));
+    assert_eq!(entries(&env.dst()), vec!["f.bin"]);
+    r.signal(Signal::TERM);
+    r.finish();
+}
+
+#[test]
+fn no_resume_sends_everything_again() {
+    let env = TestEnv::new();
+    let file = env.random_file("f.bin", 8 * MIB, 33);
+    let mut r = env.recv(&["--keep-running"]);
+    let cut = Proxy::start(r.addr().parse().unwrap(), Mode::StallAfter(4 * MIB as u64));
+    let mut sender = env.spawn_send(&file, &cut.addr(), &["--retries", "0"]);
+    cut.wait_forwarded(4 * MIB as u64);
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    r.wait_event("file-failed");
+    let again = env.send(&file, &r.addr(), &["--json", "--no-resume"]);
+    again.assert_code(0);
+    let start = again
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "file-start")
+        .unwrap();
+    assert_eq!(start["offset"], 0);
+    assert_eq!(sha256_file(&env.dst().join("f.bin")), sha256_file(&file));
+    r.signal(Signal::TERM);
+    r.finish();
+}
+
+#[test]
+fn a_dropped_connection_is_retried_and_resumed() {
+    let env = TestEnv::new();
+    let file = env.random_file("f.bin", 16 * MIB, 34);
+    let mut r = env.recv(&["--keep-running"]);
+    let flaky = Proxy::start(r.addr().parse().unwrap(), Mode::CutAfter(6 * MIB as u64));
+    let out = env.send(&file, &flaky.addr(), &["--json", "--retries", "2"]);
+    out.assert_code(0);
+    let events = out.events();
+    let retries: Vec<_> = events.iter().filter(|e| e["event"] == "retry").collect();
+    assert_eq!(retries.len(), 1, "{out}");
+    let starts: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "file-start")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 2, "{out}");
+    assert_eq!(starts[0], 0);
+    assert!(starts[1] > 0, "the retry resumed: {starts:?}");
+    assert_eq!(sha256_file(&env.dst().join("f.bin")), sha256_file(&file));
+    r.signal(Signal::TERM);
+    r.finish();
 }

@@ -27,6 +27,7 @@ pub enum FrameType {
     Ack = 0x05,
     End = 0x06,
     Error = 0x07,
+    Start = 0x09,
 }
 
 impl FrameType {
@@ -39,6 +40,7 @@ impl FrameType {
             0x05 => FrameType::Ack,
             0x06 => FrameType::End,
             0x07 => FrameType::Error,
+            0x09 => FrameType::Start,
             _ => return None,
         })
     }
@@ -52,6 +54,7 @@ impl FrameType {
             FrameType::Ack => "ACK",
             FrameType::End => "END",
             FrameType::Error => "ERROR",
+            FrameType::Start => "START",
         }
     }
 }
@@ -189,6 +192,11 @@ pub enum Frame {
     /// Sender -> receiver: no more offers in this session.
     End,
     Error(ErrorFrame),
+    /// Sender -> receiver, after an ACCEPT with a non-zero offset: where
+    /// the data starts (that offset to resume, or 0 to start over).
+    Start {
+        offset: u64,
+    },
 }
 
 impl Frame {
@@ -201,6 +209,7 @@ impl Frame {
             Frame::Ack(_) => FrameType::Ack,
             Frame::End => FrameType::End,
             Frame::Error(_) => FrameType::Error,
+            Frame::Start { .. } => FrameType::Start,
         }
     }
 
@@ -251,6 +260,7 @@ impl Frame {
                 put_string(out, &a.message, MAX_MESSAGE_LEN);
             }
             Frame::End => {}
+            Frame::Start { offset } => out.write_u64::<BigEndian>(*offset).unwrap(),
             Frame::Error(e) => {
                 out.write_u16::<BigEndian>(e.reason.code()).unwrap();
                 put_string(out, &e.message, MAX_MESSAGE_LEN);
@@ -307,6 +317,7 @@ impl Frame {
                 message: c.message()?,
             }),
             FrameType::End => Frame::End,
+            FrameType::Start => Frame::Start { offset: c.u64()? },
             FrameType::Error => Frame::Error(ErrorFrame {
                 reason: Reason::from_code(c.u16()?),
                 message: c.message()?,
@@ -491,6 +502,10 @@ mod tests {
                 message: "no space".into(),
             }),
             Frame::End,
+            Frame::Start { offset: 0 },
+            Frame::Start {
+                offset: 123_456_789_012,
+            },
             Frame::Error(ErrorFrame {
                 reason: Reason::Timeout,
                 message: "idle for 30s".into(),
@@ -534,6 +549,10 @@ mod tests {
     #[test]
     fn documented_test_vectors_hold() {
         assert_eq!(Frame::End.encode(), [0x06, 0, 0, 0, 0]);
+        assert_eq!(
+            Frame::Start { offset: 5 }.encode(),
+            [0x09, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 5]
+        );
         let offer = Frame::Offer(Offer {
             flags: 0,
             size: 0,
@@ -653,7 +672,7 @@ mod tests {
         }
 
         #[test]
-        fn decoder_never_panics_on_arbitrary_payloads(ty in 0u8..10, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn decoder_never_panics_on_arbitrary_payloads(ty in 0u8..12, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Frame::decode(ty, &payload);
         }
 

@@ -17,6 +17,9 @@ pub enum Mode {
     FlipByteAt(u64),
     /// Forward this many sender-to-receiver bytes, then swallow the rest.
     StallAfter(u64),
+    /// Forward this many sender-to-receiver bytes, then cut the connection
+    /// (like a network going down); later connections pass unchanged.
+    CutAfter(u64),
     /// Forward this many sender-to-receiver bytes, then hold the rest back
     /// (the sender feels backpressure) until [`Proxy::release`].
     HoldAfter(u64),
@@ -37,27 +40,30 @@ impl Proxy {
         let released = Arc::new(AtomicBool::new(false));
         let gate = released.clone();
         thread::spawn(move || {
-            let Ok((client, _)) = listener.accept() else {
-                return;
-            };
-            let Ok(server) = TcpStream::connect(upstream) else {
-                let _ = client.shutdown(Shutdown::Both);
-                return;
-            };
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (c3, s3) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            thread::spawn(move || {
-                pump(c2, s2, mode, &counter, &gate);
-            });
-            thread::spawn(move || {
-                pump(
-                    s3,
-                    c3,
-                    Mode::Pass,
-                    &AtomicU64::new(0),
-                    &AtomicBool::new(true),
-                );
-            });
+            // The first connection gets the mode; any later one (a retry)
+            // passes unchanged, counted with the first.
+            for (i, client) in listener.incoming().take(16).enumerate() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    return;
+                };
+                let mode = if i == 0 { mode } else { Mode::Pass };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (counter, gate) = (counter.clone(), gate.clone());
+                thread::spawn(move || {
+                    pump(c2, s2, mode, &counter, &gate);
+                });
+                thread::spawn(move || {
+                    pump(
+                        server,
+                        client,
+                        Mode::Pass,
+                        &AtomicU64::new(0),
+                        &AtomicBool::new(true),
+                    );
+                });
+            }
         });
         Proxy {
             port,
@@ -73,6 +79,11 @@ impl Proxy {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sender-to-receiver bytes forwarded so far, over all connections.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::SeqCst)
     }
 
     /// Waits (bounded) until at least `n` bytes went sender-to-receiver.
@@ -126,13 +137,18 @@ fn pump(
                 }
                 n
             }
-            Mode::StallAfter(limit) => limit.saturating_sub(start).min(n as u64) as usize,
+            Mode::StallAfter(limit) | Mode::CutAfter(limit) => {
+                limit.saturating_sub(start).min(n as u64) as usize
+            }
             Mode::HoldAfter(_) => n,
         };
         if send > 0 && to.write_all(&chunk[..send]).is_err() {
             break;
         }
         forwarded.fetch_add(send as u64, Ordering::SeqCst);
+        if matches!(mode, Mode::CutAfter(limit) if offset >= limit) {
+            break;
+        }
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
