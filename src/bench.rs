@@ -59,6 +59,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
             .unwrap_or(0),
         mtime_nanos: 0,
         name: "xfer-bench.bin".into(),
+        sha256: None,
     };
     reporter.info(format!(
         "bench: sending {} of generated data over {addr}, receiver writing to {}",

@@ -122,6 +122,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub no_resume: bool,
 
+    /// Decide whether the receiver already has the file by SHA-256 (read
+    /// once more before sending) instead of by size and modification time.
+    #[arg(long)]
+    pub checksum: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

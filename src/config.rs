@@ -22,6 +22,8 @@ pub struct SendConfig {
     pub resume: bool,
     /// Further attempts after a network failure or timeout.
     pub retries: u32,
+    /// Skip by SHA-256 instead of size and mtime.
+    pub checksum: bool,
     pub quiet: bool,
     pub json: bool,
     pub connect_timeout: Duration,
@@ -86,6 +88,7 @@ impl SendConfig {
             target,
             resume: !args.no_resume,
             retries: args.retries,
+            checksum: args.checksum,
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,

@@ -85,9 +85,29 @@ impl Drop for PartialFile {
     }
 }
 
-/// Decides where `offer` would land and opens its partial file, or says
-/// why it must be refused. Nothing is written when this fails.
-pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<PartialFile, Refusal> {
+/// What to do with an offer that is not refused.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Receive the data into this partial file.
+    Receive(PartialFile),
+    /// The destination already holds this very file; nothing to send.
+    Unchanged(PathBuf),
+}
+
+impl Prepared {
+    /// The partial file, when data is to be received.
+    pub fn partial(self) -> Option<PartialFile> {
+        match self {
+            Prepared::Receive(p) => Some(p),
+            Prepared::Unchanged(_) => None,
+        }
+    }
+}
+
+/// Decides where `offer` would land and opens its partial file, finds the
+/// file already there, or says why it must be refused. Nothing is written
+/// when this fails.
+pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepared, Refusal> {
     validate_name(&offer.name).map_err(|e| {
         Refusal::new(
             Reason::BadName,
@@ -113,6 +133,13 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
                 Reason::Exists,
                 format!("'{shown_final}' exists and is a directory"),
             ));
+        }
+        Ok(meta)
+            if meta.is_file()
+                && offer.flags & FLAG_STREAM == 0
+                && unchanged(&final_path, &meta, offer) =>
+        {
+            return Ok(Prepared::Unchanged(final_path));
         }
         Ok(_) if !overwrite => {
             return Err(Refusal::new(
@@ -220,7 +247,42 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Partia
         // Longer than the file can be: not a prefix of it.
         partial.restart_at(0).map_err(|e| cannot_create(&e))?;
     }
-    Ok(partial)
+    Ok(Prepared::Receive(partial))
+}
+
+/// Whether the existing file at `path` is the offered one: the same SHA-256
+/// when the sender sent one (`--checksum`), else the same size and mtime
+/// (rsync's quick check). Unreadable counts as changed.
+fn unchanged(path: &Path, meta: &fs::Metadata, offer: &Offer) -> bool {
+    if meta.len() != offer.size {
+        return false;
+    }
+    match &offer.sha256 {
+        Some(theirs) => {
+            let Ok(mut file) = File::open(path) else {
+                return false;
+            };
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        total += n as u64;
+                    }
+                    Err(_) => return false,
+                }
+            }
+            let ours: [u8; 32] = hasher.finalize().into();
+            total == offer.size && ours == *theirs
+        }
+        None => {
+            use std::os::unix::fs::MetadataExt;
+            meta.mtime() == offer.mtime_secs && meta.mtime_nsec() == i64::from(offer.mtime_nanos)
+        }
+    }
 }
 
 /// The resumable partial file's name: hidden, plainly xfer's, and the same
@@ -460,6 +522,7 @@ mod tests {
             mtime_secs: 1_600_000_000,
             mtime_nanos: 5,
             name: name.into(),
+            sha256: None,
         }
     }
 
@@ -476,7 +539,10 @@ mod tests {
     fn commit_places_file_with_mode_and_mtime_and_no_temp_left() {
         let dir = tempfile::tempdir().unwrap();
         let o = offer("a.txt", 3);
-        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o).unwrap();
+        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o)
+            .unwrap()
+            .partial()
+            .unwrap();
         let temp_name = p
             .temp_path()
             .file_name()
@@ -502,7 +568,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::Dir(dir.path().into());
         let o = offer("a", 10);
-        let mut p = prepare(&t, false, &o).unwrap();
+        let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();
         assert_eq!(p.held(), 0);
         p.writer().write_all(b"01234").unwrap();
         drop(p); // interrupted
@@ -510,7 +576,7 @@ mod tests {
         assert_eq!(names.len(), 1);
         assert!(names[0].ends_with(PARTIAL_SUFFIX), "{names:?}");
 
-        let mut again = prepare(&t, false, &o).unwrap();
+        let mut again = prepare(&t, false, &o).unwrap().partial().unwrap();
         assert_eq!(again.held(), 5);
         let want: [u8; 32] = Sha256::digest(b"01234").into();
         let got: [u8; 32] = again.held_hasher().unwrap().finalize().into();
@@ -526,10 +592,16 @@ mod tests {
     fn a_different_file_under_the_same_name_gets_its_own_partial() {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::Dir(dir.path().into());
-        let mut p = prepare(&t, false, &offer("a", 10)).unwrap();
+        let mut p = prepare(&t, false, &offer("a", 10))
+            .unwrap()
+            .partial()
+            .unwrap();
         p.writer().write_all(b"old").unwrap();
         drop(p);
-        let other = prepare(&t, false, &offer("a", 11)).unwrap();
+        let other = prepare(&t, false, &offer("a", 11))
+            .unwrap()
+            .partial()
+            .unwrap();
         assert_eq!(other.held(), 0);
     }
 
@@ -537,7 +609,10 @@ mod tests {
     fn a_partial_in_use_is_refused_as_busy() {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::Dir(dir.path().into());
-        let _first = prepare(&t, false, &offer("a", 10)).unwrap();
+        let _first = prepare(&t, false, &offer("a", 10))
+            .unwrap()
+            .partial()
+            .unwrap();
         assert_eq!(
             prepare(&t, false, &offer("a", 10)).unwrap_err().reason,
             Reason::Busy
@@ -548,13 +623,16 @@ mod tests {
     fn discarding_and_stream_temporaries_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::Dir(dir.path().into());
-        let mut p = prepare(&t, false, &offer("a", 10)).unwrap();
+        let mut p = prepare(&t, false, &offer("a", 10))
+            .unwrap()
+            .partial()
+            .unwrap();
         p.writer().write_all(b"x").unwrap();
         p.discard();
         assert!(entries(dir.path()).is_empty());
         let mut stream = offer("s", 0);
         stream.flags = FLAG_STREAM;
-        let mut p = prepare(&t, false, &stream).unwrap();
+        let mut p = prepare(&t, false, &stream).unwrap().partial().unwrap();
         p.writer().write_all(b"x").unwrap();
         drop(p);
         assert!(entries(dir.path()).is_empty());
@@ -570,7 +648,7 @@ mod tests {
         assert_eq!(entries(dir.path()), vec!["a"]);
 
         let o = offer("a", 3);
-        let mut p = prepare(&t, true, &o).unwrap();
+        let mut p = prepare(&t, true, &o).unwrap().partial().unwrap();
         p.writer().write_all(b"new").unwrap();
         p.commit(&o, o.size).unwrap();
         assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"new");
@@ -581,7 +659,10 @@ mod tests {
     fn a_file_appearing_during_the_transfer_is_not_clobbered() {
         let dir = tempfile::tempdir().unwrap();
         let o = offer("a", 3);
-        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o).unwrap();
+        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o)
+            .unwrap()
+            .partial()
+            .unwrap();
         p.writer().write_all(b"new").unwrap();
         fs::write(dir.path().join("a"), b"old").unwrap();
         let err = p.commit(&o, o.size).unwrap_err();
@@ -612,7 +693,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("chosen.bin");
         let o = offer("original-name", 2);
-        let mut p = prepare(&Target::Output(out.clone()), false, &o).unwrap();
+        let mut p = prepare(&Target::Output(out.clone()), false, &o)
+            .unwrap()
+            .partial()
+            .unwrap();
         p.writer().write_all(b"hi").unwrap();
         assert_eq!(p.commit(&o, o.size).unwrap(), out);
         assert_eq!(entries(dir.path()), vec!["chosen.bin"]);
@@ -623,7 +707,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let size = 3 * 1024 * 1024;
         let o = offer("sparse", size);
-        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o).unwrap();
+        let mut p = prepare(&Target::Dir(dir.path().into()), false, &o)
+            .unwrap()
+            .partial()
+            .unwrap();
         let zeros = vec![0u8; 1024 * 1024];
         let mut w = p.writer();
         w.write_all(b"head").unwrap();

@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::RecvConfig;
-use crate::destination::{self, Target};
+use crate::destination::{self, Prepared, Target};
 use crate::exit_codes::{ExitCode, Failure};
 use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
@@ -54,6 +54,8 @@ pub struct Received {
     pub bytes: u64,
     pub sha256: Digest,
     pub seconds: f64,
+    /// Already there (quick check or checksum): nothing was transferred.
+    pub skipped: bool,
 }
 
 /// Serves one session: handshake, then offers until END. Returns the files
@@ -200,6 +202,44 @@ impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
 
 impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
 
+/// The destination already holds the offered file: say so, send nothing.
+fn skip_unchanged<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    offer: &Offer,
+    path: PathBuf,
+    reporter: &Reporter,
+) -> anyhow::Result<Received> {
+    let how = if offer.sha256.is_some() {
+        "same SHA-256"
+    } else {
+        "same size and modification time"
+    };
+    session::send_frame(
+        stream,
+        &Frame::Skip {
+            message: format!("unchanged ({how})"),
+        },
+        peer,
+    )?;
+    reporter.info(format!(
+        "'{}' is unchanged ({how}); nothing to receive",
+        escape_for_terminal(&path.display().to_string())
+    ));
+    reporter.event(
+        "file-skipped",
+        json!({ "name": offer.name, "path": path.display().to_string(), "reason": "unchanged" }),
+    );
+    Ok(Received {
+        name: offer.name.clone(),
+        path,
+        bytes: 0,
+        sha256: offer.sha256.unwrap_or([0; 32]),
+        seconds: 0.0,
+        skipped: true,
+    })
+}
+
 /// Where one file's bytes go: a partial file committed once verified, or
 /// straight to stdout (where a mismatch can only be reported).
 enum Output {
@@ -236,7 +276,10 @@ fn receive_file<S: Link + ?Sized>(
             }
         },
         target => match destination::prepare(target, policy.overwrite, offer) {
-            Ok(p) => Output::File(p),
+            Ok(Prepared::Receive(p)) => Output::File(p),
+            Ok(Prepared::Unchanged(path)) => {
+                return skip_unchanged(stream, peer, offer, path, reporter).map(Ok);
+            }
             Err(r) => return Ok(Err(refuse(stream, peer, r.reason, r.message))),
         },
     };
@@ -514,6 +557,7 @@ fn receive_file<S: Link + ?Sized>(
         bytes: size,
         sha256: digest,
         seconds,
+        skipped: false,
     }))
 }
 
@@ -670,13 +714,17 @@ fn summarize(
     match result {
         Ok(files) => {
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+            let skipped = files.iter().filter(|f| f.skipped).count();
             let mut fields = json!({
-                "ok": true, "exit_code": 0, "peer": peer, "files": files.len(), "bytes": bytes, "seconds": seconds,
+                "ok": true, "exit_code": 0, "peer": peer, "files": files.len(), "skipped": skipped,
+                "bytes": bytes, "seconds": seconds,
             });
             if let [one] = files.as_slice() {
                 fields["name"] = json!(one.name);
                 fields["path"] = json!(one.path.display().to_string());
-                fields["sha256"] = json!(hex(&one.sha256));
+                if !one.skipped {
+                    fields["sha256"] = json!(hex(&one.sha256));
+                }
             }
             reporter.event("summary", fields);
         }

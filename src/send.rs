@@ -32,6 +32,8 @@ pub struct Sent {
     pub bytes: u64,
     pub sha256: Digest,
     pub seconds: f64,
+    /// The receiver already had it: nothing was sent.
+    pub skipped: bool,
 }
 
 /// Runs one session that sends `offer.size` bytes from `source`, or with
@@ -95,6 +97,21 @@ where
                 };
                 session::send_frame(stream, &Frame::Start { offset: start }, peer)?;
                 (start, hasher)
+            }
+            Frame::Skip { message } => {
+                // The receiver already has this very file.
+                let _ = session::send_frame(stream, &Frame::End, peer);
+                reporter.event(
+                    "file-skipped",
+                    json!({ "name": offer.name, "reason": "unchanged", "message": message }),
+                );
+                return Ok(Sent {
+                    name: offer.name.clone(),
+                    bytes: 0,
+                    sha256: offer.sha256.unwrap_or([0; 32]),
+                    seconds: 0.0,
+                    skipped: true,
+                });
             }
             Frame::Refuse(r) => {
                 return Err(Failure::new(
@@ -225,6 +242,7 @@ where
         bytes: size,
         sha256: digest,
         seconds: started.elapsed().as_secs_f64(),
+        skipped: false,
     })
 }
 
@@ -340,6 +358,17 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     };
     let seconds = started.elapsed().as_secs_f64();
     match &result {
+        Ok(sent) if sent.skipped => {
+            reporter.info(format!(
+                "'{}' is already at the receiver, unchanged; nothing sent",
+                escape_for_terminal(&sent.name)
+            ));
+            reporter.event(
+                "summary",
+                json!({ "ok": true, "exit_code": 0, "files": 1, "skipped": 1, "name": sent.name,
+                        "bytes": 0, "seconds": seconds }),
+            );
+        }
         Ok(sent) => {
             reporter.info(format!(
                 "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
@@ -385,6 +414,7 @@ fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
             mtime_secs: now.as_secs() as i64,
             mtime_nanos: now.subsec_nanos(),
             name: config.name.clone(),
+            sha256: None,
         };
         (
             Box::new(std::io::stdin()),
@@ -470,6 +500,11 @@ fn open_file(config: &SendConfig) -> anyhow::Result<(File, Offer)> {
         },
         Err(_) => (0, 0),
     };
+    let sha256 = if config.checksum {
+        Some(hash_file(&file, &shown_path)?)
+    } else {
+        None
+    };
     let offer = Offer {
         flags: 0,
         size: meta.len(),
@@ -477,6 +512,26 @@ fn open_file(config: &SendConfig) -> anyhow::Result<(File, Offer)> {
         mtime_secs,
         mtime_nanos,
         name: config.name.clone(),
+        sha256,
     };
     Ok((file, offer))
+}
+
+/// `--checksum`: the whole file's SHA-256 before offering it (the one case
+/// where xfer reads a file twice), leaving the file positioned at 0.
+fn hash_file(file: &File, shown_path: &str) -> anyhow::Result<Digest> {
+    let mut reader = file;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::local(format!("cannot read '{shown_path}'"), &e).into()),
+        }
+    }
+    std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
+        .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
+    Ok(hasher.finalize().into())
 }

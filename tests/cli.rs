@@ -268,6 +268,7 @@ fn offer(name: &str, size: u64) -> Frame {
         mtime_secs: 0,
         mtime_nanos: 0,
         name: name.into(),
+        sha256: None,
     })
 }
 
@@ -422,8 +423,9 @@ fn keep_running_serves_transfers_one_after_another() {
         let file = env.random_file(&format!("f{i}"), 1000 * i + 1, i as u64);
         env.send(&file, &r.addr(), &[]).assert_code(0);
     }
-    // A failed transfer does not stop the server.
-    let again = env.src().join("f0");
+    // A refused transfer (f0 changed, and no --overwrite) does not stop
+    // the server.
+    let again = env.random_file("f0", 77, 9);
     env.send(&again, &r.addr(), &[]).assert_code(5);
     let file = env.random_file("f3", 10, 3);
     env.send(&file, &r.addr(), &[]).assert_code(0);
@@ -1103,6 +1105,85 @@ fn a_dropped_connection_is_retried_and_resumed() {
     assert_eq!(starts[0], 0);
     assert!(starts[1] > 0, "the retry resumed: {starts:?}");
     assert_eq!(sha256_file(&env.dst().join("f.bin")), sha256_file(&file));
+    r.signal(Signal::TERM);
+    r.finish();
+}
+
+#[test]
+fn an_unchanged_file_is_not_sent_again() {
+    let env = TestEnv::new();
+    let file = env.random_file("same.bin", 3 * MIB, 41);
+    let mut r = env.recv(&["--keep-running"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    let before = fs::metadata(env.dst().join("same.bin")).unwrap();
+
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::Pass);
+    let out = env.send(&file, &proxy.addr(), &["--json"]);
+    out.assert_code(0);
+    let events = out.events();
+    let skipped = events
+        .iter()
+        .find(|e| e["event"] == "file-skipped")
+        .unwrap();
+    assert_eq!(skipped["reason"], "unchanged");
+    assert!(events.iter().all(|e| e["event"] != "file-start"), "{out}");
+    assert!(
+        proxy.forwarded() < 4096,
+        "{} bytes crossed",
+        proxy.forwarded()
+    );
+    let after = fs::metadata(env.dst().join("same.bin")).unwrap();
+    assert_eq!(before.ino(), after.ino(), "the file was left alone");
+    r.signal(Signal::TERM);
+    let recv = r.finish();
+    assert!(recv.events().iter().any(|e| e["event"] == "file-skipped"));
+}
+
+#[test]
+fn checksum_tells_a_changed_file_from_an_unchanged_one() {
+    let env = TestEnv::new();
+    let file = env.random_file("doc.bin", 100_000, 42);
+    let mut r = env.recv(&["--keep-running", "--overwrite"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+
+    // Same size and mtime, different bytes: the quick check cannot see it...
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let mut changed = fs::read(&file).unwrap();
+    changed[500] ^= 0xff;
+    fs::write(&file, &changed).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let out = env.send(&file, &r.addr(), &["--json"]);
+    out.assert_code(0);
+    assert!(out.events().iter().any(|e| e["event"] == "file-skipped"));
+    assert_ne!(sha256_file(&env.dst().join("doc.bin")), sha256_file(&file));
+
+    // ...--checksum does, and the file is replaced.
+    let out = env.send(&file, &r.addr(), &["--json", "--checksum"]);
+    out.assert_code(0);
+    assert!(
+        out.events().iter().any(|e| e["event"] == "file-done"),
+        "{out}"
+    );
+    assert_eq!(sha256_file(&env.dst().join("doc.bin")), sha256_file(&file));
+
+    // Identical bytes with another mtime: --checksum skips it.
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    let out = env.send(&file, &r.addr(), &["--json", "--checksum"]);
+    out.assert_code(0);
+    assert!(
+        out.events().iter().any(|e| e["event"] == "file-skipped"),
+        "{out}"
+    );
     r.signal(Signal::TERM);
     r.finish();
 }

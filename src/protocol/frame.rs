@@ -28,6 +28,7 @@ pub enum FrameType {
     End = 0x06,
     Error = 0x07,
     Start = 0x09,
+    Skip = 0x0a,
 }
 
 impl FrameType {
@@ -41,6 +42,7 @@ impl FrameType {
             0x06 => FrameType::End,
             0x07 => FrameType::Error,
             0x09 => FrameType::Start,
+            0x0a => FrameType::Skip,
             _ => return None,
         })
     }
@@ -55,6 +57,7 @@ impl FrameType {
             FrameType::End => "END",
             FrameType::Error => "ERROR",
             FrameType::Start => "START",
+            FrameType::Skip => "SKIP",
         }
     }
 }
@@ -129,6 +132,26 @@ pub struct Offer {
     pub mtime_nanos: u32,
     /// UTF-8 file name, validated by the receiver, not by the decoder.
     pub name: String,
+    /// With `--checksum`: the file's SHA-256, so the receiver can tell an
+    /// identical file apart from a changed one of the same size. On the
+    /// wire it follows the name, and flag [`FLAG_CHECKSUM`] says so.
+    pub sha256: Option<Digest>,
+}
+
+/// OFFER flag: a 32-byte SHA-256 of the whole file follows the name.
+pub const FLAG_CHECKSUM: u32 = 0x2;
+
+impl Frame {
+    /// Reads the digest an OFFER's CHECKSUM flag announces.
+    fn with_checksum_from(mut self, c: &mut Cursor<'_>) -> Result<Frame, ProtocolError> {
+        if let Frame::Offer(o) = &mut self {
+            if o.flags & FLAG_CHECKSUM != 0 {
+                o.sha256 = Some(c.digest()?);
+                o.flags &= !FLAG_CHECKSUM;
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// Receiver -> sender: send the data, starting at `offset`.
@@ -197,6 +220,11 @@ pub enum Frame {
     Start {
         offset: u64,
     },
+    /// Receiver -> sender, instead of ACCEPT: the destination already holds
+    /// this very file (quick check or checksum); no data follows.
+    Skip {
+        message: String,
+    },
 }
 
 impl Frame {
@@ -210,6 +238,7 @@ impl Frame {
             Frame::End => FrameType::End,
             Frame::Error(_) => FrameType::Error,
             Frame::Start { .. } => FrameType::Start,
+            Frame::Skip { .. } => FrameType::Skip,
         }
     }
 
@@ -230,12 +259,20 @@ impl Frame {
         // Writes into a Vec cannot fail.
         match self {
             Frame::Offer(o) => {
-                out.write_u32::<BigEndian>(o.flags).unwrap();
+                // The CHECKSUM flag says whether a digest follows the name.
+                let flags = match o.sha256 {
+                    Some(_) => o.flags | FLAG_CHECKSUM,
+                    None => o.flags & !FLAG_CHECKSUM,
+                };
+                out.write_u32::<BigEndian>(flags).unwrap();
                 out.write_u64::<BigEndian>(o.size).unwrap();
                 out.write_u32::<BigEndian>(o.mode).unwrap();
                 out.write_i64::<BigEndian>(o.mtime_secs).unwrap();
                 out.write_u32::<BigEndian>(o.mtime_nanos).unwrap();
                 put_string(out, &o.name, usize::from(u16::MAX));
+                if let Some(digest) = &o.sha256 {
+                    out.extend_from_slice(digest);
+                }
             }
             Frame::Accept(a) => {
                 out.write_u64::<BigEndian>(a.offset).unwrap();
@@ -261,6 +298,7 @@ impl Frame {
             }
             Frame::End => {}
             Frame::Start { offset } => out.write_u64::<BigEndian>(*offset).unwrap(),
+            Frame::Skip { message } => put_string(out, message, MAX_MESSAGE_LEN),
             Frame::Error(e) => {
                 out.write_u16::<BigEndian>(e.reason.code()).unwrap();
                 put_string(out, &e.message, MAX_MESSAGE_LEN);
@@ -292,7 +330,9 @@ impl Frame {
                     String::from_utf8(bytes.to_vec())
                         .map_err(|_| c.malformed("name is not UTF-8"))?
                 },
-            }),
+                sha256: None,
+            })
+            .with_checksum_from(&mut c)?,
             FrameType::Accept => Frame::Accept(Accept {
                 offset: c.u64()?,
                 prefix_sha256: c.digest()?,
@@ -318,6 +358,9 @@ impl Frame {
             }),
             FrameType::End => Frame::End,
             FrameType::Start => Frame::Start { offset: c.u64()? },
+            FrameType::Skip => Frame::Skip {
+                message: c.message()?,
+            },
             FrameType::Error => Frame::Error(ErrorFrame {
                 reason: Reason::from_code(c.u16()?),
                 message: c.message()?,
@@ -454,6 +497,7 @@ mod tests {
                 mtime_secs: -12,
                 mtime_nanos: 999_999_999,
                 name: "résumé ✓.pdf".into(),
+                sha256: Some([9; 32]),
             }),
             Frame::Offer(Offer {
                 flags: 0,
@@ -462,6 +506,7 @@ mod tests {
                 mtime_secs: 0,
                 mtime_nanos: 0,
                 name: String::new(),
+                sha256: None,
             }),
             Frame::Accept(Accept {
                 offset: 0,
@@ -503,6 +548,9 @@ mod tests {
             }),
             Frame::End,
             Frame::Start { offset: 0 },
+            Frame::Skip {
+                message: "unchanged".into(),
+            },
             Frame::Start {
                 offset: 123_456_789_012,
             },
@@ -560,6 +608,7 @@ mod tests {
             mtime_secs: 0,
             mtime_nanos: 0,
             name: "a".into(),
+            sha256: None,
         });
         let mut want = vec![0x01, 0, 0, 0, 0x1f];
         want.extend([0; 4]);
@@ -638,6 +687,7 @@ mod tests {
             mtime_secs: 0,
             mtime_nanos: 0,
             name: "ab".into(),
+            sha256: None,
         })
         .encode();
         let n = bytes.len();
@@ -678,7 +728,9 @@ mod tests {
 
         #[test]
         fn offers_round_trip(flags: u32, size: u64, mode: u32, secs: i64, nanos in 0u32..1_000_000_000, name in "\\PC{0,80}") {
-            let f = Frame::Offer(Offer { flags, size, mode, mtime_secs: secs, mtime_nanos: nanos, name });
+            let sha256 = if size % 2 == 0 { Some([7u8; 32]) } else { None };
+            let flags = flags & !FLAG_CHECKSUM;
+            let f = Frame::Offer(Offer { flags, size, mode, mtime_secs: secs, mtime_nanos: nanos, name, sha256 });
             prop_assert_eq!(read_frame(&mut &f.encode()[..]).unwrap(), f);
         }
     }
