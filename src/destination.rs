@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::exit_codes::io_reason;
 use crate::names::{escape_for_terminal, shown, validate_name};
-use crate::protocol::{FLAG_STREAM, Offer, Reason};
+use crate::protocol::{FLAG_DIR, FLAG_PATH, FLAG_STREAM, Offer, Reason};
 use crate::signals::{self, Watch};
 
 /// Prefix of every temporary file xfer creates; the suffix is `.part`.
@@ -92,6 +92,8 @@ pub enum Prepared {
     Receive(PartialFile),
     /// The destination already holds this very file; nothing to send.
     Unchanged(PathBuf),
+    /// A directory entry: the directory now exists here.
+    Directory(PathBuf),
 }
 
 impl Prepared {
@@ -99,7 +101,7 @@ impl Prepared {
     pub fn partial(self) -> Option<PartialFile> {
         match self {
             Prepared::Receive(p) => Some(p),
-            Prepared::Unchanged(_) => None,
+            Prepared::Unchanged(_) | Prepared::Directory(_) => None,
         }
     }
 }
@@ -108,15 +110,25 @@ impl Prepared {
 /// file already there, or says why it must be refused. Nothing is written
 /// when this fails.
 pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepared, Refusal> {
-    validate_name(&offer.name).map_err(|e| {
-        Refusal::new(
-            Reason::BadName,
-            format!("refused name '{}': {e}", shown(&offer.name)),
-        )
-    })?;
+    let is_path = offer.flags & (FLAG_PATH | FLAG_DIR) != 0;
     let (dir, final_path) = match target {
-        Target::Dir(dir) => (dir.clone(), dir.join(&offer.name)),
-        Target::Output(path) => (parent_dir(path), path.clone()),
+        Target::Dir(dir) => {
+            let final_path = resolve(dir, offer)?;
+            if offer.flags & FLAG_DIR != 0 {
+                return Ok(Prepared::Directory(final_path));
+            }
+            (parent_dir(&final_path), final_path)
+        }
+        Target::Output(_) | Target::Stdout if is_path => {
+            return Err(Refusal::new(
+                Reason::Unsupported,
+                "this receiver takes exactly one file, not directories or paths",
+            ));
+        }
+        Target::Output(path) => {
+            validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+            (parent_dir(path), path.clone())
+        }
         Target::Stdout => {
             return Err(Refusal::new(
                 Reason::LocalIo,
@@ -283,6 +295,89 @@ fn unchanged(path: &Path, meta: &fs::Metadata, offer: &Offer) -> bool {
             meta.mtime() == offer.mtime_secs && meta.mtime_nsec() == i64::from(offer.mtime_nanos)
         }
     }
+}
+
+fn bad_name(name: &str, e: crate::names::NameError) -> Refusal {
+    Refusal::new(
+        Reason::BadName,
+        format!("refused name '{}': {e}", shown(name)),
+    )
+}
+
+/// Where the offered name lands under `dir`: one plain component, or with
+/// the PATH or DIR flag a relative path judged component by component.
+/// Missing directories on the way are created, one level at a time; an
+/// existing symbolic link on the way is never followed (refused), nor is
+/// a file used as a directory. For a DIR entry the last component is made
+/// a directory too.
+fn resolve(dir: &Path, offer: &Offer) -> Result<PathBuf, Refusal> {
+    let components = if offer.flags & (FLAG_PATH | FLAG_DIR) != 0 {
+        crate::names::validate_path(&offer.name).map_err(|e| bad_name(&offer.name, e))?
+    } else {
+        validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+        vec![offer.name.as_str()]
+    };
+    let make_last = offer.flags & FLAG_DIR != 0;
+    let mut path = dir.to_path_buf();
+    let last = components.len() - 1;
+    for (i, component) in components.iter().enumerate() {
+        path.push(component);
+        if i == last && !make_last {
+            break;
+        }
+        let shown_path = escape_for_terminal(&path.display().to_string());
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Refusal::new(
+                    Reason::BadName,
+                    format!("'{shown_path}' is a symbolic link; xfer never writes through one"),
+                ));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Refusal::new(
+                    Reason::Exists,
+                    format!("'{shown_path}' exists and is not a directory"),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
+                Ok(()) => {}
+                // Made meanwhile by a concurrent session: fine if a directory.
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
+                Err(e) => {
+                    return Err(Refusal::new(
+                        Reason::LocalIo,
+                        format!("cannot create directory '{shown_path}': {}", io_reason(&e)),
+                    ));
+                }
+            },
+            Err(e) => {
+                return Err(Refusal::new(
+                    Reason::LocalIo,
+                    format!("cannot check '{shown_path}': {}", io_reason(&e)),
+                ));
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Applies a directory entry's permission bits (through the umask) and
+/// mtime; done after its files, since writing them changes the mtime.
+pub fn finish_directory(path: &Path, offer: &Offer) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // Never through a link: the entry was checked when made, check again.
+    if fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(io::Error::other("became a symbolic link"));
+    }
+    let dir = File::open(path)?;
+    dir.set_permissions(fs::Permissions::from_mode(offer.mode & 0o777 & !umask()))?;
+    if let Some(mtime) = mtime_of(offer) {
+        dir.set_modified(mtime)?;
+    }
+    Ok(())
 }
 
 /// The resumable partial file's name: hidden, plainly xfer's, and the same

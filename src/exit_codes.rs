@@ -17,11 +17,12 @@ pub enum ExitCode {
     Refused,
     LocalFile,
     Timeout,
+    Partial,
     Interrupted,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 9] = [
+    pub const ALL: [ExitCode; 10] = [
         ExitCode::Success,
         ExitCode::Internal,
         ExitCode::Usage,
@@ -30,6 +31,7 @@ impl ExitCode {
         ExitCode::Refused,
         ExitCode::LocalFile,
         ExitCode::Timeout,
+        ExitCode::Partial,
         ExitCode::Interrupted,
     ];
 
@@ -43,6 +45,7 @@ impl ExitCode {
             ExitCode::Refused => 5,
             ExitCode::LocalFile => 6,
             ExitCode::Timeout => 7,
+            ExitCode::Partial => 8,
             ExitCode::Interrupted => 130,
         }
     }
@@ -57,6 +60,7 @@ impl ExitCode {
             ExitCode::Refused => "refused by the receiver: file exists, bad name, too large",
             ExitCode::LocalFile => "local file error: not found, permission, disk full",
             ExitCode::Timeout => "timeout: the peer stalled or did not answer in time",
+            ExitCode::Partial => "partial: some files failed, the others arrived verified",
             ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM)",
         }
     }
@@ -170,7 +174,7 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let got: Vec<i32> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 130]);
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 130]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! onto the destination directory can never leave that directory. This module
 //! must never touch the file system; it judges strings.
 
-use crate::protocol::MAX_NAME_LEN;
+use crate::protocol::{MAX_NAME_LEN, MAX_PATH_LEN};
 
 /// Why a name from a peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +22,10 @@ pub enum NameError {
     Control,
     #[error("name is {0} bytes long, the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
+    #[error("path is {0} bytes long, the limit is {MAX_PATH_LEN}")]
+    PathTooLong(usize),
+    #[error("path component '{0}': {1}")]
+    Component(String, Box<NameError>),
 }
 
 /// Accepts `name` only if it is one plain path component.
@@ -44,6 +48,26 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         }
     }
     Ok(())
+}
+
+/// Accepts a relative path of `/`-separated components only if every
+/// component is a plain name by [`validate_name`]: no absolute paths, no
+/// `..` or `.`, no empty components, nothing that could leave the
+/// destination when joined onto it.
+pub fn validate_path(path: &str) -> Result<Vec<&str>, NameError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(NameError::PathTooLong(path.len()));
+    }
+    if path.is_empty() {
+        return Err(NameError::Empty);
+    }
+    path.split('/')
+        .map(|c| {
+            validate_name(c)
+                .map(|()| c)
+                .map_err(|e| NameError::Component(shown(c), Box::new(e)))
+        })
+        .collect()
 }
 
 /// Bidirectional overrides and isolates can make a name display as another
@@ -130,6 +154,27 @@ mod tests {
         );
         // 255 bytes means bytes, not characters.
         assert!(validate_name(&"é".repeat(128)).is_err());
+    }
+
+    #[test]
+    fn relative_paths_are_judged_component_by_component() {
+        assert_eq!(validate_path("a/b/c.txt").unwrap(), vec!["a", "b", "c.txt"]);
+        assert_eq!(validate_path("ünï/ok").unwrap().len(), 2);
+        for bad in [
+            "",
+            "/etc/x",
+            "a/../b",
+            "..",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b/c",
+            "a/\x1b[1A",
+            "a/b\0",
+        ] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_path(&"a/".repeat(2100)).is_err());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
 use crate::protocol::{
-    self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_STREAM, Frame, Offer, Reason, Refuse,
-    hex,
+    self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame,
+    Offer, Reason, Refuse, hex,
 };
 use crate::session::{self, Link};
 use crate::signals;
@@ -56,6 +56,8 @@ pub struct Received {
     pub seconds: f64,
     /// Already there (quick check or checksum): nothing was transferred.
     pub skipped: bool,
+    /// A directory entry, not a file.
+    pub is_dir: bool,
 }
 
 /// Serves one session: handshake, then offers until END. Returns the files
@@ -79,21 +81,24 @@ pub fn serve<S: Link + ?Sized>(
 
     let mut received = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
+    let mut failed = 0usize;
+    // Directory entries get their mode and mtime once their files are in.
+    let mut directories: Vec<(PathBuf, Offer)> = Vec::new();
     let mut next = Some(first);
-    loop {
+    let result = loop {
         let frame = match next.take() {
             Some(frame) => frame,
             None => match session::next_frame(stream, peer, "an offer or END") {
                 Ok(Some(frame)) => frame,
                 // Every file so far is settled; a close here loses nothing.
-                Ok(None) => break,
+                Ok(None) => break Ok(()),
                 // A file that already failed says more than the stall after it.
-                Err(e) => return Err(failure.unwrap_or(e)),
+                Err(e) => break Err(failure.take().unwrap_or(e)),
             },
         };
         match frame {
             Frame::Offer(offer) => {
-                let outcome = if policy.one_file() && (failure.is_some() || !received.is_empty()) {
+                let outcome = if policy.one_file() && (failed > 0 || !received.is_empty()) {
                     Ok(Err(refuse(
                         stream,
                         peer,
@@ -105,6 +110,9 @@ pub fn serve<S: Link + ?Sized>(
                 };
                 let file_failure = match outcome {
                     Ok(Ok(file)) => {
+                        if file.is_dir {
+                            directories.push((file.path.clone(), offer.clone()));
+                        }
                         received.push(file);
                         None
                     }
@@ -117,20 +125,38 @@ pub fn serve<S: Link + ?Sized>(
                         json!({ "name": offer.name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(&e).code() }),
                     );
                     if fatal {
-                        return Err(e);
+                        break Err(e);
                     }
+                    failed += 1;
                     failure.get_or_insert(e);
                 }
             }
-            Frame::End => break,
-            Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+            Frame::End => break Ok(()),
+            Frame::Error(e) => break Err(session::peer_aborted(&e, peer)),
             other => {
                 session::send_error(stream, Reason::Protocol, "expected OFFER or END");
-                return Err(session::unexpected(&other, "OFFER or END", peer));
+                break Err(session::unexpected(&other, "OFFER or END", peer));
             }
         }
+    };
+    // Deepest first, so setting a parent's mtime comes after its children.
+    directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, offer) in &directories {
+        if let Err(e) = destination::finish_directory(path, offer) {
+            reporter.info(format!(
+                "cannot set the mode and time of '{}': {}",
+                escape_for_terminal(&path.display().to_string()),
+                crate::exit_codes::io_reason(&e)
+            ));
+        }
     }
+    result?;
+    let done = received.iter().filter(|f| !f.is_dir).count();
     match failure {
+        Some(e) if done > 0 => Err(anyhow::Error::new(Failure::new(
+            ExitCode::Partial,
+            format!("{failed} file(s) failed, {done} arrived verified; the first failure: {e:#}"),
+        ))),
         Some(e) => Err(e),
         None => Ok(received),
     }
@@ -202,6 +228,37 @@ impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
 
 impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
 
+/// A directory entry: it exists now; the sender sends nothing for it.
+fn directory_made<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    offer: &Offer,
+    path: PathBuf,
+    reporter: &Reporter,
+) -> anyhow::Result<Received> {
+    session::send_frame(
+        stream,
+        &Frame::Accept(Accept {
+            offset: 0,
+            prefix_sha256: [0; 32],
+        }),
+        peer,
+    )?;
+    reporter.event(
+        "file-done",
+        json!({ "name": offer.name, "path": path.display().to_string(), "kind": "directory", "bytes": 0 }),
+    );
+    Ok(Received {
+        name: offer.name.clone(),
+        path,
+        bytes: 0,
+        sha256: [0; 32],
+        seconds: 0.0,
+        skipped: false,
+        is_dir: true,
+    })
+}
+
 /// The destination already holds the offered file: say so, send nothing.
 fn skip_unchanged<S: Link + ?Sized>(
     stream: &mut S,
@@ -237,6 +294,7 @@ fn skip_unchanged<S: Link + ?Sized>(
         sha256: offer.sha256.unwrap_or([0; 32]),
         seconds: 0.0,
         skipped: true,
+        is_dir: false,
     })
 }
 
@@ -256,7 +314,11 @@ fn receive_file<S: Link + ?Sized>(
 ) -> anyhow::Result<anyhow::Result<Received>> {
     let shown = shown(&offer.name);
     let streamed = offer.flags & FLAG_STREAM != 0;
-    if offer.flags & !FLAG_STREAM != 0 || (streamed && offer.size != 0) {
+    let is_dir = offer.flags & FLAG_DIR != 0;
+    if offer.flags & !(FLAG_STREAM | FLAG_DIR | FLAG_PATH) != 0
+        || (streamed && offer.size != 0)
+        || (is_dir && (streamed || offer.size != 0))
+    {
         return Ok(Err(refuse(
             stream,
             peer,
@@ -279,6 +341,9 @@ fn receive_file<S: Link + ?Sized>(
             Ok(Prepared::Receive(p)) => Output::File(p),
             Ok(Prepared::Unchanged(path)) => {
                 return skip_unchanged(stream, peer, offer, path, reporter).map(Ok);
+            }
+            Ok(Prepared::Directory(path)) => {
+                return directory_made(stream, peer, offer, path, reporter).map(Ok);
             }
             Err(r) => return Ok(Err(refuse(stream, peer, r.reason, r.message))),
         },
@@ -558,6 +623,7 @@ fn receive_file<S: Link + ?Sized>(
         sha256: digest,
         seconds,
         skipped: false,
+        is_dir: false,
     }))
 }
 
@@ -715,8 +781,10 @@ fn summarize(
         Ok(files) => {
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             let skipped = files.iter().filter(|f| f.skipped).count();
+            let directories = files.iter().filter(|f| f.is_dir).count();
             let mut fields = json!({
-                "ok": true, "exit_code": 0, "peer": peer, "files": files.len(), "skipped": skipped,
+                "ok": true, "exit_code": 0, "peer": peer, "files": files.len() - directories,
+                "directories": directories, "skipped": skipped,
                 "bytes": bytes, "seconds": seconds,
             });
             if let [one] = files.as_slice() {

@@ -36,9 +36,9 @@ pub struct Sent {
     pub skipped: bool,
 }
 
-/// Runs one session that sends `offer.size` bytes from `source`, or with
-/// the stream flag, everything `source` yields until its end.
-/// `source_name` names the source in local error messages.
+/// Runs one session that sends one file: `offer.size` bytes from
+/// `source`, or with the stream flag, everything `source` yields until its
+/// end. `source_name` names the source in local error messages.
 #[allow(clippy::too_many_arguments)]
 pub fn send_one<S, R>(
     stream: &mut S,
@@ -55,6 +55,47 @@ where
     R: Source + ?Sized,
 {
     session::handshake(stream, peer)?;
+    let streamed = offer.flags & FLAG_STREAM != 0;
+    let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
+    let sent = offer_file(
+        stream,
+        peer,
+        source,
+        source_name,
+        offer,
+        resume,
+        idle_timeout,
+        &|n| progress.set(n),
+        reporter,
+    );
+    drop(progress);
+    let sent = sent??;
+    // The file is verified and in place; a lost END changes nothing.
+    let _ = session::send_frame(stream, &Frame::End, peer);
+    Ok(sent)
+}
+
+/// Offers one file within a session and sends it if accepted. The outer
+/// error means the session cannot go on (the connection, the protocol);
+/// the inner one that this file failed while the session stays in step
+/// (refused, digest mismatch, not kept). `on_bytes` hears how many bytes of
+/// the file are done.
+#[allow(clippy::too_many_arguments)]
+pub fn offer_file<S, R>(
+    stream: &mut S,
+    peer: &str,
+    source: &mut R,
+    source_name: &str,
+    offer: &Offer,
+    resume: bool,
+    idle_timeout: Duration,
+    on_bytes: &(dyn Fn(u64) + Sync),
+    reporter: &Reporter,
+) -> anyhow::Result<anyhow::Result<Sent>>
+where
+    S: Link + ?Sized,
+    R: Source + ?Sized,
+{
     let shown = escape_for_terminal(&offer.name);
     session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
     let streamed = offer.flags & FLAG_STREAM != 0;
@@ -100,28 +141,27 @@ where
             }
             Frame::Skip { message } => {
                 // The receiver already has this very file.
-                let _ = session::send_frame(stream, &Frame::End, peer);
                 reporter.event(
                     "file-skipped",
                     json!({ "name": offer.name, "reason": "unchanged", "message": message }),
                 );
-                return Ok(Sent {
+                return Ok(Ok(Sent {
                     name: offer.name.clone(),
                     bytes: 0,
                     sha256: offer.sha256.unwrap_or([0; 32]),
                     seconds: 0.0,
                     skipped: true,
-                });
+                }));
             }
             Frame::Refuse(r) => {
-                return Err(Failure::new(
+                return Ok(Err(Failure::new(
                     session::code_for_reason(r.reason),
                     format!(
                         "{peer} refused '{shown}': {}",
                         escape_for_terminal(&r.message)
                     ),
                 )
-                .into());
+                .into()));
             }
             Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
             other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
@@ -139,11 +179,10 @@ where
         json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": start }),
     );
     let started = Instant::now();
-    let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
     let done = AtomicU64::new(start);
     let on_progress = |n| {
         done.store(start + n, Ordering::Relaxed);
-        progress.set(start + n);
+        on_bytes(start + n);
     };
     let copied = if streamed {
         let mut framed = ChunkWriter::new(&mut *stream);
@@ -161,7 +200,6 @@ where
         )
         .map(|digest| (offer.size, digest))
     };
-    drop(progress);
     let (size, digest) = match copied {
         Ok(d) => d,
         Err(CopyError::Source(e)) => {
@@ -211,10 +249,13 @@ where
         Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
         other => return Err(session::unexpected(&other, "ACK", peer)),
     };
+    stream
+        .set_deadline(idle_timeout)
+        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
     match ack.status {
         AckStatus::Ok if ack.sha256 == digest => {}
         AckStatus::Ok | AckStatus::DigestMismatch => {
-            return Err(Failure::new(
+            return Ok(Err(Failure::new(
                 ExitCode::Integrity,
                 format!(
                     "SHA-256 mismatch for '{shown}': sent {}, {peer} received {}; the receiver discarded it",
@@ -222,28 +263,49 @@ where
                     hex(&ack.sha256)
                 ),
             )
-            .into());
+            .into()));
         }
         AckStatus::Failed => {
-            return Err(Failure::new(
+            return Ok(Err(Failure::new(
                 session::code_for_reason(ack.reason),
                 format!(
                     "{peer} could not keep '{shown}': {}",
                     escape_for_terminal(&ack.message)
                 ),
             )
-            .into());
+            .into()));
         }
     }
-    // The file is verified and in place; a lost END changes nothing.
-    let _ = session::send_frame(stream, &Frame::End, peer);
-    Ok(Sent {
+    Ok(Ok(Sent {
         name: offer.name.clone(),
         bytes: size,
         sha256: digest,
         seconds: started.elapsed().as_secs_f64(),
         skipped: false,
-    })
+    }))
+}
+
+/// Offers a directory entry within a session; the receiver creates it.
+pub fn offer_directory<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    offer: &Offer,
+) -> anyhow::Result<anyhow::Result<()>> {
+    session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
+    match session::expect_frame(stream, peer, "the receiver's answer to the offer")? {
+        Frame::Accept(a) if a.offset == 0 => Ok(Ok(())),
+        Frame::Refuse(r) => Ok(Err(Failure::new(
+            session::code_for_reason(r.reason),
+            format!(
+                "{peer} refused directory '{}': {}",
+                escape_for_terminal(&offer.name),
+                escape_for_terminal(&r.message)
+            ),
+        )
+        .into())),
+        Frame::Error(e) => Err(session::peer_aborted(&e, peer)),
+        other => Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
+    }
 }
 
 /// Network failures and timeouts may pass; everything else will not.

@@ -716,7 +716,8 @@ fn output_path_takes_exactly_one_file_per_session() {
         other => panic!("second file not refused: {other:?}"),
     }
     protocol::write_frame(&mut s, &Frame::End).unwrap();
-    r.finish().assert_code(5);
+    // One file arrived, one was refused: a partial session.
+    r.finish().assert_code(8);
     assert_eq!(fs::read(&out).unwrap(), b"first");
 }
 
@@ -735,7 +736,7 @@ fn a_session_goes_on_after_a_refused_offer() {
         other => panic!("not acknowledged: {other:?}"),
     }
     protocol::write_frame(&mut s, &Frame::End).unwrap();
-    r.finish().assert_code(5);
+    r.finish().assert_code(8);
     assert_eq!(fs::read(env.dst().join("taken")).unwrap(), b"keep me");
     assert_eq!(fs::read(env.dst().join("free")).unwrap(), b"fresh");
 }
@@ -1186,4 +1187,83 @@ fn checksum_tells_a_changed_file_from_an_unchanged_one() {
     );
     r.signal(Signal::TERM);
     r.finish();
+}
+
+fn path_offer(name: &str, size: u64, flags: u32) -> Frame {
+    Frame::Offer(Offer {
+        flags,
+        size,
+        mode: 0o755,
+        mtime_secs: 1_000_000_000,
+        mtime_nanos: 0,
+        name: name.into(),
+        sha256: None,
+    })
+}
+
+#[test]
+fn hostile_paths_in_a_multi_file_offer_are_refused_and_confined() {
+    let env = TestEnv::new();
+    let outside = env.root.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, env.dst().join("link")).unwrap();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    for name in [
+        "a/../../x",
+        "/etc/x",
+        "a//b",
+        "sub/./x",
+        "ok/\x1b[1A",
+        "link/x",
+        "a/",
+    ] {
+        protocol::write_frame(&mut s, &path_offer(name, 1, protocol::FLAG_PATH)).unwrap();
+        match protocol::read_frame(&mut s).unwrap() {
+            Frame::Refuse(refuse) => {
+                assert_eq!(refuse.reason, Reason::BadName, "{name:?}: {refuse:?}")
+            }
+            other => panic!("{name:?} was not refused: {other:?}"),
+        }
+    }
+    // A directory entry and a nested file are fine.
+    protocol::write_frame(&mut s, &path_offer("made/empty", 0, protocol::FLAG_DIR)).unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Accept(_)
+    ));
+    let mut nested = path_offer("made/deep/f.txt", 3, protocol::FLAG_PATH);
+    if let Frame::Offer(o) = &mut nested {
+        o.mode = 0o640;
+    }
+    protocol::write_frame(&mut s, &nested).unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Accept(_)
+    ));
+    s.write_all(b"abc").unwrap();
+    protocol::write_frame(
+        &mut s,
+        &Frame::Trailer(Trailer {
+            size: 3,
+            sha256: sha2::Sha256::digest(b"abc").into(),
+        }),
+    )
+    .unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Ack(_)
+    ));
+    protocol::write_frame(&mut s, &Frame::End).unwrap();
+    // Seven refusals and one file: a partial session.
+    r.finish().assert_code(8);
+    assert!(entries(&outside).is_empty(), "wrote through the link");
+    assert_eq!(fs::read(env.dst().join("made/deep/f.txt")).unwrap(), b"abc");
+    assert!(env.dst().join("made/empty").is_dir());
+    let meta = fs::metadata(env.dst().join("made/empty")).unwrap();
+    assert_eq!(
+        meta.modified().unwrap(),
+        UNIX_EPOCH + Duration::from_secs(1_000_000_000)
+    );
+    assert_eq!(entries(&env.dst()), vec!["link", "made"]);
 }

@@ -140,6 +140,12 @@ pub struct Offer {
 
 /// OFFER flag: a 32-byte SHA-256 of the whole file follows the name.
 pub const FLAG_CHECKSUM: u32 = 0x2;
+/// OFFER flag: the entry is a directory (size 0, no data).
+pub const FLAG_DIR: u32 = 0x4;
+/// OFFER flag: the name is a relative path of components joined by `/`.
+pub const FLAG_PATH: u32 = 0x8;
+/// Longest relative path an OFFER with [`FLAG_PATH`] may carry, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
 
 impl Frame {
     /// Reads the digest an OFFER's CHECKSUM flag announces.
