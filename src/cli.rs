@@ -25,6 +25,7 @@ fn main_help() -> String {
 fn send_help() -> String {
     after_help(
         "  xfer send backup.tar 192.0.2.10:9000\n  \
+           xfer send photos/ notes.txt host:9000\n  \
            xfer send --json --quiet db.dump [::1]:9000\n  \
            tar c ./photos | xfer send - host:9000 --name photos.tar\n",
     )
@@ -54,7 +55,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send one file to a waiting `xfer recv`.
+    /// Send files and directories to a waiting `xfer recv`.
     #[command(after_help = send_help())]
     Send(SendArgs),
     /// Wait for a sender and store what it sends.
@@ -100,8 +101,10 @@ pub struct CommonArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// The file to send, or `-` for standard input (needs --name).
-    pub file: PathBuf,
+    /// Files and directories to send (directories with everything in
+    /// them), or `-` for standard input (needs --name).
+    #[arg(value_name = "PATH", required = true, num_args = 1..)]
+    pub paths: Vec<PathBuf>,
 
     /// Where `xfer recv` listens: HOST:PORT, with IPv6 in brackets ([::1]:9000).
     #[arg(value_name = "HOST:PORT")]

@@ -13,10 +13,10 @@ use crate::net;
 
 #[derive(Debug, Clone)]
 pub struct SendConfig {
-    /// The file to send; `-` is standard input, sent as a stream.
-    pub file: PathBuf,
-    /// The name offered to the receiver.
-    pub name: String,
+    /// Files and directories to send; `-` alone is standard input.
+    pub paths: Vec<PathBuf>,
+    /// The name offered for the one path (required for standard input).
+    pub name: Option<String>,
     pub target: net::Target,
     /// Continue from what the receiver already holds of this file.
     pub resume: bool,
@@ -59,32 +59,28 @@ impl SendConfig {
             .target
             .parse()
             .map_err(|e: String| Failure::new(ExitCode::Usage, e))?;
-        let name = match args.name {
-            Some(n) => n,
-            None if args.file.as_os_str() == "-" => {
-                return Err(Failure::new(
-                    ExitCode::Usage,
-                    "sending standard input needs a name for it: add --name NAME",
-                ));
-            }
-            None => args
-                .file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    Failure::new(
-                        ExitCode::Usage,
-                        format!(
-                            "'{}' has no UTF-8 file name to offer; give one with --name",
-                            escape_for_terminal(&args.file.display().to_string())
-                        ),
-                    )
-                })?,
-        };
+        let stdin = args.paths.iter().any(|p| p.as_os_str() == "-");
+        if stdin && args.paths.len() > 1 {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                "'-' (standard input) cannot be combined with other paths",
+            ));
+        }
+        if stdin && args.name.is_none() {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                "sending standard input needs a name for it: add --name NAME",
+            ));
+        }
+        if args.name.is_some() && args.paths.len() > 1 {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                "--name renames one path; several were given",
+            ));
+        }
         Ok(SendConfig {
-            file: args.file,
-            name,
+            paths: args.paths,
+            name: args.name,
             target,
             resume: !args.no_resume,
             retries: args.retries,
@@ -100,7 +96,7 @@ impl SendConfig {
 impl SendConfig {
     /// Whether the data comes from standard input.
     pub fn stdin(&self) -> bool {
-        self.file.as_os_str() == "-"
+        matches!(self.paths.as_slice(), [one] if one.as_os_str() == "-")
     }
 }
 

@@ -108,6 +108,11 @@ impl Progress {
     pub fn set(&self, done: u64) {
         self.bar.set_position(done);
     }
+
+    /// What the bar is about now (the current file); escaped here.
+    pub fn set_message(&self, message: &str) {
+        self.bar.set_message(escape_for_terminal(message));
+    }
 }
 
 impl Drop for Progress {

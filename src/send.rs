@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -20,7 +21,8 @@ use crate::names::escape_for_terminal;
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
 use crate::protocol::{
-    self, AckStatus, ChunkWriter, Digest, FLAG_STREAM, Frame, Offer, Reason, Trailer, hex,
+    self, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
+    Trailer, hex,
 };
 use crate::session::{self, Link};
 use crate::signals;
@@ -396,7 +398,11 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut attempt = 0;
     let result = loop {
-        let result = send_file(config, &reporter);
+        let result = if config.stdin() {
+            send_stdin(config, &reporter)
+        } else {
+            send_paths(config, &reporter)
+        };
         match &result {
             Err(e) if attempt < config.retries && !config.stdin() && worth_retrying(e) => {
                 attempt += 1;
@@ -419,136 +425,318 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    match &result {
-        Ok(sent) if sent.skipped => {
-            reporter.info(format!(
-                "'{}' is already at the receiver, unchanged; nothing sent",
-                escape_for_terminal(&sent.name)
-            ));
-            reporter.event(
-                "summary",
-                json!({ "ok": true, "exit_code": 0, "files": 1, "skipped": 1, "name": sent.name,
-                        "bytes": 0, "seconds": seconds }),
-            );
-        }
-        Ok(sent) => {
-            reporter.info(format!(
-                "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
-                escape_for_terminal(&sent.name),
-                crate::destination::human_bytes(sent.bytes),
-                rate(sent.bytes, sent.seconds),
-                hex(&sent.sha256)
-            ));
-            reporter.event(
-                "file-done",
-                json!({ "name": sent.name, "bytes": sent.bytes, "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
-            );
-            reporter.event(
-                "summary",
-                json!({ "ok": true, "exit_code": 0, "files": 1, "name": sent.name, "bytes": sent.bytes,
-                        "sha256": hex(&sent.sha256), "seconds": seconds }),
-            );
-        }
+    match result {
+        Ok(totals) => totals.finish(&reporter, seconds),
         Err(e) => {
-            let code = ExitCode::for_error(e).code();
-            reporter.event(
-                "file-failed",
-                json!({ "name": config.file.display().to_string(), "error": format!("{e:#}"), "exit_code": code }),
-            );
+            let code = ExitCode::for_error(&e).code();
             reporter.event(
                 "summary",
                 json!({ "ok": false, "exit_code": code, "error": format!("{e:#}"), "seconds": seconds }),
             );
+            Err(e)
         }
     }
-    result.map(drop)
 }
 
-fn send_file(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Sent> {
-    let (mut source, offer, shown_path): (Box<dyn Source>, Offer, String) = if config.stdin() {
-        let now = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let offer = Offer {
-            flags: FLAG_STREAM,
-            size: 0,
-            mode: 0o100644,
-            mtime_secs: now.as_secs() as i64,
-            mtime_nanos: now.subsec_nanos(),
-            name: config.name.clone(),
-            sha256: None,
-        };
-        (
-            Box::new(std::io::stdin()),
-            offer,
-            "standard input".to_string(),
-        )
-    } else {
-        let (file, offer) = open_file(config)?;
-        (
-            Box::new(file),
-            offer,
-            escape_for_terminal(&config.file.display().to_string()),
-        )
-    };
+/// What a session achieved, file by file.
+#[derive(Default)]
+struct Totals {
+    sent: Vec<Sent>,
+    directories: usize,
+    failures: Vec<(String, anyhow::Error)>,
+    /// Entries passed over on this side (symbolic links, devices).
+    passed_over: usize,
+}
 
+impl Totals {
+    fn record_sent(&mut self, sent: Sent, reporter: &Reporter) {
+        if !sent.skipped {
+            reporter.event(
+                "file-done",
+                json!({ "name": sent.name, "bytes": sent.bytes, "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
+            );
+        }
+        self.sent.push(sent);
+    }
+
+    fn record_failure(&mut self, name: &str, e: anyhow::Error, reporter: &Reporter) {
+        let code = ExitCode::for_error(&e).code();
+        reporter.event(
+            "file-failed",
+            json!({ "name": name, "error": format!("{e:#}"), "exit_code": code }),
+        );
+        self.failures.push((name.to_string(), e));
+    }
+
+    /// Says how it went and turns it into the exit status: 0 when every
+    /// entry arrived (or was already there), 8 when only some did, else
+    /// the first failure's own code.
+    fn finish(self, reporter: &Reporter, seconds: f64) -> anyhow::Result<()> {
+        let bytes: u64 = self.sent.iter().map(|s| s.bytes).sum();
+        let skipped = self.sent.iter().filter(|s| s.skipped).count();
+        let failures: Vec<_> = self
+            .failures
+            .iter()
+            .map(|(name, e)| json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }))
+            .collect();
+        let succeeded = self.sent.len() + self.directories;
+        let outcome: anyhow::Result<()> = match self.failures.into_iter().next() {
+            None => Ok(()),
+            Some((_, e)) if succeeded == 0 => Err(e),
+            Some((_, e)) => Err(Failure::new(
+                ExitCode::Partial,
+                format!(
+                    "{} of {} entries failed; the first: {e:#}",
+                    failures.len(),
+                    failures.len() + succeeded
+                ),
+            )
+            .into()),
+        };
+        let code = match &outcome {
+            Ok(()) => 0,
+            Err(e) => ExitCode::for_error(e).code(),
+        };
+        let mut summary = json!({
+            "ok": outcome.is_ok(), "exit_code": code, "files": self.sent.len(),
+            "directories": self.directories, "skipped": skipped, "failed": failures.len(),
+            "bytes": bytes, "seconds": seconds, "failures": failures,
+        });
+        if let [one] = self.sent.as_slice() {
+            summary["name"] = json!(one.name);
+            if !one.skipped {
+                summary["sha256"] = json!(hex(&one.sha256));
+            }
+        }
+        match self.sent.as_slice() {
+            [one] if self.directories == 0 && failures.is_empty() && one.skipped => {
+                reporter.info(format!(
+                    "'{}' is already at the receiver, unchanged; nothing sent",
+                    escape_for_terminal(&one.name)
+                ));
+            }
+            [one] if self.directories == 0 && failures.is_empty() => {
+                reporter.info(format!(
+                    "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
+                    escape_for_terminal(&one.name),
+                    crate::destination::human_bytes(one.bytes),
+                    rate(one.bytes, one.seconds),
+                    hex(&one.sha256)
+                ));
+            }
+            [] if self.directories == 0 && !failures.is_empty() => {}
+            _ => reporter.info(format!(
+                "sent {} file(s) and {} director{} ({}, {}), each verified by the receiver; {} unchanged, {} failed{}",
+                self.sent.len() - skipped,
+                self.directories,
+                if self.directories == 1 { "y" } else { "ies" },
+                crate::destination::human_bytes(bytes),
+                rate(bytes, seconds),
+                skipped,
+                failures.len(),
+                if self.passed_over > 0 {
+                    format!(", {} passed over", self.passed_over)
+                } else {
+                    String::new()
+                }
+            )),
+        }
+        reporter.event("summary", summary);
+        outcome
+    }
+}
+
+/// Connects, shakes hands and reports it; the stream is ready for offers.
+fn open_session(
+    config: &SendConfig,
+    reporter: &Reporter,
+) -> anyhow::Result<(std::net::TcpStream, signals::Watch, String)> {
     let peer = config.target.to_string();
     let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
-    let _watch = signals::watch_socket(&stream);
+    let watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
     reporter.event("connected", json!({ "peer": peer }));
-    reporter.info(format!(
-        "sending '{}' ({}) to {peer}",
-        escape_for_terminal(&offer.name),
-        if config.stdin() {
-            "from standard input".to_string()
-        } else {
-            crate::destination::human_bytes(offer.size)
-        }
-    ));
-    send_one(
-        &mut stream,
-        &peer,
-        &mut *source,
-        &shown_path,
-        &offer,
-        config.resume,
-        config.idle_timeout,
-        reporter,
-    )
+    session::handshake(&mut stream, &peer)?;
+    Ok((stream, watch, peer))
 }
 
-/// Opens a regular file to send and describes it in an offer.
-fn open_file(config: &SendConfig) -> anyhow::Result<(File, Offer)> {
-    let shown_path = escape_for_terminal(&config.file.display().to_string());
-    // Look before opening: opening a FIFO would block until it has a writer.
-    match std::fs::metadata(&config.file) {
-        Ok(m) if !m.is_file() => {
-            return Err(Failure::new(
-                ExitCode::LocalFile,
-                format!("cannot send '{shown_path}': not a regular file (use '-' for a stream)"),
-            )
-            .into());
+/// `xfer send - HOST:PORT --name NAME`: standard input as one stream.
+fn send_stdin(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals> {
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let name = config.name.clone().unwrap_or_default();
+    let offer = Offer {
+        flags: FLAG_STREAM,
+        size: 0,
+        mode: 0o100644,
+        mtime_secs: now.as_secs() as i64,
+        mtime_nanos: now.subsec_nanos(),
+        name: name.clone(),
+        sha256: None,
+    };
+    let (mut stream, _watch, peer) = open_session(config, reporter)?;
+    reporter.info(format!(
+        "sending '{}' from standard input to {peer}",
+        escape_for_terminal(&name)
+    ));
+    let progress = reporter.progress(&name, None);
+    let outcome = offer_file(
+        &mut stream,
+        &peer,
+        &mut std::io::stdin(),
+        "standard input",
+        &offer,
+        false,
+        config.idle_timeout,
+        &|n| progress.set(n),
+        reporter,
+    );
+    drop(progress);
+    let mut totals = Totals::default();
+    match outcome? {
+        Ok(sent) => totals.record_sent(sent, reporter),
+        Err(e) => totals.record_failure(&name, e, reporter),
+    }
+    let _ = session::send_frame(&mut stream, &Frame::End, &peer);
+    Ok(totals)
+}
+
+/// One thing to offer: a file or a directory, with its name on the wire.
+struct Entry {
+    local: PathBuf,
+    name: String,
+    meta: std::fs::Metadata,
+}
+
+/// Everything the command line names, walked (directories recursively,
+/// in name order, symbolic links never followed).
+#[derive(Default)]
+struct Plan {
+    entries: Vec<Entry>,
+    /// Passed over on purpose: (name, reason).
+    passed_over: Vec<(String, &'static str)>,
+    /// Could not be read or named: (name, error).
+    unreadable: Vec<(String, anyhow::Error)>,
+}
+
+impl Plan {
+    fn of(config: &SendConfig) -> Plan {
+        let mut plan = Plan::default();
+        for path in &config.paths {
+            let name = match &config.name {
+                Some(n) => Some(n.clone()),
+                None => top_name(path),
+            };
+            match name {
+                Some(name) => plan.walk(path, name, true),
+                None => plan.unreadable.push((
+                    path.display().to_string(),
+                    Failure::new(
+                        ExitCode::LocalFile,
+                        format!(
+                            "'{}' has no UTF-8 name to offer; give one with --name",
+                            escape_for_terminal(&path.display().to_string())
+                        ),
+                    )
+                    .into(),
+                )),
+            }
         }
-        Ok(_) => {}
-        Err(e) => return Err(Failure::local(format!("cannot open '{shown_path}'"), &e).into()),
+        plan
     }
-    let file = File::open(&config.file)
-        .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
-    // Read-ahead hint for disks; harmless where it does not apply.
-    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-    let meta = file
-        .metadata()
-        .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
-    if !meta.is_file() {
-        return Err(Failure::new(
-            ExitCode::LocalFile,
-            format!("cannot send '{shown_path}': not a regular file"),
-        )
-        .into());
+
+    /// Adds `path` (and below a directory, everything in it). A path named
+    /// on the command line (`top`) is followed if it is a link and must be
+    /// a file or directory; inside directories links and special files are
+    /// passed over.
+    fn walk(&mut self, path: &Path, name: String, top: bool) {
+        let shown = escape_for_terminal(&path.display().to_string());
+        let looked = if top {
+            std::fs::metadata(path)
+        } else {
+            std::fs::symlink_metadata(path)
+        };
+        let meta = match looked {
+            Ok(m) => m,
+            Err(e) => {
+                let err = Failure::local(format!("cannot open '{shown}'"), &e);
+                self.unreadable.push((name, err.into()));
+                return;
+            }
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            self.passed_over.push((name, "symbolic link, not followed"));
+            return;
+        }
+        if !kind.is_file() && !kind.is_dir() {
+            if top {
+                let err = Failure::new(
+                    ExitCode::LocalFile,
+                    format!("cannot send '{shown}': not a regular file (use '-' for a stream)"),
+                );
+                self.unreadable.push((name, err.into()));
+            } else {
+                self.passed_over
+                    .push((name, "not a regular file or directory"));
+            }
+            return;
+        }
+        let is_dir = kind.is_dir();
+        self.entries.push(Entry {
+            local: path.to_path_buf(),
+            name: name.clone(),
+            meta,
+        });
+        if !is_dir {
+            return;
+        }
+        let children = std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>());
+        let mut children = match children {
+            Ok(c) => c,
+            Err(e) => {
+                let err = Failure::local(format!("cannot list '{shown}'"), &e);
+                self.unreadable.push((name, err.into()));
+                return;
+            }
+        };
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let child_path = child.path();
+            match child.file_name().to_str() {
+                Some(child_name) => self.walk(&child_path, format!("{name}/{child_name}"), false),
+                None => self.unreadable.push((
+                    child_path.display().to_string(),
+                    Failure::new(
+                        ExitCode::LocalFile,
+                        format!(
+                            "'{}' has a name that is not UTF-8",
+                            escape_for_terminal(&child_path.display().to_string())
+                        ),
+                    )
+                    .into(),
+                )),
+            }
+        }
     }
-    let (mtime_secs, mtime_nanos) = match meta.modified() {
+}
+
+/// The name a command-line path is offered under: its last component
+/// (`.` and `dir/` name the directory itself).
+fn top_name(path: &Path) -> Option<String> {
+    let named = match path.file_name() {
+        Some(n) => Some(n.to_os_string()),
+        None => std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_os_string())),
+    };
+    named.and_then(|n| n.into_string().ok())
+}
+
+fn mtime_parts(meta: &std::fs::Metadata) -> (i64, u32) {
+    match meta.modified() {
         Ok(t) => match t.duration_since(UNIX_EPOCH) {
             Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
             // Before 1970: floor to whole seconds, nanoseconds count up.
@@ -561,22 +749,181 @@ fn open_file(config: &SendConfig) -> anyhow::Result<(File, Offer)> {
             }
         },
         Err(_) => (0, 0),
+    }
+}
+
+/// `xfer send PATH... HOST:PORT`: every file and directory in one session.
+fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals> {
+    let plan = Plan::of(config);
+    let mut totals = Totals {
+        passed_over: plan.passed_over.len(),
+        ..Totals::default()
     };
-    let sha256 = if config.checksum {
-        Some(hash_file(&file, &shown_path)?)
+    for (name, reason) in &plan.passed_over {
+        reporter.info(format!(
+            "passing over '{}': {reason}",
+            escape_for_terminal(name)
+        ));
+        reporter.event("file-skipped", json!({ "name": name, "reason": reason }));
+    }
+    // One plain file goes as before; a tree or several paths as paths.
+    let as_paths = plan.entries.len() > 1 || plan.entries.iter().any(|e| e.meta.is_dir());
+    let several = plan.entries.len() + plan.unreadable.len() > 1;
+    let report_failure = |e: &anyhow::Error| {
+        // With one entry, its failure is the command's one error line.
+        if several {
+            report_failure(reporter, e);
+        }
+    };
+    for (name, e) in plan.unreadable {
+        report_failure(&e);
+        totals.record_failure(&name, e, reporter);
+    }
+    if plan.entries.is_empty() {
+        return Ok(totals);
+    }
+    let total_bytes: u64 = plan
+        .entries
+        .iter()
+        .filter(|e| e.meta.is_file())
+        .map(|e| e.meta.len())
+        .sum();
+
+    let (mut stream, _watch, peer) = open_session(config, reporter)?;
+    let files = plan.entries.iter().filter(|e| e.meta.is_file()).count();
+    reporter.info(if as_paths {
+        format!(
+            "sending {files} file(s) in {} entries ({}) to {peer}",
+            plan.entries.len(),
+            crate::destination::human_bytes(total_bytes)
+        )
+    } else {
+        format!(
+            "sending '{}' ({}) to {peer}",
+            escape_for_terminal(&plan.entries[0].name),
+            crate::destination::human_bytes(total_bytes)
+        )
+    });
+    let progress = reporter.progress("", Some(total_bytes));
+    let mut done_before = 0u64;
+    for (i, entry) in plan.entries.iter().enumerate() {
+        let (mtime_secs, mtime_nanos) = mtime_parts(&entry.meta);
+        let mut offer = Offer {
+            flags: if as_paths { FLAG_PATH } else { 0 },
+            size: 0,
+            mode: entry.meta.mode(),
+            mtime_secs,
+            mtime_nanos,
+            name: entry.name.clone(),
+            sha256: None,
+        };
+        progress.set_message(&format!(
+            "[{}/{}] {}",
+            i + 1,
+            plan.entries.len(),
+            entry.name
+        ));
+        if entry.meta.is_dir() {
+            offer.flags |= FLAG_DIR;
+            match offer_directory(&mut stream, &peer, &offer)? {
+                Ok(()) => totals.directories += 1,
+                Err(e) => {
+                    report_failure(&e);
+                    totals.record_failure(&entry.name, e, reporter);
+                }
+            }
+            continue;
+        }
+        let shown_path = escape_for_terminal(&entry.local.display().to_string());
+        let opened = open_file(&entry.local, &shown_path, config.checksum);
+        let (mut file, size, sha256) = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                report_failure(&e);
+                totals.record_failure(&entry.name, e, reporter);
+                continue;
+            }
+        };
+        offer.size = size;
+        offer.sha256 = sha256;
+        let base = done_before;
+        let outcome = offer_file(
+            &mut stream,
+            &peer,
+            &mut file,
+            &shown_path,
+            &offer,
+            config.resume,
+            config.idle_timeout,
+            &|n| progress.set(base + n),
+            reporter,
+        )?;
+        done_before += size;
+        progress.set(done_before);
+        match outcome {
+            Ok(sent) => totals.record_sent(sent, reporter),
+            Err(e) => {
+                report_failure(&e);
+                totals.record_failure(&entry.name, e, reporter);
+            }
+        }
+    }
+    drop(progress);
+    // Everything is settled, each file verified or failed; a lost END
+    // changes nothing.
+    let _ = session::send_frame(&mut stream, &Frame::End, &peer);
+    Ok(totals)
+}
+
+/// One file's failure in a session of several, said as it happens.
+fn report_failure(reporter: &Reporter, e: &anyhow::Error) {
+    if !reporter.json || !reporter.quiet {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr().lock(),
+            format!("xfer: error: {e:#}\n").as_bytes(),
+        );
+    }
+}
+
+/// Opens a regular file to send: the file, its size, and with `checksum`
+/// its SHA-256.
+fn open_file(
+    path: &Path,
+    shown_path: &str,
+    checksum: bool,
+) -> anyhow::Result<(File, u64, Option<Digest>)> {
+    // Look before opening: opening a FIFO would block until it has a writer.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(Failure::new(
+                ExitCode::LocalFile,
+                format!("cannot send '{shown_path}': not a regular file (use '-' for a stream)"),
+            )
+            .into());
+        }
+        Ok(_) => {}
+        Err(e) => return Err(Failure::local(format!("cannot open '{shown_path}'"), &e).into()),
+    }
+    let file =
+        File::open(path).map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
+    // Read-ahead hint for disks; harmless where it does not apply.
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+    let meta = file
+        .metadata()
+        .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
+    if !meta.is_file() {
+        return Err(Failure::new(
+            ExitCode::LocalFile,
+            format!("cannot send '{shown_path}': not a regular file"),
+        )
+        .into());
+    }
+    let sha256 = if checksum {
+        Some(hash_file(&file, shown_path)?)
     } else {
         None
     };
-    let offer = Offer {
-        flags: 0,
-        size: meta.len(),
-        mode: meta.mode(),
-        mtime_secs,
-        mtime_nanos,
-        name: config.name.clone(),
-        sha256,
-    };
-    Ok((file, offer))
+    Ok((file, meta.len(), sha256))
 }
 
 /// `--checksum`: the whole file's SHA-256 before offering it (the one case

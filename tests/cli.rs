@@ -496,6 +496,15 @@ fn usage_errors_are_one_line_with_code_2() {
         vec!["recv", "--port", "0", "--idle-timeout", "soon"],
         vec!["send", "--bogus"],
         vec!["recv", "--port", "0", "-o", "x", "--keep-running"],
+        vec!["send", "-", file.to_str().unwrap(), "127.0.0.1:9"],
+        vec![
+            "send",
+            "--name",
+            "n",
+            file.to_str().unwrap(),
+            file.to_str().unwrap(),
+            "127.0.0.1:9",
+        ],
     ] {
         let mut cmd = xfer();
         cmd.args(&args);
@@ -1266,4 +1275,159 @@ fn hostile_paths_in_a_multi_file_offer_are_refused_and_confined() {
         UNIX_EPOCH + Duration::from_secs(1_000_000_000)
     );
     assert_eq!(entries(&env.dst()), vec!["link", "made"]);
+}
+
+/// Relative paths of everything under `root`, sorted, links included.
+fn tree_listing(root: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            out.push(rel);
+            if meta.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_tree_with_nested_and_empty_directories_and_modes_arrives_whole() {
+    let env = TestEnv::new();
+    let tree = env.src().join("tree");
+    fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    fs::create_dir_all(tree.join("empty/also-empty")).unwrap();
+    fs::write(tree.join("top.txt"), b"top").unwrap();
+    fs::write(tree.join("sub/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::write(
+        tree.join("sub/deeper/data.bin"),
+        random_bytes(2 * MIB + 5, 51),
+    )
+    .unwrap();
+    fs::write(tree.join("sub/deeper/empty-file"), b"").unwrap();
+    fs::set_permissions(tree.join("sub/run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::set_permissions(tree.join("top.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(tree.join("sub/deeper"), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", tree.join("sub/link")).unwrap();
+    let old = UNIX_EPOCH + Duration::from_secs(1_400_000_000);
+    fs::File::open(tree.join("sub"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let mut r = env.recv(&[]);
+    let out = env.send(&tree, &r.addr(), &["--json"]);
+    out.assert_code(0);
+    r.finish().assert_code(0);
+
+    let mut want = tree_listing(&tree);
+    want.retain(|p| p != "sub/link");
+    let got = tree_listing(&env.dst().join("tree"));
+    assert_eq!(got, want, "the same entries, and no symbolic link");
+    let mask = 0o777 & !umask();
+    for rel in &want {
+        let (a, b) = (tree.join(rel), env.dst().join("tree").join(rel));
+        let (ma, mb) = (fs::metadata(&a).unwrap(), fs::metadata(&b).unwrap());
+        assert_eq!(ma.is_dir(), mb.is_dir(), "{rel}");
+        assert_eq!(
+            mb.permissions().mode() & 0o777,
+            ma.permissions().mode() & mask,
+            "{rel}"
+        );
+        if ma.is_file() {
+            assert_eq!(sha256_file(&b), sha256_file(&a), "{rel}");
+            assert_eq!(mb.modified().unwrap(), ma.modified().unwrap(), "{rel}");
+        }
+    }
+    assert_eq!(
+        fs::metadata(env.dst().join("tree/sub"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        old
+    );
+
+    let events = out.events();
+    let passed = events
+        .iter()
+        .find(|e| e["event"] == "file-skipped")
+        .unwrap();
+    assert_eq!(passed["name"], "tree/sub/link");
+    let summary = events.iter().find(|e| e["event"] == "summary").unwrap();
+    assert_eq!(summary["files"], 4);
+    assert_eq!(summary["directories"], 5);
+    assert_eq!(summary["failed"], 0);
+}
+
+#[test]
+fn a_thousand_small_files_go_in_one_session() {
+    let env = TestEnv::new();
+    let root = env.src().join("many");
+    for d in 0..10 {
+        fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+        for f in 0..100 {
+            let data = random_bytes(1024 + f, (d * 1000 + f) as u64);
+            fs::write(root.join(format!("d{d}/f{f:03}")), data).unwrap();
+        }
+    }
+    let mut r = env.recv(&["--quiet"]);
+    let out = env.send(&root, &r.addr(), &["--json", "--quiet"]);
+    out.assert_code(0);
+    r.finish().assert_code(0);
+    let summary = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    assert_eq!(summary["files"], 1000);
+    let got = tree_listing(&env.dst().join("many"));
+    assert_eq!(got, tree_listing(&root));
+    for rel in got.iter().filter(|p| p.contains("/f")) {
+        assert_eq!(
+            fs::read(env.dst().join("many").join(rel)).unwrap(),
+            fs::read(root.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn some_files_failing_gives_the_partial_code_and_lists_the_failures() {
+    let env = TestEnv::new();
+    let root = env.src().join("t");
+    fs::create_dir(&root).unwrap();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        fs::write(root.join(name), format!("new {name}")).unwrap();
+    }
+    fs::create_dir(env.dst().join("t")).unwrap();
+    fs::write(env.dst().join("t/b.txt"), b"an older, different b").unwrap();
+    let mut r = env.recv(&[]);
+    let out = env.send(&root, &r.addr(), &["--json"]);
+    out.assert_code(8).assert_stderr_contains("t/b.txt");
+    r.finish().assert_code(8);
+    let summary = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    assert_eq!(summary["ok"], false);
+    assert_eq!(summary["exit_code"], 8);
+    assert_eq!(summary["failed"], 1);
+    assert_eq!(summary["failures"][0]["name"], "t/b.txt");
+    assert_eq!(summary["failures"][0]["exit_code"], 5);
+    assert_eq!(fs::read(env.dst().join("t/a.txt")).unwrap(), b"new a.txt");
+    assert_eq!(fs::read(env.dst().join("t/c.txt")).unwrap(), b"new c.txt");
+    assert_eq!(
+        fs::read(env.dst().join("t/b.txt")).unwrap(),
+        b"an older, different b"
+    );
 }
