@@ -84,6 +84,8 @@ pub fn serve<S: Link + ?Sized>(
     let mut failed = 0usize;
     // Directory entries get their mode and mtime once their files are in.
     let mut directories: Vec<(PathBuf, Offer)> = Vec::new();
+    // Accepted files, in offer order, whose data comes after a START each.
+    let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
     let mut next = Some(first);
     let result = loop {
         let frame = match next.take() {
@@ -98,37 +100,74 @@ pub fn serve<S: Link + ?Sized>(
         };
         match frame {
             Frame::Offer(offer) => {
-                let outcome = if policy.one_file() && (failed > 0 || !received.is_empty()) {
-                    Ok(Err(refuse(
+                let answer = if policy.one_file()
+                    && (failed > 0 || !received.is_empty() || !pending.is_empty())
+                {
+                    Ok(Answer::Refused(refuse(
                         stream,
                         peer,
                         Reason::Unsupported,
                         "this receiver takes exactly one file (-o)".into(),
                     )))
+                } else if pending.len() >= MAX_PENDING {
+                    session::send_error(stream, Reason::Protocol, "too many offers awaiting data");
+                    Err(Failure::new(
+                        ExitCode::Network,
+                        format!("{peer}: more than {MAX_PENDING} offers awaiting data"),
+                    )
+                    .into())
                 } else {
-                    receive_file(stream, peer, &offer, policy, reporter)
+                    answer_offer(stream, peer, &offer, policy, reporter)
                 };
-                let file_failure = match outcome {
-                    Ok(Ok(file)) => {
+                let file_failure = match answer {
+                    Ok(Answer::Pending(p)) => {
+                        pending.push_back(p);
+                        None
+                    }
+                    Ok(Answer::Done(file)) => {
                         if file.is_dir {
                             directories.push((file.path.clone(), offer.clone()));
                         }
                         received.push(file);
                         None
                     }
-                    Ok(Err(e)) => Some((e, false)),
+                    Ok(Answer::Refused(e)) => Some((e, false)),
                     Err(e) => Some((e, true)),
                 };
                 if let Some((e, fatal)) = file_failure {
-                    reporter.event(
-                        "file-failed",
-                        json!({ "name": offer.name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(&e).code() }),
-                    );
+                    note_failure(reporter, &offer.name, &e);
                     if fatal {
                         break Err(e);
                     }
                     failed += 1;
                     failure.get_or_insert(e);
+                }
+            }
+            Frame::Start { offset } => {
+                let Some(next_file) = pending.pop_front() else {
+                    session::send_error(
+                        stream,
+                        Reason::Protocol,
+                        "START without an accepted offer",
+                    );
+                    break Err(session::unexpected(
+                        &Frame::Start { offset },
+                        "OFFER or END",
+                        peer,
+                    ));
+                };
+                let name = next_file.offer.name.clone();
+                match receive_pending(stream, peer, next_file, offset, reporter) {
+                    Ok(Ok(file)) => received.push(file),
+                    Ok(Err(e)) => {
+                        note_failure(reporter, &name, &e);
+                        failed += 1;
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        note_failure(reporter, &name, &e);
+                        break Err(e);
+                    }
                 }
             }
             Frame::End => break Ok(()),
@@ -160,6 +199,16 @@ pub fn serve<S: Link + ?Sized>(
         Some(e) => Err(e),
         None => Ok(received),
     }
+}
+
+/// Accepted files a sender may have outstanding before it sends their data.
+const MAX_PENDING: usize = 256;
+
+fn note_failure(reporter: &Reporter, name: &str, e: &anyhow::Error) {
+    reporter.event(
+        "file-failed",
+        json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }),
+    );
 }
 
 /// Declines an offer: a REFUSE frame to the peer, and our own error with the
@@ -305,13 +354,35 @@ enum Output {
     Stdout,
 }
 
-fn receive_file<S: Link + ?Sized>(
+/// An accepted file whose data has not arrived yet (the sender may offer
+/// several files before sending the first one's data).
+struct Pending {
+    offer: Offer,
+    output: Output,
+    /// Bytes held from an earlier attempt, and their hash state.
+    held: u64,
+    held_hasher: Option<Sha256>,
+}
+
+/// How an offer was answered.
+enum Answer {
+    /// ACCEPT sent: data follows after a START.
+    Pending(Pending),
+    /// Settled without data: a directory made, or the file already there.
+    Done(Received),
+    /// REFUSE sent; the session goes on.
+    Refused(anyhow::Error),
+}
+
+/// Judges one OFFER and answers it (ACCEPT, REFUSE or SKIP). The error is
+/// for the session: the connection or the protocol failed.
+fn answer_offer<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     offer: &Offer,
     policy: &Policy,
     reporter: &Reporter,
-) -> anyhow::Result<anyhow::Result<Received>> {
+) -> anyhow::Result<Answer> {
     let shown = shown(&offer.name);
     let streamed = offer.flags & FLAG_STREAM != 0;
     let is_dir = offer.flags & FLAG_DIR != 0;
@@ -319,7 +390,7 @@ fn receive_file<S: Link + ?Sized>(
         || (streamed && offer.size != 0)
         || (is_dir && (streamed || offer.size != 0))
     {
-        return Ok(Err(refuse(
+        return Ok(Answer::Refused(refuse(
             stream,
             peer,
             Reason::Unsupported,
@@ -334,23 +405,24 @@ fn receive_file<S: Link + ?Sized>(
             Ok(()) => Output::Stdout,
             Err(e) => {
                 let message = format!("refused name '{shown}': {e}");
-                return Ok(Err(refuse(stream, peer, Reason::BadName, message)));
+                return Ok(Answer::Refused(refuse(
+                    stream,
+                    peer,
+                    Reason::BadName,
+                    message,
+                )));
             }
         },
         target => match destination::prepare(target, policy.overwrite, offer) {
             Ok(Prepared::Receive(p)) => Output::File(p),
             Ok(Prepared::Unchanged(path)) => {
-                return skip_unchanged(stream, peer, offer, path, reporter).map(Ok);
+                return skip_unchanged(stream, peer, offer, path, reporter).map(Answer::Done);
             }
             Ok(Prepared::Directory(path)) => {
-                return directory_made(stream, peer, offer, path, reporter).map(Ok);
+                return directory_made(stream, peer, offer, path, reporter).map(Answer::Done);
             }
-            Err(r) => return Ok(Err(refuse(stream, peer, r.reason, r.message))),
+            Err(r) => return Ok(Answer::Refused(refuse(stream, peer, r.reason, r.message))),
         },
-    };
-    let shown_path = match &output {
-        Output::File(p) => p.final_path().display().to_string(),
-        Output::Stdout => "-".to_string(),
     };
 
     // What an earlier, interrupted attempt left: offered for resuming.
@@ -362,7 +434,12 @@ fn receive_file<S: Link + ?Sized>(
                     "cannot read the partial data of '{shown}': {}",
                     crate::exit_codes::io_reason(&e)
                 );
-                return Ok(Err(refuse(stream, peer, Reason::LocalIo, message)));
+                return Ok(Answer::Refused(refuse(
+                    stream,
+                    peer,
+                    Reason::LocalIo,
+                    message,
+                )));
             }
         },
         _ => (0, None),
@@ -378,23 +455,51 @@ fn receive_file<S: Link + ?Sized>(
         }),
         peer,
     )?;
-    // The sender says whether the held prefix is really the start of its
-    // file (resume) or not (start over).
-    let (start, hasher) = match held_hasher {
-        None => (0, Sha256::new()),
-        Some(h) => match session::expect_frame(stream, peer, "START")? {
-            Frame::Start { offset } if offset == held => (held, h),
-            Frame::Start { offset: 0 } => (0, Sha256::new()),
-            Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-            other => {
-                session::send_error(
-                    stream,
-                    Reason::Protocol,
-                    "expected START at 0 or the offset",
-                );
-                return Err(session::unexpected(&other, "START", peer));
-            }
-        },
+    Ok(Answer::Pending(Pending {
+        offer: offer.clone(),
+        output,
+        held,
+        held_hasher,
+    }))
+}
+
+/// Receives an accepted file's data after its START: `start` is where the
+/// sender begins, the bytes held (resume) or 0 (start over).
+fn receive_pending<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    pending: Pending,
+    start: u64,
+    reporter: &Reporter,
+) -> anyhow::Result<anyhow::Result<Received>> {
+    let Pending {
+        offer,
+        mut output,
+        held,
+        held_hasher,
+    } = pending;
+    let offer = &offer;
+    let shown = shown(&offer.name);
+    let streamed = offer.flags & FLAG_STREAM != 0;
+    let shown_path = match &output {
+        Output::File(p) => p.final_path().display().to_string(),
+        Output::Stdout => "-".to_string(),
+    };
+    let hasher = match (held_hasher, start) {
+        (_, 0) => Sha256::new(),
+        (Some(h), s) if s == held => h,
+        (_, other) => {
+            session::send_error(
+                stream,
+                Reason::Protocol,
+                "START must be 0 or the offset held",
+            );
+            return Err(Failure::new(
+                ExitCode::Network,
+                format!("{peer}: START at {other} for '{shown}', which holds {held} bytes"),
+            )
+            .into());
+        }
     };
     if let Output::File(p) = &mut output {
         if let Err(e) = p.restart_at(start) {

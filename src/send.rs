@@ -138,7 +138,6 @@ where
                         (0, Sha256::new())
                     }
                 };
-                session::send_frame(stream, &Frame::Start { offset: start }, peer)?;
                 (start, hasher)
             }
             Frame::Skip { message } => {
@@ -169,6 +168,8 @@ where
             other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
         };
 
+    // Every accepted file's data follows a START saying where it begins.
+    session::send_frame(stream, &Frame::Start { offset: start }, peer)?;
     if start > 0 {
         reporter.info(format!(
             "resuming '{shown}' at {} of {}",

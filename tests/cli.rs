@@ -331,6 +331,7 @@ fn a_wrong_trailer_digest_is_caught_by_the_receiver() {
         protocol::read_frame(&mut s).unwrap(),
         Frame::Accept(_)
     ));
+    protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
     s.write_all(b"hello").unwrap();
     protocol::write_frame(
         &mut s,
@@ -668,6 +669,7 @@ fn a_peer_cannot_make_files_world_writable_or_setuid() {
         protocol::read_frame(&mut s).unwrap(),
         Frame::Accept(_)
     ));
+    protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
     s.write_all(b"hi").unwrap();
     protocol::write_frame(
         &mut s,
@@ -698,6 +700,7 @@ fn raw_send_file(s: &mut TcpStream, name: &str, data: &[u8]) -> Frame {
         Frame::Accept(_) => {}
         other => return other,
     }
+    protocol::write_frame(s, &Frame::Start { offset: 0 }).unwrap();
     s.write_all(data).unwrap();
     protocol::write_frame(
         s,
@@ -1250,6 +1253,7 @@ fn hostile_paths_in_a_multi_file_offer_are_refused_and_confined() {
         protocol::read_frame(&mut s).unwrap(),
         Frame::Accept(_)
     ));
+    protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
     s.write_all(b"abc").unwrap();
     protocol::write_frame(
         &mut s,
