@@ -61,11 +61,13 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         name: "xfer-bench.bin".into(),
         sha256: None,
     };
-    reporter.info(format!(
-        "bench: sending {} of generated data over {addr}, receiver writing to {}",
-        human_bytes(config.size),
-        workdir.path().display()
-    ));
+    reporter.info(|| {
+        format!(
+            "bench: sending {} of generated data over {addr}, receiver writing to {}",
+            human_bytes(config.size),
+            workdir.path().display()
+        )
+    });
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).context("bench sender cannot connect")?;
     let _watch = signals::watch_socket(&stream);
@@ -98,7 +100,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
     if config.json {
         reporter.event(
             "bench",
-            json!({ "bytes": config.size, "seconds": seconds, "mb_per_s": mb_per_s, "sha256": hex(&sent.sha256) }),
+            || json!({ "bytes": config.size, "seconds": seconds, "mb_per_s": mb_per_s, "sha256": hex(&sent.sha256) }),
         );
     } else {
         println!(

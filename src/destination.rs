@@ -79,7 +79,9 @@ impl Drop for PartialFile {
     fn drop(&mut self) {
         // A resumable partial is kept for the next attempt; a one-off
         // temporary file never outlives its transfer.
-        if !self.settled && !self.resumable {
+        // An empty one (accepted, then never sent) holds nothing to resume.
+        let empty = self.file.metadata().is_ok_and(|m| m.len() == 0);
+        if !self.settled && (!self.resumable || empty) {
             let _ = fs::remove_file(&self.path);
         }
     }

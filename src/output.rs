@@ -48,19 +48,22 @@ impl Reporter {
     }
 
     /// A line for people, on stderr, unless `--quiet`.
-    pub fn info(&self, message: impl AsRef<str>) {
+    /// (The message is built only when it will be shown: a receiver of many
+    /// small files would otherwise spend its time formatting.)
+    pub fn info<M: AsRef<str>>(&self, message: impl FnOnce() -> M) {
         if !self.quiet {
-            let _ = writeln!(std::io::stderr().lock(), "xfer: {}", message.as_ref());
+            let _ = writeln!(std::io::stderr().lock(), "xfer: {}", message().as_ref());
         }
     }
 
     /// One JSON event on stdout with `--json`; `fields` must be an object.
-    pub fn event(&self, name: &str, fields: Value) {
+    /// `fields` is built only with `--json`.
+    pub fn event(&self, name: &str, fields: impl FnOnce() -> Value) {
         if !self.json {
             return;
         }
         let mut obj = json!({ "event": name });
-        if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields) {
+        if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields()) {
             o.extend(extra);
         }
         if self.events_to_stderr {
@@ -76,11 +79,13 @@ impl Reporter {
     /// total is unknown), drawn only for a person watching a terminal.
     pub fn progress(&self, name: &str, total: Option<u64>) -> Progress {
         let visible = self.bars && !self.quiet && std::io::stderr().is_terminal();
-        let bar = if visible {
-            ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::hidden()
-        };
+        if !visible {
+            // Nothing to draw, so nothing to style: this runs once per file.
+            return Progress {
+                bar: ProgressBar::hidden(),
+            };
+        }
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         let template = if total.is_some() {
             "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}"
         } else {
@@ -92,9 +97,7 @@ impl Reporter {
                 .progress_chars("=> "),
         );
         bar.set_message(escape_for_terminal(name));
-        if visible {
-            bar.enable_steady_tick(Duration::from_millis(200));
-        }
+        bar.enable_steady_tick(Duration::from_millis(200));
         Progress { bar }
     }
 }

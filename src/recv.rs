@@ -182,11 +182,13 @@ pub fn serve<S: Link + ?Sized>(
     directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, offer) in &directories {
         if let Err(e) = destination::finish_directory(path, offer) {
-            reporter.info(format!(
-                "cannot set the mode and time of '{}': {}",
-                escape_for_terminal(&path.display().to_string()),
-                crate::exit_codes::io_reason(&e)
-            ));
+            reporter.info(|| {
+                format!(
+                    "cannot set the mode and time of '{}': {}",
+                    escape_for_terminal(&path.display().to_string()),
+                    crate::exit_codes::io_reason(&e)
+                )
+            });
         }
     }
     result?;
@@ -207,7 +209,7 @@ const MAX_PENDING: usize = 256;
 fn note_failure(reporter: &Reporter, name: &str, e: &anyhow::Error) {
     reporter.event(
         "file-failed",
-        json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }),
+        || json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }),
     );
 }
 
@@ -295,7 +297,7 @@ fn directory_made<S: Link + ?Sized>(
     )?;
     reporter.event(
         "file-done",
-        json!({ "name": offer.name, "path": path.display().to_string(), "kind": "directory", "bytes": 0 }),
+        || json!({ "name": offer.name, "path": path.display().to_string(), "kind": "directory", "bytes": 0 }),
     );
     Ok(Received {
         name: offer.name.clone(),
@@ -328,13 +330,15 @@ fn skip_unchanged<S: Link + ?Sized>(
         },
         peer,
     )?;
-    reporter.info(format!(
-        "'{}' is unchanged ({how}); nothing to receive",
-        escape_for_terminal(&path.display().to_string())
-    ));
+    reporter.info(|| {
+        format!(
+            "'{}' is unchanged ({how}); nothing to receive",
+            escape_for_terminal(&path.display().to_string())
+        )
+    });
     reporter.event(
         "file-skipped",
-        json!({ "name": offer.name, "path": path.display().to_string(), "reason": "unchanged" }),
+        || json!({ "name": offer.name, "path": path.display().to_string(), "reason": "unchanged" }),
     );
     Ok(Received {
         name: offer.name.clone(),
@@ -520,10 +524,10 @@ fn receive_pending<S: Link + ?Sized>(
     } else {
         destination::human_bytes(offer.size)
     };
-    reporter.info(format!("receiving '{shown}' ({size_text}) from {peer}"));
+    reporter.info(|| format!("receiving '{shown}' ({size_text}) from {peer}"));
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start }),
+        || json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start }),
     );
 
     let started = Instant::now();
@@ -706,20 +710,22 @@ fn receive_pending<S: Link + ?Sized>(
     .context("the file is in place, but the sender may not know")?;
 
     let seconds = started.elapsed().as_secs_f64();
-    reporter.info(format!(
-        "received {} ({}, {}), sha256 {}",
-        if path.as_os_str() == "-" {
-            format!("'{shown}' on standard output")
-        } else {
-            format!("'{}'", escape_for_terminal(&path.display().to_string()))
-        },
-        destination::human_bytes(size),
-        rate(size, seconds),
-        hex(&digest)
-    ));
+    reporter.info(|| {
+        format!(
+            "received {} ({}, {}), sha256 {}",
+            if path.as_os_str() == "-" {
+                format!("'{shown}' on standard output")
+            } else {
+                format!("'{}'", escape_for_terminal(&path.display().to_string()))
+            },
+            destination::human_bytes(size),
+            rate(size, seconds),
+            hex(&digest)
+        )
+    });
     reporter.event(
         "file-done",
-        json!({ "name": offer.name, "path": path.display().to_string(), "bytes": size, "sha256": hex(&digest), "seconds": seconds }),
+        || json!({ "name": offer.name, "path": path.display().to_string(), "bytes": size, "sha256": hex(&digest), "seconds": seconds }),
     );
     Ok(Ok(Received {
         name: offer.name.clone(),
@@ -747,17 +753,19 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the listening address")?;
     let _watch = signals::watch_socket(&listener);
-    reporter.info(format!(
-        "listening on {local}{}",
-        if config.bind.is_none() && local.is_ipv6() {
-            " (IPv6 and IPv4)"
-        } else {
-            ""
-        }
-    ));
+    reporter.info(|| {
+        format!(
+            "listening on {local}{}",
+            if config.bind.is_none() && local.is_ipv6() {
+                " (IPv6 and IPv4)"
+            } else {
+                ""
+            }
+        )
+    });
     reporter.event(
         "listening",
-        json!({ "address": local.to_string(), "port": local.port() }),
+        || json!({ "address": local.to_string(), "port": local.port() }),
     );
     if !config.keep_running {
         let result = accept(&listener)
@@ -846,10 +854,8 @@ fn refuse_busy(mut stream: TcpStream, peer: &str, limit: usize, reporter: &Repor
             Ok(_) => {}
         }
     }
-    reporter.info(format!(
-        "refused {peer}: {limit} transfers already in progress"
-    ));
-    reporter.event("refused", json!({ "peer": peer, "reason": "busy" }));
+    reporter.info(|| format!("refused {peer}: {limit} transfers already in progress"));
+    reporter.event("refused", || json!({ "peer": peer, "reason": "busy" }));
 }
 
 fn serve_connection(
@@ -867,9 +873,14 @@ fn serve_connection(
     };
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
-    reporter.event("connected", json!({ "peer": peer }));
+    reporter.event("connected", || json!({ "peer": peer }));
     let started = Instant::now();
-    let result = serve(&mut stream, peer, &policy, reporter);
+    let result = serve(
+        &mut session::Buffered::new(&mut stream),
+        peer,
+        &policy,
+        reporter,
+    );
     let seconds = started.elapsed().as_secs_f64();
     summarize(reporter, peer, &result, seconds);
     result.map(drop)
@@ -899,13 +910,13 @@ fn summarize(
                     fields["sha256"] = json!(hex(&one.sha256));
                 }
             }
-            reporter.event("summary", fields);
+            reporter.event("summary", || fields);
         }
         Err(e) => {
             let code = ExitCode::for_error(e);
             reporter.event(
                 "summary",
-                json!({ "ok": false, "exit_code": code.code(), "peer": peer, "error": format!("{e:#}"), "seconds": seconds }),
+                || json!({ "ok": false, "exit_code": code.code(), "peer": peer, "error": format!("{e:#}"), "seconds": seconds }),
             );
         }
     }

@@ -5,6 +5,7 @@
 //! serves files, the in-process benchmark and tests. It must never report
 //! success without an ACK whose digest equals the one computed here.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -21,8 +22,8 @@ use crate::names::escape_for_terminal;
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
 use crate::protocol::{
-    self, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
-    Trailer, hex,
+    self, Ack, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer,
+    Reason, Trailer, hex,
 };
 use crate::session::{self, Link};
 use crate::signals;
@@ -73,7 +74,7 @@ where
     drop(progress);
     let sent = sent??;
     // The file is verified and in place; a lost END changes nothing.
-    let _ = session::send_frame(stream, &Frame::End, peer);
+    let _ = session::send_last_frame(stream, &Frame::End, peer);
     Ok(sent)
 }
 
@@ -98,88 +99,183 @@ where
     S: Link + ?Sized,
     R: Source + ?Sized,
 {
-    let shown = escape_for_terminal(&offer.name);
     session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
-    let streamed = offer.flags & FLAG_STREAM != 0;
-    let (start, hasher) =
-        match session::expect_frame(stream, peer, "the receiver's answer to the offer")? {
-            Frame::Accept(a) if a.offset == 0 => (0, Sha256::new()),
-            Frame::Accept(a) if streamed || a.offset > offer.size => {
-                session::send_error(stream, Reason::Protocol, "offset out of range");
-                return Err(Failure::new(
-                    ExitCode::Network,
-                    format!(
-                        "{peer} offered to resume '{shown}' at byte {} of {}",
-                        a.offset,
-                        if streamed {
-                            "a stream".to_string()
-                        } else {
-                            offer.size.to_string()
-                        }
-                    ),
-                )
-                .into());
-            }
-            Frame::Accept(a) => {
-                // The receiver holds a prefix from an earlier attempt: continue
-                // after it only if it is really the start of this file.
-                let resumed = if resume {
-                    prefix_matches(source, a.offset, &a.prefix_sha256)
-                        .map_err(|e| Failure::local(format!("cannot read '{source_name}'"), &e))?
-                } else {
-                    None
-                };
-                let (start, hasher) = match resumed {
-                    Some(hasher) => (a.offset, hasher),
-                    None => {
-                        source.seek_to(0).map_err(|e| {
-                            Failure::local(format!("cannot read '{source_name}'"), &e)
-                        })?;
-                        (0, Sha256::new())
-                    }
-                };
-                (start, hasher)
-            }
-            Frame::Skip { message } => {
-                // The receiver already has this very file.
-                reporter.event(
-                    "file-skipped",
-                    json!({ "name": offer.name, "reason": "unchanged", "message": message }),
-                );
-                return Ok(Ok(Sent {
-                    name: offer.name.clone(),
-                    bytes: 0,
-                    sha256: offer.sha256.unwrap_or([0; 32]),
-                    seconds: 0.0,
-                    skipped: true,
-                }));
-            }
-            Frame::Refuse(r) => {
-                return Ok(Err(Failure::new(
-                    session::code_for_reason(r.reason),
-                    format!(
-                        "{peer} refused '{shown}': {}",
-                        escape_for_terminal(&r.message)
-                    ),
-                )
-                .into()));
-            }
-            Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-            other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
-        };
+    let reply = session::expect_frame(stream, peer, "the receiver's answer to the offer")?;
+    let (start, hasher) = match answer(
+        stream,
+        peer,
+        source,
+        source_name,
+        offer,
+        resume,
+        reply,
+        reporter,
+    )? {
+        Answer::Go { start, hasher } => (start, hasher),
+        Answer::Settled(outcome) => return Ok(outcome),
+    };
+    let in_flight = send_data(
+        stream,
+        peer,
+        source,
+        source_name,
+        offer,
+        start,
+        hasher,
+        on_bytes,
+        reporter,
+    )?;
+    // Before its verdict the receiver fsyncs the whole file, which on a slow
+    // disk takes longer than any sensible idle time; allow for that.
+    stream
+        .set_deadline(ack_deadline(idle_timeout, in_flight.size))
+        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    let verdict = match session::expect_frame(stream, peer, "the receiver's verdict")? {
+        Frame::Ack(ack) => judge(&ack, in_flight, offer, peer),
+        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        other => return Err(session::unexpected(&other, "ACK", peer)),
+    };
+    stream
+        .set_deadline(idle_timeout)
+        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    Ok(verdict)
+}
 
+/// The receiver's answer to a file's OFFER, as the sender acts on it.
+enum Answer {
+    /// Send the data from `start`, continuing `hasher`.
+    Go { start: u64, hasher: Sha256 },
+    /// Nothing to send: already there, or refused.
+    Settled(anyhow::Result<Sent>),
+}
+
+/// Acts on the answer to a file's OFFER: on ACCEPT, decides where to start
+/// (checking a held prefix against our own file) and sends START.
+#[allow(clippy::too_many_arguments)]
+fn answer<S, R>(
+    stream: &mut S,
+    peer: &str,
+    source: &mut R,
+    source_name: &str,
+    offer: &Offer,
+    resume: bool,
+    reply: Frame,
+    reporter: &Reporter,
+) -> anyhow::Result<Answer>
+where
+    S: Link + ?Sized,
+    R: Source + ?Sized,
+{
+    let shown = escape_for_terminal(&offer.name);
+    let streamed = offer.flags & FLAG_STREAM != 0;
+    let (start, hasher) = match reply {
+        Frame::Accept(a) if a.offset == 0 => (0, Sha256::new()),
+        Frame::Accept(a) if streamed || a.offset > offer.size => {
+            session::send_error(stream, Reason::Protocol, "offset out of range");
+            return Err(Failure::new(
+                ExitCode::Network,
+                format!(
+                    "{peer} offered to resume '{shown}' at byte {} of {}",
+                    a.offset,
+                    if streamed {
+                        "a stream".to_string()
+                    } else {
+                        offer.size.to_string()
+                    }
+                ),
+            )
+            .into());
+        }
+        Frame::Accept(a) => {
+            // The receiver holds a prefix from an earlier attempt: continue
+            // after it only if it is really the start of this file.
+            let resumed = if resume {
+                prefix_matches(source, a.offset, &a.prefix_sha256)
+                    .map_err(|e| Failure::local(format!("cannot read '{source_name}'"), &e))?
+            } else {
+                None
+            };
+            let (start, hasher) = match resumed {
+                Some(hasher) => (a.offset, hasher),
+                None => {
+                    source
+                        .seek_to(0)
+                        .map_err(|e| Failure::local(format!("cannot read '{source_name}'"), &e))?;
+                    (0, Sha256::new())
+                }
+            };
+            (start, hasher)
+        }
+        Frame::Skip { message } => {
+            // The receiver already has this very file.
+            reporter.event(
+                "file-skipped",
+                || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
+            );
+            return Ok(Answer::Settled(Ok(Sent {
+                name: offer.name.clone(),
+                bytes: 0,
+                sha256: offer.sha256.unwrap_or([0; 32]),
+                seconds: 0.0,
+                skipped: true,
+            })));
+        }
+        Frame::Refuse(r) => {
+            return Ok(Answer::Settled(Err(Failure::new(
+                session::code_for_reason(r.reason),
+                format!(
+                    "{peer} refused '{shown}': {}",
+                    escape_for_terminal(&r.message)
+                ),
+            )
+            .into())));
+        }
+        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
+    };
     // Every accepted file's data follows a START saying where it begins.
     session::send_frame(stream, &Frame::Start { offset: start }, peer)?;
     if start > 0 {
-        reporter.info(format!(
-            "resuming '{shown}' at {} of {}",
-            crate::destination::human_bytes(start),
-            crate::destination::human_bytes(offer.size)
-        ));
+        reporter.info(|| {
+            format!(
+                "resuming '{shown}' at {} of {}",
+                crate::destination::human_bytes(start),
+                crate::destination::human_bytes(offer.size)
+            )
+        });
     }
+    Ok(Answer::Go { start, hasher })
+}
+
+/// A file whose data and TRAILER are sent and whose ACK is awaited.
+struct InFlight {
+    size: u64,
+    digest: Digest,
+    started: Instant,
+}
+
+/// Sends a file's data from `start` and its TRAILER.
+#[allow(clippy::too_many_arguments)]
+fn send_data<S, R>(
+    stream: &mut S,
+    peer: &str,
+    source: &mut R,
+    source_name: &str,
+    offer: &Offer,
+    start: u64,
+    hasher: Sha256,
+    on_bytes: &(dyn Fn(u64) + Sync),
+    reporter: &Reporter,
+) -> anyhow::Result<InFlight>
+where
+    S: Link + ?Sized,
+    R: Source + ?Sized,
+{
+    let shown = escape_for_terminal(&offer.name);
+    let streamed = offer.flags & FLAG_STREAM != 0;
     reporter.event(
         "file-start",
-        json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": start }),
+        || json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": start }),
     );
     let started = Instant::now();
     let done = AtomicU64::new(start);
@@ -242,23 +338,22 @@ where
         }),
         peer,
     )?;
-    // Before its verdict the receiver fsyncs the whole file, which on a slow
-    // disk takes longer than any sensible idle time; allow for that.
-    stream
-        .set_deadline(ack_deadline(idle_timeout, size))
-        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
-    let ack = match session::expect_frame(stream, peer, "the receiver's verdict")? {
-        Frame::Ack(ack) => ack,
-        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-        other => return Err(session::unexpected(&other, "ACK", peer)),
-    };
-    stream
-        .set_deadline(idle_timeout)
-        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    Ok(InFlight {
+        size,
+        digest,
+        started,
+    })
+}
+
+/// The receiver's ACK for a file in flight: success only with status ok and
+/// the digest we computed.
+fn judge(ack: &Ack, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::Result<Sent> {
+    let shown = escape_for_terminal(&offer.name);
+    let digest = in_flight.digest;
     match ack.status {
         AckStatus::Ok if ack.sha256 == digest => {}
         AckStatus::Ok | AckStatus::DigestMismatch => {
-            return Ok(Err(Failure::new(
+            return Err(Failure::new(
                 ExitCode::Integrity,
                 format!(
                     "SHA-256 mismatch for '{shown}': sent {}, {peer} received {}; the receiver discarded it",
@@ -266,49 +361,26 @@ where
                     hex(&ack.sha256)
                 ),
             )
-            .into()));
+            .into());
         }
         AckStatus::Failed => {
-            return Ok(Err(Failure::new(
+            return Err(Failure::new(
                 session::code_for_reason(ack.reason),
                 format!(
                     "{peer} could not keep '{shown}': {}",
                     escape_for_terminal(&ack.message)
                 ),
             )
-            .into()));
+            .into());
         }
     }
-    Ok(Ok(Sent {
+    Ok(Sent {
         name: offer.name.clone(),
-        bytes: size,
+        bytes: in_flight.size,
         sha256: digest,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: in_flight.started.elapsed().as_secs_f64(),
         skipped: false,
-    }))
-}
-
-/// Offers a directory entry within a session; the receiver creates it.
-pub fn offer_directory<S: Link + ?Sized>(
-    stream: &mut S,
-    peer: &str,
-    offer: &Offer,
-) -> anyhow::Result<anyhow::Result<()>> {
-    session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
-    match session::expect_frame(stream, peer, "the receiver's answer to the offer")? {
-        Frame::Accept(a) if a.offset == 0 => Ok(Ok(())),
-        Frame::Refuse(r) => Ok(Err(Failure::new(
-            session::code_for_reason(r.reason),
-            format!(
-                "{peer} refused directory '{}': {}",
-                escape_for_terminal(&offer.name),
-                escape_for_terminal(&r.message)
-            ),
-        )
-        .into())),
-        Frame::Error(e) => Err(session::peer_aborted(&e, peer)),
-        other => Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
-    }
+    })
 }
 
 /// Network failures and timeouts may pass; everything else will not.
@@ -408,15 +480,17 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
             Err(e) if attempt < config.retries && !config.stdin() && worth_retrying(e) => {
                 attempt += 1;
                 let delay = backoff(attempt);
-                reporter.info(format!(
-                    "{e:#}; retrying in {} s (attempt {} of {})",
-                    delay.as_secs(),
-                    attempt + 1,
-                    config.retries + 1
-                ));
+                reporter.info(|| {
+                    format!(
+                        "{e:#}; retrying in {} s (attempt {} of {})",
+                        delay.as_secs(),
+                        attempt + 1,
+                        config.retries + 1
+                    )
+                });
                 reporter.event(
                     "retry",
-                    json!({ "attempt": attempt, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
+                    || json!({ "attempt": attempt, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
                 );
                 if !sleep_unless_interrupted(delay) {
                     break result;
@@ -432,7 +506,7 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
             let code = ExitCode::for_error(&e).code();
             reporter.event(
                 "summary",
-                json!({ "ok": false, "exit_code": code, "error": format!("{e:#}"), "seconds": seconds }),
+                || json!({ "ok": false, "exit_code": code, "error": format!("{e:#}"), "seconds": seconds }),
             );
             Err(e)
         }
@@ -454,7 +528,7 @@ impl Totals {
         if !sent.skipped {
             reporter.event(
                 "file-done",
-                json!({ "name": sent.name, "bytes": sent.bytes, "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
+                || json!({ "name": sent.name, "bytes": sent.bytes, "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
             );
         }
         self.sent.push(sent);
@@ -464,7 +538,7 @@ impl Totals {
         let code = ExitCode::for_error(&e).code();
         reporter.event(
             "file-failed",
-            json!({ "name": name, "error": format!("{e:#}"), "exit_code": code }),
+            || json!({ "name": name, "error": format!("{e:#}"), "exit_code": code }),
         );
         self.failures.push((name.to_string(), e));
     }
@@ -511,13 +585,13 @@ impl Totals {
         }
         match self.sent.as_slice() {
             [one] if self.directories == 0 && failures.is_empty() && one.skipped => {
-                reporter.info(format!(
+                reporter.info(|| format!(
                     "'{}' is already at the receiver, unchanged; nothing sent",
                     escape_for_terminal(&one.name)
                 ));
             }
             [one] if self.directories == 0 && failures.is_empty() => {
-                reporter.info(format!(
+                reporter.info(|| format!(
                     "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
                     escape_for_terminal(&one.name),
                     crate::destination::human_bytes(one.bytes),
@@ -526,7 +600,7 @@ impl Totals {
                 ));
             }
             [] if self.directories == 0 && !failures.is_empty() => {}
-            _ => reporter.info(format!(
+            _ => reporter.info(|| format!(
                 "sent {} file(s) and {} director{} ({}, {}), each verified by the receiver; {} unchanged, {} failed{}",
                 self.sent.len() - skipped,
                 self.directories,
@@ -542,7 +616,7 @@ impl Totals {
                 }
             )),
         }
-        reporter.event("summary", summary);
+        reporter.event("summary", || summary);
         outcome
     }
 }
@@ -557,7 +631,7 @@ fn open_session(
     let watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
-    reporter.event("connected", json!({ "peer": peer }));
+    reporter.event("connected", || json!({ "peer": peer }));
     session::handshake(&mut stream, &peer)?;
     Ok((stream, watch, peer))
 }
@@ -578,10 +652,12 @@ fn send_stdin(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         sha256: None,
     };
     let (mut stream, _watch, peer) = open_session(config, reporter)?;
-    reporter.info(format!(
-        "sending '{}' from standard input to {peer}",
-        escape_for_terminal(&name)
-    ));
+    reporter.info(|| {
+        format!(
+            "sending '{}' from standard input to {peer}",
+            escape_for_terminal(&name)
+        )
+    });
     let progress = reporter.progress(&name, None);
     let outcome = offer_file(
         &mut stream,
@@ -600,7 +676,7 @@ fn send_stdin(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         Ok(sent) => totals.record_sent(sent, reporter),
         Err(e) => totals.record_failure(&name, e, reporter),
     }
-    let _ = session::send_frame(&mut stream, &Frame::End, &peer);
+    let _ = session::send_last_frame(&mut stream, &Frame::End, &peer);
     Ok(totals)
 }
 
@@ -761,11 +837,8 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         ..Totals::default()
     };
     for (name, reason) in &plan.passed_over {
-        reporter.info(format!(
-            "passing over '{}': {reason}",
-            escape_for_terminal(name)
-        ));
-        reporter.event("file-skipped", json!({ "name": name, "reason": reason }));
+        reporter.info(|| format!("passing over '{}': {reason}", escape_for_terminal(name)));
+        reporter.event("file-skipped", || json!({ "name": name, "reason": reason }));
     }
     // One plain file goes as before; a tree or several paths as paths.
     let as_paths = plan.entries.len() > 1 || plan.entries.iter().any(|e| e.meta.is_dir());
@@ -790,91 +863,192 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         .map(|e| e.meta.len())
         .sum();
 
-    let (mut stream, _watch, peer) = open_session(config, reporter)?;
+    let (stream, _watch, peer) = open_session(config, reporter)?;
+    // Small files and frames go out together, a few syscalls per file.
+    let mut stream = session::Buffered::new(stream);
     let files = plan.entries.iter().filter(|e| e.meta.is_file()).count();
-    reporter.info(if as_paths {
-        format!(
-            "sending {files} file(s) in {} entries ({}) to {peer}",
-            plan.entries.len(),
-            crate::destination::human_bytes(total_bytes)
-        )
-    } else {
-        format!(
-            "sending '{}' ({}) to {peer}",
-            escape_for_terminal(&plan.entries[0].name),
-            crate::destination::human_bytes(total_bytes)
-        )
+    reporter.info(|| {
+        if as_paths {
+            format!(
+                "sending {files} file(s) in {} entries ({}) to {peer}",
+                plan.entries.len(),
+                crate::destination::human_bytes(total_bytes)
+            )
+        } else {
+            format!(
+                "sending '{}' ({}) to {peer}",
+                escape_for_terminal(&plan.entries[0].name),
+                crate::destination::human_bytes(total_bytes)
+            )
+        }
     });
     let progress = reporter.progress("", Some(total_bytes));
     let mut done_before = 0u64;
-    for (i, entry) in plan.entries.iter().enumerate() {
-        let (mtime_secs, mtime_nanos) = mtime_parts(&entry.meta);
-        let mut offer = Offer {
-            flags: if as_paths { FLAG_PATH } else { 0 },
-            size: 0,
-            mode: entry.meta.mode(),
-            mtime_secs,
-            mtime_nanos,
-            name: entry.name.clone(),
-            sha256: None,
+    // Entries offered and not yet answered, oldest first: their index and,
+    // for a file, the open file. Then files sent and awaiting their ACK.
+    let mut offered: VecDeque<Offered> = VecDeque::new();
+    let mut unacked: VecDeque<(usize, Offer, InFlight)> = VecDeque::new();
+    let mut next = 0;
+    let count = plan.entries.len();
+    let mut deadline = config.idle_timeout;
+    loop {
+        // Keep the window full, so no entry waits a round trip.
+        while next < count && offered.len() + unacked.len() < WINDOW {
+            let entry = &plan.entries[next];
+            next += 1;
+            let (mtime_secs, mtime_nanos) = mtime_parts(&entry.meta);
+            let mut offer = Offer {
+                flags: if as_paths { FLAG_PATH } else { 0 },
+                size: 0,
+                mode: entry.meta.mode(),
+                mtime_secs,
+                mtime_nanos,
+                name: entry.name.clone(),
+                sha256: None,
+            };
+            let opened = if entry.meta.is_dir() {
+                offer.flags |= FLAG_DIR;
+                None
+            } else {
+                let shown_path = escape_for_terminal(&entry.local.display().to_string());
+                match open_file(&entry.local, &shown_path, config.checksum) {
+                    Ok((file, size, sha256)) => {
+                        offer.size = size;
+                        offer.sha256 = sha256;
+                        Some((file, shown_path))
+                    }
+                    Err(e) => {
+                        report_failure(&e);
+                        totals.record_failure(&entry.name, e, reporter);
+                        done_before += entry.meta.len();
+                        continue;
+                    }
+                }
+            };
+            session::send_frame(&mut stream, &Frame::Offer(offer.clone()), &peer)?;
+            offered.push_back((next - 1, opened, offer));
+        }
+        if offered.is_empty() && unacked.is_empty() {
+            break;
+        }
+        // The next frame answers the oldest offer or acknowledges the
+        // oldest file sent, whichever the receiver got to first.
+        let wait = match unacked.front() {
+            Some((_, _, in_flight)) => ack_deadline(config.idle_timeout, in_flight.size),
+            None => config.idle_timeout,
         };
-        progress.set_message(&format!(
-            "[{}/{}] {}",
-            i + 1,
-            plan.entries.len(),
-            entry.name
-        ));
-        if entry.meta.is_dir() {
-            offer.flags |= FLAG_DIR;
-            match offer_directory(&mut stream, &peer, &offer)? {
-                Ok(()) => totals.directories += 1,
-                Err(e) => {
-                    report_failure(&e);
-                    totals.record_failure(&entry.name, e, reporter);
+        // A syscall per change, not per frame.
+        if wait != deadline {
+            stream
+                .set_deadline(wait)
+                .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+            deadline = wait;
+        }
+        let frame = session::expect_frame(&mut stream, &peer, "the receiver's answers")?;
+        match frame {
+            Frame::Ack(ack) => {
+                let Some((_, offer, in_flight)) = unacked.pop_front() else {
+                    return Err(session::unexpected(
+                        &Frame::Ack(ack),
+                        "ACCEPT, REFUSE or SKIP",
+                        &peer,
+                    ));
+                };
+                match judge(&ack, in_flight, &offer, &peer) {
+                    Ok(sent) => totals.record_sent(sent, reporter),
+                    Err(e) => {
+                        report_failure(&e);
+                        totals.record_failure(&offer.name, e, reporter);
+                    }
                 }
             }
-            continue;
-        }
-        let shown_path = escape_for_terminal(&entry.local.display().to_string());
-        let opened = open_file(&entry.local, &shown_path, config.checksum);
-        let (mut file, size, sha256) = match opened {
-            Ok(f) => f,
-            Err(e) => {
-                report_failure(&e);
-                totals.record_failure(&entry.name, e, reporter);
-                continue;
-            }
-        };
-        offer.size = size;
-        offer.sha256 = sha256;
-        let base = done_before;
-        let outcome = offer_file(
-            &mut stream,
-            &peer,
-            &mut file,
-            &shown_path,
-            &offer,
-            config.resume,
-            config.idle_timeout,
-            &|n| progress.set(base + n),
-            reporter,
-        )?;
-        done_before += size;
-        progress.set(done_before);
-        match outcome {
-            Ok(sent) => totals.record_sent(sent, reporter),
-            Err(e) => {
-                report_failure(&e);
-                totals.record_failure(&entry.name, e, reporter);
+            Frame::Error(e) => return Err(session::peer_aborted(&e, &peer)),
+            reply => {
+                let Some((index, opened, offer)) = offered.pop_front() else {
+                    return Err(session::unexpected(&reply, "ACK", &peer));
+                };
+                progress.set_message(&format!("[{}/{count}] {}", index + 1, offer.name));
+                let Some((mut file, shown_path)) = opened else {
+                    // A directory: ACCEPT means it exists now.
+                    match reply {
+                        Frame::Accept(a) if a.offset == 0 => totals.directories += 1,
+                        Frame::Refuse(r) => {
+                            let e = Failure::new(
+                                session::code_for_reason(r.reason),
+                                format!(
+                                    "{peer} refused directory '{}': {}",
+                                    escape_for_terminal(&offer.name),
+                                    escape_for_terminal(&r.message)
+                                ),
+                            )
+                            .into();
+                            report_failure(&e);
+                            totals.record_failure(&offer.name, e, reporter);
+                        }
+                        other => {
+                            return Err(session::unexpected(&other, "ACCEPT or REFUSE", &peer));
+                        }
+                    }
+                    continue;
+                };
+                let size = offer.size;
+                match answer(
+                    &mut stream,
+                    &peer,
+                    &mut file,
+                    &shown_path,
+                    &offer,
+                    config.resume,
+                    reply,
+                    reporter,
+                )? {
+                    Answer::Settled(Ok(sent)) => totals.record_sent(sent, reporter),
+                    Answer::Settled(Err(e)) => {
+                        report_failure(&e);
+                        totals.record_failure(&offer.name, e, reporter);
+                    }
+                    Answer::Go { start, hasher } => {
+                        if deadline != config.idle_timeout {
+                            stream.set_deadline(config.idle_timeout).map_err(|e| {
+                                Failure::network(format!("cannot set a deadline on {peer}"), &e)
+                            })?;
+                            deadline = config.idle_timeout;
+                        }
+                        let base = done_before;
+                        let in_flight = send_data(
+                            &mut stream,
+                            &peer,
+                            &mut file,
+                            &shown_path,
+                            &offer,
+                            start,
+                            hasher,
+                            &|n| progress.set(base + n),
+                            reporter,
+                        )?;
+                        unacked.push_back((index, offer, in_flight));
+                    }
+                }
+                done_before += size;
+                progress.set(done_before);
             }
         }
     }
     drop(progress);
     // Everything is settled, each file verified or failed; a lost END
     // changes nothing.
-    let _ = session::send_frame(&mut stream, &Frame::End, &peer);
+    let _ = session::send_last_frame(&mut stream, &Frame::End, &peer);
     Ok(totals)
 }
+
+/// An entry offered and awaiting its answer: its index in the plan, for a
+/// file the open file and its name as shown, and the offer itself.
+type Offered = (usize, Option<(File, String)>, Offer);
+
+/// Entries a sender keeps offered but not yet settled (answered and, for a
+/// file, acknowledged): enough to hide the round trips behind data, few
+/// enough to bound open files on both sides.
+const WINDOW: usize = 32;
 
 /// One file's failure in a session of several, said as it happens.
 fn report_failure(reporter: &Reporter, e: &anyhow::Error) {

@@ -25,6 +25,91 @@ impl Link for TcpStream {
     }
 }
 
+impl<S: Link + ?Sized> Link for &mut S {
+    fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
+        (**self).set_deadline(timeout)
+    }
+}
+
+/// Capacity of each of [`Buffered`]'s buffers.
+const BUFFER: usize = 64 * 1024;
+
+/// A link that gathers small writes (frames, small files) into one and
+/// reads ahead, so a tree of small files costs a few syscalls per file, not
+/// one per frame field. Before it waits for bytes from the peer it sends what
+/// it gathered, so a side never waits for an answer to bytes it has not sent. Reads and
+/// writes of a buffer's size or more go straight through, without a copy.
+pub struct Buffered<S: Link> {
+    inner: S,
+    read_buf: Box<[u8]>,
+    read_pos: usize,
+    read_len: usize,
+    write_buf: Vec<u8>,
+}
+
+impl<S: Link> Buffered<S> {
+    pub fn new(inner: S) -> Self {
+        Buffered {
+            inner,
+            read_buf: vec![0u8; BUFFER].into_boxed_slice(),
+            read_pos: 0,
+            read_len: 0,
+            write_buf: Vec::with_capacity(BUFFER),
+        }
+    }
+
+    fn send_gathered(&mut self) -> io::Result<()> {
+        if !self.write_buf.is_empty() {
+            self.inner.write_all(&self.write_buf)?;
+            self.write_buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl<S: Link> Read for Buffered<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.read_pos == self.read_len {
+            // About to wait on the peer: first send it everything it may
+            // be waiting for.
+            self.send_gathered()?;
+            if out.len() >= self.read_buf.len() {
+                return self.inner.read(out);
+            }
+            self.read_len = self.inner.read(&mut self.read_buf)?;
+            self.read_pos = 0;
+        }
+        let n = out.len().min(self.read_len - self.read_pos);
+        out[..n].copy_from_slice(&self.read_buf[self.read_pos..self.read_pos + n]);
+        self.read_pos += n;
+        Ok(n)
+    }
+}
+
+impl<S: Link> Write for Buffered<S> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.write_buf.len() + data.len() > BUFFER {
+            self.send_gathered()?;
+        }
+        if data.len() >= BUFFER {
+            return self.inner.write(data);
+        }
+        self.write_buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_gathered()?;
+        self.inner.flush()
+    }
+}
+
+impl<S: Link> Link for Buffered<S> {
+    fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
+        self.inner.set_deadline(timeout)
+    }
+}
+
 /// Sends our preamble, reads the peer's, and checks we can talk.
 pub fn handshake<S: Link + ?Sized>(stream: &mut S, peer: &str) -> anyhow::Result<()> {
     Preamble::ours()
@@ -63,8 +148,20 @@ pub fn next_frame<S: Link + ?Sized>(
     }
 }
 
-/// Writes one frame and flushes it, naming the peer on failure.
+/// Writes one frame, naming the peer on failure. On a [`Buffered`] link it
+/// may wait to go out with what follows, until the next read or flush.
 pub fn send_frame<S: Link + ?Sized>(
+    stream: &mut S,
+    frame: &Frame,
+    peer: &str,
+) -> anyhow::Result<()> {
+    protocol::write_frame(stream, frame)
+        .map_err(|e| Failure::network(format!("connection to {peer} lost"), &e).into())
+}
+
+/// Writes one frame and makes sure it leaves now: for the last frame before
+/// closing, which no read follows.
+pub fn send_last_frame<S: Link + ?Sized>(
     stream: &mut S,
     frame: &Frame,
     peer: &str,
