@@ -893,7 +893,7 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
     let mut deadline = config.idle_timeout;
     loop {
         // Keep the window full, so no entry waits a round trip.
-        while next < count && offered.len() + unacked.len() < WINDOW {
+        while next < count && offered.len() < WINDOW && unacked.len() < 4 * WINDOW {
             let entry = &plan.entries[next];
             next += 1;
             let (mtime_secs, mtime_nanos) = mtime_parts(&entry.meta);
@@ -1045,9 +1045,11 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
 /// file the open file and its name as shown, and the offer itself.
 type Offered = (usize, Option<(File, String)>, Offer);
 
-/// Entries a sender keeps offered but not yet settled (answered and, for a
-/// file, acknowledged): enough to hide the round trips behind data, few
-/// enough to bound open files on both sides.
+/// Entries a sender keeps offered but not yet answered: enough to hide the
+/// round trips behind data, few enough to bound the files both sides hold
+/// open. Files sent and awaiting their ACK may be four times as many, so
+/// new offers go out while earlier files are still being verified. (64 was
+/// measured too: no faster on 10,000 small files.)
 const WINDOW: usize = 32;
 
 /// One file's failure in a session of several, said as it happens.
