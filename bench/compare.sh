@@ -17,13 +17,14 @@ SIZE_MIB=1024
 ROUNDS=3
 DEST_PARENT=/dev/shm
 SPARSE_GIB=5
+SMALL_FILES=10000
 SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size-mib) SIZE_MIB=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --disk) DEST_PARENT=$2; shift 2 ;;
-    --smoke) SMOKE=1; SIZE_MIB=16; ROUNDS=1; SPARSE_GIB=1; shift ;;
+    --smoke) SMOKE=1; SIZE_MIB=16; ROUNDS=1; SPARSE_GIB=1; SMALL_FILES=200; shift ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -205,6 +206,49 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+# --- many small files: xfer against the rsync daemon -----------------------------
+tree="$work/many"
+log "generating $SMALL_FILES files of 4 KiB in 100 directories"
+for d in $(seq 0 99); do mkdir -p "$tree/d$d"; done
+python3 - "$tree" "$SMALL_FILES" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(root, f"d{i % 100}", f"f{i}"), "wb") as f:
+        f.write(os.urandom(4096))
+PY
+tree_sum() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); }
+tree_want=$(tree_sum "$tree")
+run_xfer_tree() {
+  rm -rf "$dst/many"
+  local port; port=$(free_port)
+  "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local t0; t0=$(now)
+  "$XFER" send "$tree" "127.0.0.1:$port" --quiet
+  wait "$r"
+  local t1; t1=$(now)
+  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: xfer tree differs" >&2; exit 1; }
+  echo "$t1 - $t0" | bc -l
+}
+run_rsync_tree() {
+  rm -rf "$dst/many"
+  local t0; t0=$(now)
+  rsync -a --whole-file "$tree" "rsync://127.0.0.1:$rsync_port/dst/"
+  local t1; t1=$(now)
+  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: rsync tree differs" >&2; exit 1; }
+  echo "$t1 - $t0" | bc -l
+}
+declare -A tree_times
+for round in $(seq 1 "$ROUNDS"); do
+  for t in xfer rsync; do
+    s=$("run_${t}_tree")
+    tree_times[$t]="${tree_times[$t]:-} $s"
+    log "  $SMALL_FILES small files, $t: $s s"
+  done
+done
+rm -rf "$dst/many"
+
 # --- peak RSS ----------------------------------------------------------------
 rss_run() { # $1 = file to send; prints "sender_kib receiver_kib"
   rm -f "$dst/$(basename "$1")"
@@ -252,6 +296,13 @@ for t in "${tools[@]}"; do
   printf '| %s | %s | %.3f | %.0f | %.2f |\n' "$t" "$v" "$med" \
     "$(echo "$bytes / $med / 1000000" | bc -l)" "$(echo "$med / $xfer_med" | bc -l)"
 done
+echo
+xfer_tree=$(echo "${tree_times[xfer]}" | median)
+rsync_tree=$(echo "${tree_times[rsync]}" | median)
+echo "| $SMALL_FILES files of 4 KiB in 100 directories | median s | files/s | xfer speed ÷ tool speed |"
+echo "|---|---:|---:|---:|"
+printf '| xfer | %.3f | %.0f | 1.00 |\n' "$xfer_tree" "$(echo "$SMALL_FILES / $xfer_tree" | bc -l)"
+printf '| rsync daemon | %.3f | %.0f | %.2f |\n' "$rsync_tree" "$(echo "$SMALL_FILES / $rsync_tree" | bc -l)" "$(echo "$rsync_tree / $xfer_tree" | bc -l)"
 echo
 echo "| xfer peak RSS | sender | receiver |"
 echo "|---|---:|---:|"
