@@ -204,7 +204,9 @@ pub fn serve<S: Link + ?Sized>(
 }
 
 /// Accepted files a sender may have outstanding before it sends their data.
-const MAX_PENDING: usize = 256;
+/// Each holds an open partial file, so this bounds a session's descriptors
+/// (the reference sender keeps at most 32 unanswered).
+const MAX_PENDING: usize = 64;
 
 fn note_failure(reporter: &Reporter, name: &str, e: &anyhow::Error) {
     reporter.event(
