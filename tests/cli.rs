@@ -1435,3 +1435,30 @@ fn some_files_failing_gives_the_partial_code_and_lists_the_failures() {
         b"an older, different b"
     );
 }
+
+#[test]
+fn a_sender_cannot_pile_up_accepted_files_without_sending_them() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    // Offer far more files than the receiver holds open, never starting one.
+    for i in 0..100 {
+        protocol::write_frame(
+            &mut s,
+            &path_offer(&format!("f{i}"), 10, protocol::FLAG_PATH),
+        )
+        .unwrap();
+    }
+    let mut accepted = 0;
+    let aborted = loop {
+        match protocol::read_frame(&mut s) {
+            Ok(Frame::Accept(_)) => accepted += 1,
+            Ok(Frame::Error(e)) => break e,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(aborted.reason, Reason::Protocol);
+    assert_eq!(accepted, 64);
+    r.finish().assert_code(3);
+    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+}
