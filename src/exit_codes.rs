@@ -61,7 +61,7 @@ impl ExitCode {
             ExitCode::LocalFile => "local file error: not found, permission, disk full",
             ExitCode::Timeout => "timeout: the peer stalled or did not answer in time",
             ExitCode::Partial => "partial: some files failed, the others arrived verified",
-            ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM)",
+            ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT)",
         }
     }
 

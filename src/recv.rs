@@ -407,6 +407,16 @@ fn answer_offer<S: Link + ?Sized>(
         )));
     }
     let mut output = match &policy.target {
+        Target::Stdout if offer.flags & (FLAG_DIR | FLAG_PATH) != 0 => {
+            let message =
+                "this receiver takes exactly one file, not directories or paths".to_string();
+            return Ok(Answer::Refused(refuse(
+                stream,
+                peer,
+                Reason::Unsupported,
+                message,
+            )));
+        }
         Target::Stdout => match crate::names::validate_name(&offer.name) {
             Ok(()) => Output::Stdout,
             Err(e) => {

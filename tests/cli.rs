@@ -1462,3 +1462,18 @@ fn a_sender_cannot_pile_up_accepted_files_without_sending_them() {
     r.finish().assert_code(3);
     assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
 }
+
+#[test]
+fn a_stdout_receiver_refuses_a_tree() {
+    let env = TestEnv::new();
+    let tree = env.src().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("sub/f"), b"x").unwrap();
+    let sink = fs::File::create(env.dst().join("captured")).unwrap();
+    let mut r = recv_to_stdout(std::process::Stdio::from(sink));
+    env.send(&tree, &r.addr(), &[])
+        .assert_code(5)
+        .assert_stderr_contains("exactly one file");
+    r.finish();
+    assert_eq!(fs::read(env.dst().join("captured")).unwrap(), b"");
+}
