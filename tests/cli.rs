@@ -18,6 +18,25 @@ use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer};
 
 const MIB: usize = 1024 * 1024;
 
+/// Waits (bounded) until the receiver has written some data to a partial
+/// file: the proxy having forwarded bytes does not mean they reached disk.
+fn wait_for_partial_data(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let written = entries(dir).iter().any(|n| {
+            n.ends_with(".partial") && fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0)
+        });
+        if written {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial data in {dir:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Nothing but xfer's own resumable partial files (and no final name).
 #[track_caller]
 fn assert_only_partials(dir: &std::path::Path) {
@@ -207,6 +226,7 @@ fn sender_killed_mid_transfer_makes_the_receiver_exit_3_leaving_only_its_partial
     let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(2 * MIB as u64);
+    wait_for_partial_data(&env.dst());
     sender.kill().unwrap();
     sender.wait().unwrap();
     r.finish()
@@ -242,6 +262,7 @@ fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_leaves_only_its_partial_fil
         1,
         "a partial file while receiving"
     );
+    wait_for_partial_data(&env.dst());
     r.signal(Signal::INT);
     r.finish()
         .assert_code(130)
@@ -630,6 +651,7 @@ fn sighup_mid_transfer_stops_cleanly_like_ctrl_c() {
     let mut sender = env.spawn_send(&file, &proxy.addr(), &["--retries", "0"]);
     r.wait_event("file-start");
     proxy.wait_forwarded(2 * MIB as u64);
+    wait_for_partial_data(&env.dst());
     r.signal(Signal::HUP);
     let out = r.finish();
     out.assert_code(130);
