@@ -46,7 +46,13 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         let (mut stream, peer) = listener.accept().context("bench receiver cannot accept")?;
         let _watch = signals::watch_socket(&stream);
         crate::net::prepare(&stream, TIMEOUT)?;
-        recv::serve(&mut stream, &peer.to_string(), &policy, &quiet)
+        recv::serve(
+            &mut stream,
+            &peer.to_string(),
+            &policy,
+            &quiet,
+            &mut Vec::new(),
+        )
     });
 
     let offer = Offer {

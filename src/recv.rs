@@ -63,11 +63,14 @@ pub struct Received {
 /// Serves one session: handshake, then offers until END. Returns the files
 /// received, or the first failure. A refused or unverified file does not end
 /// the session (the stream is still in step); a broken stream does.
+/// Every entry that failed is added to `failures` (name, error, exit code)
+/// for the session's summary.
 pub fn serve<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     policy: &Policy,
     reporter: &Reporter,
+    failures: &mut Vec<serde_json::Value>,
 ) -> anyhow::Result<Vec<Received>> {
     // One deadline for the whole opening, however the peer trickles it.
     let first = {
@@ -135,7 +138,7 @@ pub fn serve<S: Link + ?Sized>(
                     Err(e) => Some((e, true)),
                 };
                 if let Some((e, fatal)) = file_failure {
-                    note_failure(reporter, &offer.name, &e);
+                    note_failure(reporter, failures, &offer.name, &e);
                     if fatal {
                         break Err(e);
                     }
@@ -160,12 +163,12 @@ pub fn serve<S: Link + ?Sized>(
                 match receive_pending(stream, peer, next_file, offset, reporter) {
                     Ok(Ok(file)) => received.push(file),
                     Ok(Err(e)) => {
-                        note_failure(reporter, &name, &e);
+                        note_failure(reporter, failures, &name, &e);
                         failed += 1;
                         failure.get_or_insert(e);
                     }
                     Err(e) => {
-                        note_failure(reporter, &name, &e);
+                        note_failure(reporter, failures, &name, &e);
                         break Err(e);
                     }
                 }
@@ -208,11 +211,15 @@ pub fn serve<S: Link + ?Sized>(
 /// (the reference sender keeps at most 32 unanswered).
 const MAX_PENDING: usize = 64;
 
-fn note_failure(reporter: &Reporter, name: &str, e: &anyhow::Error) {
-    reporter.event(
-        "file-failed",
-        || json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }),
-    );
+fn note_failure(
+    reporter: &Reporter,
+    failures: &mut Vec<serde_json::Value>,
+    name: &str,
+    e: &anyhow::Error,
+) {
+    let failure = json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() });
+    reporter.event("file-failed", || failure.clone());
+    failures.push(failure);
 }
 
 /// Declines an offer: a REFUSE frame to the peer, and our own error with the
@@ -887,14 +894,16 @@ fn serve_connection(
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
     reporter.event("connected", || json!({ "peer": peer }));
     let started = Instant::now();
+    let mut failures = Vec::new();
     let result = serve(
         &mut session::Buffered::new(&mut stream),
         peer,
         &policy,
         reporter,
+        &mut failures,
     );
     let seconds = started.elapsed().as_secs_f64();
-    summarize(reporter, peer, &result, seconds);
+    summarize(reporter, peer, &result, &failures, seconds);
     result.map(drop)
 }
 
@@ -903,6 +912,7 @@ fn summarize(
     reporter: &Reporter,
     peer: &str,
     result: &anyhow::Result<Vec<Received>>,
+    failures: &[serde_json::Value],
     seconds: f64,
 ) {
     match result {
@@ -913,7 +923,7 @@ fn summarize(
             let mut fields = json!({
                 "ok": true, "exit_code": 0, "peer": peer, "files": files.len() - directories,
                 "directories": directories, "skipped": skipped,
-                "bytes": bytes, "seconds": seconds,
+                "bytes": bytes, "seconds": seconds, "failed": 0, "failures": [],
             });
             if let [one] = files.as_slice() {
                 fields["name"] = json!(one.name);
@@ -928,7 +938,8 @@ fn summarize(
             let code = ExitCode::for_error(e);
             reporter.event(
                 "summary",
-                || json!({ "ok": false, "exit_code": code.code(), "peer": peer, "error": format!("{e:#}"), "seconds": seconds }),
+                || json!({ "ok": false, "exit_code": code.code(), "peer": peer, "error": format!("{e:#}"),
+                           "seconds": seconds, "failed": failures.len(), "failures": failures }),
             );
         }
     }

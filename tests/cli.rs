@@ -1439,7 +1439,15 @@ fn some_files_failing_gives_the_partial_code_and_lists_the_failures() {
     let mut r = env.recv(&[]);
     let out = env.send(&root, &r.addr(), &["--json"]);
     out.assert_code(8).assert_stderr_contains("t/b.txt");
-    r.finish().assert_code(8);
+    let received = r.finish();
+    received.assert_code(8);
+    let recv_summary = received
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    assert_eq!(recv_summary["failed"], 1);
+    assert_eq!(recv_summary["failures"][0]["name"], "t/b.txt");
     let summary = out
         .events()
         .into_iter()
