@@ -72,6 +72,8 @@ pub struct PartialFile {
     held: u64,
     /// Committed or discarded: nothing left for `Drop` to do.
     settled: bool,
+    /// The sparse writer skipped a chunk of zeros.
+    seeked: bool,
     _watch: Option<Watch>,
 }
 
@@ -236,6 +238,7 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
             resumable: true,
             held: meta.len(),
             settled: false,
+            seeked: false,
             _watch: None,
         }
     } else {
@@ -254,6 +257,7 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
             resumable: false,
             held: 0,
             settled: false,
+            seeked: false,
             _watch: Some(watch),
         }
     };
@@ -421,6 +425,9 @@ impl PartialFile {
     /// Positions the file for data from `offset` on, dropping anything held
     /// past it (0 starts over).
     pub fn restart_at(&mut self, offset: u64) -> io::Result<()> {
+        if offset == 0 && self.held == 0 {
+            return Ok(()); // a fresh file, already at its start
+        }
         if offset < self.held {
             self.file.set_len(offset)?;
             self.held = offset;
@@ -434,6 +441,7 @@ impl PartialFile {
     pub fn writer(&mut self) -> SparseWriter<'_> {
         SparseWriter {
             file: &mut self.file,
+            seeked: &mut self.seeked,
         }
     }
 
@@ -476,8 +484,11 @@ impl PartialFile {
         };
         let file = &self.file;
         // A trailing hole left by the sparse writer still counts as data.
-        file.set_len(size)
-            .map_err(|e| io_refusal("cannot size", &e))?;
+        // (Without a skipped chunk the writes themselves made the length.)
+        if self.seeked {
+            file.set_len(size)
+                .map_err(|e| io_refusal("cannot size", &e))?;
+        }
         // Only permission bits travel, never set-id or sticky bits, and the
         // receiver's umask applies as it would to any file it creates.
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
@@ -533,12 +544,15 @@ fn rename_noclobber(from: &Path, to: &Path) -> io::Result<()> {
 /// zero. Only for files that start empty (holes read back as zeros).
 pub struct SparseWriter<'a> {
     file: &'a mut File,
+    /// Set once a chunk was skipped, so the length must be set at the end.
+    seeked: &'a mut bool,
 }
 
 impl io::Write for SparseWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.len() >= 4096 && buf.iter().all(|&b| b == 0) {
             io::Seek::seek(self.file, io::SeekFrom::Current(buf.len() as i64))?;
+            *self.seeked = true;
             return Ok(buf.len());
         }
         self.file.write(buf)
