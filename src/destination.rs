@@ -140,14 +140,15 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
             ));
         }
     };
-    let shown_final = escape_for_terminal(&final_path.display().to_string());
-    let shown_dir = escape_for_terminal(&dir.display().to_string());
+    // Built only for a message: this runs once per file.
+    let shown_final = || escape_for_terminal(&final_path.display().to_string());
+    let shown_dir = || escape_for_terminal(&dir.display().to_string());
 
     match fs::symlink_metadata(&final_path) {
         Ok(meta) if meta.is_dir() => {
             return Err(Refusal::new(
                 Reason::Exists,
-                format!("'{shown_final}' exists and is a directory"),
+                format!("'{}' exists and is a directory", shown_final()),
             ));
         }
         Ok(meta)
@@ -160,7 +161,10 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
         Ok(_) if !overwrite => {
             return Err(Refusal::new(
                 Reason::Exists,
-                format!("'{shown_final}' already exists (the receiver can allow --overwrite)"),
+                format!(
+                    "'{}' already exists (the receiver can allow --overwrite)",
+                    shown_final()
+                ),
             ));
         }
         Ok(_) => {}
@@ -168,7 +172,7 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
         Err(e) => {
             return Err(Refusal::new(
                 Reason::LocalIo,
-                format!("cannot check '{shown_final}': {}", io_reason(&e)),
+                format!("cannot check '{}': {}", shown_final(), io_reason(&e)),
             ));
         }
     }
@@ -185,7 +189,7 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
     let free = free_space(&dir).map_err(|e| {
         Refusal::new(
             Reason::LocalIo,
-            format!("cannot use directory '{shown_dir}': {}", io_reason(&e)),
+            format!("cannot use directory '{}': {}", shown_dir(), io_reason(&e)),
         )
     })?;
     if offer.size - already > free {
@@ -203,7 +207,11 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
     let cannot_create = |e: &io::Error| {
         Refusal::new(
             Reason::LocalIo,
-            format!("cannot create a file in '{shown_dir}': {}", io_reason(e)),
+            format!(
+                "cannot create a file in '{}': {}",
+                shown_dir(),
+                io_reason(e)
+            ),
         )
     };
     let mut partial = if resumable {
@@ -227,7 +235,10 @@ pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepar
         if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(Refusal::new(
                 Reason::Busy,
-                format!("'{shown_final}' is being received from another sender right now"),
+                format!(
+                    "'{}' is being received from another sender right now",
+                    shown_final()
+                ),
             ));
         }
         PartialFile {
