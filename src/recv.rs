@@ -903,8 +903,29 @@ fn serve_connection(
         &mut failures,
     );
     let seconds = started.elapsed().as_secs_f64();
+    if result.is_err() {
+        close_gently(&mut stream);
+    }
     summarize(reporter, peer, &result, &failures, seconds);
     result.map(drop)
+}
+
+/// Closes after a failure so the peer still gets our last frame (usually an
+/// ERROR saying why): closing with its unread data in our buffer would make
+/// the kernel reset the connection and may drop what we sent last. So: send
+/// FIN after our data, then read and discard what the peer still sends, for
+/// a short bounded while.
+fn close_gently(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + std::time::Duration::from_secs(1);
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+    let mut sink = vec![0u8; 64 * 1024];
+    while Instant::now() < until {
+        match std::io::Read::read(stream, &mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// The last JSON event of a session, success or not.
