@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::io::{Read, Seek};
+use std::io::Seek;
 use std::os::unix::fs::OpenOptionsExt;
 
 use sha2::{Digest as _, Sha256};
@@ -291,21 +291,13 @@ fn unchanged(path: &Path, meta: &fs::Metadata, offer: &Offer) -> bool {
             let Ok(mut file) = File::open(path) else {
                 return false;
             };
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0u64;
-            loop {
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        hasher.update(&buf[..n]);
-                        total += n as u64;
-                    }
-                    Err(_) => return false,
+            match crate::pipeline::hash_prefix(&mut file, None) {
+                Ok((hasher, total)) => {
+                    let ours: [u8; 32] = hasher.finalize().into();
+                    total == offer.size && ours == *theirs
                 }
+                Err(_) => false,
             }
-            let ours: [u8; 32] = hasher.finalize().into();
-            total == offer.size && ours == *theirs
         }
         None => {
             use std::os::unix::fs::MetadataExt;
@@ -420,15 +412,13 @@ impl PartialFile {
 
     /// The SHA-256 state after the bytes held, read back from disk.
     pub fn held_hasher(&mut self) -> io::Result<Sha256> {
-        let mut hasher = Sha256::new();
         self.file.seek(io::SeekFrom::Start(0))?;
-        let mut left = self.held;
-        let mut buf = vec![0u8; 1 << 20];
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            self.file.read_exact(&mut buf[..want])?;
-            hasher.update(&buf[..want]);
-            left -= want as u64;
+        let (hasher, read) = crate::pipeline::hash_prefix(&mut self.file, Some(self.held))?;
+        if read < self.held {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the partial file shrank while being read",
+            ));
         }
         Ok(hasher)
     }

@@ -158,6 +158,38 @@ fn write_stage<W: Write + ?Sized>(
     Ok(())
 }
 
+/// Hashes what `reader` yields, up to `limit` bytes (or to its end), with
+/// one reused buffer; returns the hash state and how many bytes it read.
+/// For the few places that must read something before sending (resume
+/// prefixes, `--checksum`), never for the data itself.
+pub fn hash_prefix<R: Read + ?Sized>(
+    reader: &mut R,
+    limit: Option<u64>,
+) -> io::Result<(Sha256, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut total = 0u64;
+    loop {
+        let want = match limit {
+            Some(l) => (l - total).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((hasher, total))
+}
+
 /// Fills `buf` as far as the source goes; returns how much (0 at the end).
 fn fill_to_end<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;

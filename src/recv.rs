@@ -78,9 +78,7 @@ pub fn serve<S: Link + ?Sized>(
         session::handshake(&mut bounded, peer)?;
         session::expect_frame(&mut bounded, peer, "an offer")?
     };
-    stream
-        .set_deadline(policy.idle_timeout)
-        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    session::set_deadline(stream, policy.idle_timeout, peer)?;
 
     let mut received = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
@@ -862,17 +860,7 @@ fn refuse_busy(mut stream: TcpStream, peer: &str, limit: usize, reporter: &Repor
         Reason::Busy,
         &format!("receiver is busy with {limit} transfers; try again later"),
     );
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    // Read what the sender already sent, so closing does not reset the
-    // connection before it has read our ERROR.
-    let mut sink = [0u8; 8192];
-    let until = Instant::now() + quick;
-    while Instant::now() < until {
-        match std::io::Read::read(&mut stream, &mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
+    close_gently(&mut stream, quick);
     reporter.info(|| format!("refused {peer}: {limit} transfers already in progress"));
     reporter.event("refused", || json!({ "peer": peer, "reason": "busy" }));
 }
@@ -904,7 +892,7 @@ fn serve_connection(
     );
     let seconds = started.elapsed().as_secs_f64();
     if result.is_err() {
-        close_gently(&mut stream);
+        close_gently(&mut stream, std::time::Duration::from_secs(1));
     }
     summarize(reporter, peer, &result, &failures, seconds);
     result.map(drop)
@@ -914,11 +902,11 @@ fn serve_connection(
 /// ERROR saying why): closing with its unread data in our buffer would make
 /// the kernel reset the connection and may drop what we sent last. So: send
 /// FIN after our data, then read and discard what the peer still sends, for
-/// a short bounded while.
-fn close_gently(stream: &mut TcpStream) {
+/// at most `within`.
+fn close_gently(stream: &mut TcpStream, within: std::time::Duration) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let until = Instant::now() + std::time::Duration::from_secs(1);
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+    let until = Instant::now() + within;
+    let _ = stream.set_read_timeout(Some(within.min(std::time::Duration::from_millis(200))));
     let mut sink = vec![0u8; 64 * 1024];
     while Instant::now() < until {
         match std::io::Read::read(stream, &mut sink) {

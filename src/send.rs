@@ -127,17 +127,13 @@ where
     )?;
     // Before its verdict the receiver fsyncs the whole file, which on a slow
     // disk takes longer than any sensible idle time; allow for that.
-    stream
-        .set_deadline(ack_deadline(idle_timeout, in_flight.size))
-        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    session::set_deadline(stream, ack_deadline(idle_timeout, in_flight.size), peer)?;
     let verdict = match session::expect_frame(stream, peer, "the receiver's verdict")? {
         Frame::Ack(ack) => judge(&ack, in_flight, offer, peer),
         Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
         other => return Err(session::unexpected(&other, "ACK", peer)),
     };
-    stream
-        .set_deadline(idle_timeout)
-        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+    session::set_deadline(stream, idle_timeout, peer)?;
     Ok(verdict)
 }
 
@@ -442,18 +438,9 @@ fn prefix_matches<R: Source + ?Sized>(
     if !source.seek_to(0)? {
         return Ok(None);
     }
-    let mut hasher = Sha256::new();
-    let mut left = offset;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        match source.read(&mut buf[..want])? {
-            0 => return Ok(None), // our file is shorter now
-            n => {
-                hasher.update(&buf[..n]);
-                left -= n as u64;
-            }
-        }
+    let (hasher, read) = crate::pipeline::hash_prefix(source, Some(offset))?;
+    if read < offset {
+        return Ok(None); // our file is shorter now
     }
     let ours: Digest = hasher.clone().finalize().into();
     Ok((ours == *theirs).then_some(hasher))
@@ -939,9 +926,7 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         };
         // A syscall per change, not per frame.
         if wait != deadline {
-            stream
-                .set_deadline(wait)
-                .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e))?;
+            session::set_deadline(&mut stream, wait, &peer)?;
             deadline = wait;
         }
         let frame = session::expect_frame(&mut stream, &peer, "the receiver's answers")?;
@@ -1009,9 +994,7 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
                     }
                     Answer::Go { start, hasher } => {
                         if deadline != config.idle_timeout {
-                            stream.set_deadline(config.idle_timeout).map_err(|e| {
-                                Failure::network(format!("cannot set a deadline on {peer}"), &e)
-                            })?;
+                            session::set_deadline(&mut stream, config.idle_timeout, &peer)?;
                             deadline = config.idle_timeout;
                         }
                         let base = done_before;
@@ -1107,16 +1090,8 @@ fn open_file(
 /// where xfer reads a file twice), leaving the file positioned at 0.
 fn hash_file(file: &File, shown_path: &str) -> anyhow::Result<Digest> {
     let mut reader = file;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Failure::local(format!("cannot read '{shown_path}'"), &e).into()),
-        }
-    }
+    let (hasher, _) = crate::pipeline::hash_prefix(&mut reader, None)
+        .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
     std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
         .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
     Ok(hasher.finalize().into())

@@ -110,6 +110,17 @@ impl<S: Link> Link for Buffered<S> {
     }
 }
 
+/// Sets the deadline for each following read and write on `stream`.
+pub fn set_deadline<S: Link + ?Sized>(
+    stream: &mut S,
+    timeout: Duration,
+    peer: &str,
+) -> anyhow::Result<()> {
+    stream
+        .set_deadline(timeout)
+        .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e).into())
+}
+
 /// Sends our preamble, reads the peer's, and checks we can talk.
 pub fn handshake<S: Link + ?Sized>(stream: &mut S, peer: &str) -> anyhow::Result<()> {
     Preamble::ours()
