@@ -6,13 +6,17 @@
 //! leave its temporary file behind on any failure: dropping a
 //! [`PartialFile`] removes it.
 
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::io::Seek;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, OFlags};
 
 use sha2::{Digest as _, Sha256};
 
@@ -55,6 +59,33 @@ impl Refusal {
     }
 }
 
+/// An open directory: files are created, checked and renamed relative to
+/// it, so no path is walked again once it is open.
+type DirFd = Arc<OwnedFd>;
+
+/// How many open directories a session keeps for reuse; past this the
+/// cache starts afresh (a tree is sent directory by directory).
+const MAX_OPEN_DIRS: usize = 256;
+
+/// Free space read from the file system is trusted for this long, less what
+/// was promised to files since, before it is read again.
+const SPACE_FRESH: Duration = Duration::from_secs(1);
+
+/// One session's destination: where offers land, and the directory handles
+/// that confine them. Every path from the peer is walked one component at
+/// a time from the destination directory's handle, never through a
+/// symbolic link, so nothing can land outside it whatever the names or a
+/// concurrent change to the tree.
+#[derive(Debug)]
+pub struct Destination {
+    target: Target,
+    overwrite: bool,
+    /// Open directories by their path relative to the root ("" is the root).
+    dirs: HashMap<PathBuf, DirFd>,
+    /// Bytes believed free, and when that was read.
+    space: Option<(u64, Instant)>,
+}
+
 /// A file being received: the open partial file and where it will go.
 ///
 /// Two kinds: a resumable partial (`.xfer-<hash>.partial`, named from the
@@ -64,6 +95,11 @@ impl Refusal {
 #[derive(Debug)]
 pub struct PartialFile {
     file: File,
+    /// The directory holding both the partial file and the final name.
+    dir: DirFd,
+    temp_name: OsString,
+    final_name: OsString,
+    /// Both paths, for messages and the signal handler's cleanup.
     path: PathBuf,
     final_path: PathBuf,
     overwrite: bool,
@@ -79,12 +115,14 @@ pub struct PartialFile {
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
         // A resumable partial is kept for the next attempt; a one-off
         // temporary file never outlives its transfer.
         // An empty one (accepted, then never sent) holds nothing to resume.
-        let empty = self.file.metadata().is_ok_and(|m| m.len() == 0);
-        if !self.settled && (!self.resumable || empty) {
-            let _ = fs::remove_file(&self.path);
+        if !self.resumable || self.file.metadata().is_ok_and(|m| m.len() == 0) {
+            self.remove();
         }
     }
 }
@@ -110,188 +148,405 @@ impl Prepared {
     }
 }
 
-/// Decides where `offer` would land and opens its partial file, finds the
-/// file already there, or says why it must be refused. Nothing is written
-/// when this fails.
-pub fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepared, Refusal> {
-    let is_path = offer.flags & (FLAG_PATH | FLAG_DIR) != 0;
-    let (dir, final_path) = match target {
-        Target::Dir(dir) => {
-            let final_path = resolve(dir, offer)?;
-            if offer.flags & FLAG_DIR != 0 {
-                return Ok(Prepared::Directory(final_path));
-            }
-            (parent_dir(&final_path), final_path)
-        }
-        Target::Output(_) | Target::Stdout if is_path => {
-            return Err(Refusal::new(
-                Reason::Unsupported,
-                "this receiver takes exactly one file, not directories or paths",
-            ));
-        }
-        Target::Output(path) => {
-            validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
-            (parent_dir(path), path.clone())
-        }
-        Target::Stdout => {
-            return Err(Refusal::new(
-                Reason::LocalIo,
-                "standard output is not a place for files",
-            ));
-        }
-    };
-    // Built only for a message: this runs once per file.
-    let shown_final = || escape_for_terminal(&final_path.display().to_string());
-    let shown_dir = || escape_for_terminal(&dir.display().to_string());
-
-    match fs::symlink_metadata(&final_path) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(Refusal::new(
-                Reason::Exists,
-                format!("'{}' exists and is a directory", shown_final()),
-            ));
-        }
-        Ok(meta)
-            if meta.is_file()
-                && offer.flags & FLAG_STREAM == 0
-                && unchanged(&final_path, &meta, offer) =>
-        {
-            return Ok(Prepared::Unchanged(final_path));
-        }
-        Ok(_) if !overwrite => {
-            return Err(Refusal::new(
-                Reason::Exists,
-                format!(
-                    "'{}' already exists (the receiver can allow --overwrite)",
-                    shown_final()
-                ),
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Refusal::new(
-                Reason::LocalIo,
-                format!("cannot check '{}': {}", shown_final(), io_reason(&e)),
-            ));
-        }
-    }
-
-    let resumable = offer.flags & FLAG_STREAM == 0;
-    let partial_path = dir.join(partial_name(&final_path, offer));
-    let already = if resumable {
-        fs::symlink_metadata(&partial_path)
-            .map(|m| m.len().min(offer.size))
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    let free = free_space(&dir).map_err(|e| {
-        Refusal::new(
-            Reason::LocalIo,
-            format!("cannot use directory '{}': {}", shown_dir(), io_reason(&e)),
-        )
-    })?;
-    if offer.size - already > free {
-        return Err(Refusal::new(
-            Reason::TooLarge,
-            format!(
-                "'{}' needs {} but only {} is free at the destination",
-                shown(&offer.name),
-                human_bytes(offer.size - already),
-                human_bytes(free)
-            ),
-        ));
-    }
-
-    let cannot_create = |e: &io::Error| {
-        Refusal::new(
-            Reason::LocalIo,
-            format!(
-                "cannot create a file in '{}': {}",
-                shown_dir(),
-                io_reason(e)
-            ),
-        )
-    };
-    let mut partial = if resumable {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            // Never follow a link planted where the partial file goes.
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&partial_path)
-            .map_err(|e| cannot_create(&e))?;
-        let meta = file.metadata().map_err(|e| cannot_create(&e))?;
-        if !meta.is_file() {
-            return Err(Refusal::new(
-                Reason::LocalIo,
-                format!("'{}' is not a regular file", partial_path.display()),
-            ));
-        }
-        // Two senders of the same file must not write one partial file.
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(Refusal::new(
-                Reason::Busy,
-                format!(
-                    "'{}' is being received from another sender right now",
-                    shown_final()
-                ),
-            ));
-        }
-        PartialFile {
-            file,
-            path: partial_path,
-            final_path,
+impl Destination {
+    pub fn new(target: Target, overwrite: bool) -> Self {
+        Destination {
+            target,
             overwrite,
-            resumable: true,
-            held: meta.len(),
-            settled: false,
-            seeked: false,
-            _watch: None,
+            dirs: HashMap::new(),
+            space: None,
         }
-    } else {
-        let (file, path) = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .suffix(TEMP_SUFFIX)
-            .tempfile_in(&dir)
-            .and_then(|t| t.keep().map_err(|e| e.error))
-            .map_err(|e| cannot_create(&e))?;
-        let watch = signals::watch_temp(&path);
-        PartialFile {
+    }
+
+    /// Decides where `offer` would land and opens its partial file, finds
+    /// the file already there, or says why it must be refused. Nothing is
+    /// written when this fails (but for directories on the way).
+    pub fn prepare(&mut self, offer: &Offer) -> Result<Prepared, Refusal> {
+        let is_path = offer.flags & (FLAG_PATH | FLAG_DIR) != 0;
+        let (dir, final_name, final_path) = match &self.target {
+            Target::Dir(root) => {
+                let root = root.clone();
+                let components = if is_path {
+                    crate::names::validate_path(&offer.name)
+                        .map_err(|e| bad_name(&offer.name, e))?
+                } else {
+                    validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+                    vec![offer.name.as_str()]
+                };
+                let final_path: PathBuf = std::iter::once(root.as_os_str())
+                    .chain(components.iter().map(OsStr::new))
+                    .collect();
+                if offer.flags & FLAG_DIR != 0 {
+                    self.open_dir(&components, true)?;
+                    return Ok(Prepared::Directory(final_path));
+                }
+                let (last, parents) = components.split_last().expect("never empty");
+                let dir = self.open_dir(parents, true)?;
+                (dir, OsString::from(last), final_path)
+            }
+            Target::Output(_) | Target::Stdout if is_path => {
+                return Err(Refusal::new(
+                    Reason::Unsupported,
+                    "this receiver takes exactly one file, not directories or paths",
+                ));
+            }
+            Target::Output(path) => {
+                validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+                let path = path.clone();
+                let dir = self.output_dir(&path)?;
+                let name = path.file_name().map(OsString::from).ok_or_else(|| {
+                    Refusal::new(
+                        Reason::LocalIo,
+                        format!("'{}' does not name a file", path.display()),
+                    )
+                })?;
+                (dir, name, path)
+            }
+            Target::Stdout => {
+                return Err(Refusal::new(
+                    Reason::LocalIo,
+                    "standard output is not a place for files",
+                ));
+            }
+        };
+        // Built only for a message: this runs once per file.
+        let shown_final = || escape_for_terminal(&final_path.display().to_string());
+        let dir_path = parent_dir(&final_path);
+        let shown_dir = || escape_for_terminal(&dir_path.display().to_string());
+
+        match rfs::statat(&*dir, &final_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                return Err(Refusal::new(
+                    Reason::Exists,
+                    format!("'{}' exists and is a directory", shown_final()),
+                ));
+            }
+            Ok(st)
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && offer.flags & FLAG_STREAM == 0
+                    && unchanged(&dir, &final_name, &st, offer) =>
+            {
+                return Ok(Prepared::Unchanged(final_path));
+            }
+            Ok(_) if !self.overwrite => {
+                return Err(Refusal::new(
+                    Reason::Exists,
+                    format!(
+                        "'{}' already exists (the receiver can allow --overwrite)",
+                        shown_final()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                return Err(Refusal::new(
+                    Reason::LocalIo,
+                    format!("cannot check '{}': {}", shown_final(), io_reason(&e.into())),
+                ));
+            }
+        }
+
+        let cannot_create = |e: &io::Error| {
+            Refusal::new(
+                Reason::LocalIo,
+                format!(
+                    "cannot create a file in '{}': {}",
+                    shown_dir(),
+                    io_reason(e)
+                ),
+            )
+        };
+        let resumable = offer.flags & FLAG_STREAM == 0;
+        let (file, temp_name, held) = if resumable {
+            let name = partial_name(&final_path, offer);
+            let (file, held) = open_partial(&dir, &name).map_err(|e| match e {
+                PartialError::Busy => Refusal::new(
+                    Reason::Busy,
+                    format!(
+                        "'{}' is being received from another sender right now",
+                        shown_final()
+                    ),
+                ),
+                PartialError::Io(e) => cannot_create(&e),
+            })?;
+            (file, name, held)
+        } else {
+            let (file, name) = create_temp(&dir).map_err(|e| cannot_create(&e))?;
+            (file, name, 0)
+        };
+        let path = dir_path.join(&temp_name);
+        let watch = (!resumable).then(|| signals::watch_temp(&path));
+        let mut partial = PartialFile {
             file,
+            dir: dir.clone(),
+            temp_name,
+            final_name,
             path,
             final_path,
-            overwrite,
-            resumable: false,
-            held: 0,
+            overwrite: self.overwrite,
+            resumable,
+            held,
             settled: false,
             seeked: false,
-            _watch: Some(watch),
+            _watch: watch,
+        };
+        if partial.held > offer.size {
+            // Longer than the file can be: not a prefix of it.
+            partial.restart_at(0).map_err(|e| cannot_create(&e))?;
         }
-    };
-    if partial.held > offer.size {
-        // Longer than the file can be: not a prefix of it.
-        partial.restart_at(0).map_err(|e| cannot_create(&e))?;
+        // Refused here, the partial file goes again if it holds nothing.
+        self.reserve_space(&dir, offer.size - partial.held, &offer.name)
+            .map_err(|r| {
+                r.unwrap_or_else(|e| {
+                    Refusal::new(
+                        Reason::LocalIo,
+                        format!("cannot use directory '{}': {}", shown_dir(), io_reason(&e)),
+                    )
+                })
+            })?;
+        Ok(Prepared::Receive(partial))
     }
-    Ok(Prepared::Receive(partial))
+
+    /// Applies a directory entry's permission bits (through the umask) and
+    /// mtime; done after its files, since writing them changes the mtime.
+    pub fn finish_directory(&mut self, offer: &Offer) -> io::Result<()> {
+        let components = crate::names::validate_path(&offer.name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let dir = self
+            .open_dir(&components, false)
+            .map_err(|r| io::Error::other(r.message))?;
+        rfs::fchmod(
+            &*dir,
+            rfs::Mode::from_raw_mode(offer.mode & 0o777 & !umask()),
+        )?;
+        if let Some(mtime) = mtime_of(offer) {
+            File::from(dir.try_clone()?).set_modified(mtime)?;
+        }
+        Ok(())
+    }
+
+    /// The destination directory's handle, opened on first use (following
+    /// links in the path the user gave: that path is theirs to choose).
+    fn root(&mut self) -> Result<DirFd, Refusal> {
+        if let Some(fd) = self.dirs.get(Path::new("")) {
+            return Ok(fd.clone());
+        }
+        let Target::Dir(root) = &self.target else {
+            unreachable!("only a directory target has a root");
+        };
+        let fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rfs::Mode::empty(),
+        )
+        .map_err(|e| {
+            Refusal::new(
+                Reason::LocalIo,
+                format!(
+                    "cannot use directory '{}': {}",
+                    escape_for_terminal(&root.display().to_string()),
+                    io_reason(&e.into())
+                ),
+            )
+        })?;
+        let fd = Arc::new(fd);
+        self.dirs.insert(PathBuf::new(), fd.clone());
+        Ok(fd)
+    }
+
+    /// The directory that `-o PATH` lands in.
+    fn output_dir(&mut self, path: &Path) -> Result<DirFd, Refusal> {
+        if let Some(fd) = self.dirs.get(Path::new("")) {
+            return Ok(fd.clone());
+        }
+        let dir = parent_dir(path);
+        let fd = rfs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rfs::Mode::empty(),
+        )
+        .map_err(|e| {
+            Refusal::new(
+                Reason::LocalIo,
+                format!(
+                    "cannot use directory '{}': {}",
+                    escape_for_terminal(&dir.display().to_string()),
+                    io_reason(&e.into())
+                ),
+            )
+        })?;
+        let fd = Arc::new(fd);
+        self.dirs.insert(PathBuf::new(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Opens the directory at `components` beneath the root, one level at a
+    /// time and never through a symbolic link; with `create`, missing ones
+    /// are made. A file in the way is refused.
+    fn open_dir(&mut self, components: &[&str], create: bool) -> Result<DirFd, Refusal> {
+        let mut dir = self.root()?;
+        let mut key = PathBuf::new();
+        for component in components {
+            key.push(component);
+            if let Some(open) = self.dirs.get(&key) {
+                dir = open.clone();
+                continue;
+            }
+            let child = open_child_dir(&dir, component, create).map_err(|(reason, what)| {
+                let Target::Dir(root) = &self.target else {
+                    unreachable!("only a directory target has subdirectories");
+                };
+                let shown = escape_for_terminal(&root.join(&key).display().to_string());
+                Refusal::new(reason, format!("'{shown}' {what}"))
+            })?;
+            if self.dirs.len() >= MAX_OPEN_DIRS {
+                let root = self.dirs.remove(Path::new(""));
+                self.dirs.clear();
+                self.dirs.extend(root.map(|r| (PathBuf::new(), r)));
+            }
+            dir = Arc::new(child);
+            self.dirs.insert(key.clone(), dir.clone());
+        }
+        Ok(dir)
+    }
+
+    /// Promises `need` bytes of the file system holding `dir` to one file:
+    /// free space is read at most once a second while the promises fit,
+    /// so a tree of small files costs no extra system call per file.
+    /// `Err(Ok(refusal))` when it does not fit, `Err(Err(e))` when the
+    /// free space cannot be read.
+    fn reserve_space(
+        &mut self,
+        dir: &OwnedFd,
+        need: u64,
+        name: &str,
+    ) -> Result<(), Result<Refusal, io::Error>> {
+        if let Some((left, at)) = self.space {
+            if need <= left && at.elapsed() < SPACE_FRESH {
+                self.space = Some((left - need, at));
+                return Ok(());
+            }
+        }
+        let st = rfs::fstatvfs(dir).map_err(|e| Err(e.into()))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if need > free {
+            self.space = None;
+            return Err(Ok(Refusal::new(
+                Reason::TooLarge,
+                format!(
+                    "'{}' needs {} but only {} is free at the destination",
+                    shown(name),
+                    human_bytes(need),
+                    human_bytes(free)
+                ),
+            )));
+        }
+        self.space = Some((free - need, Instant::now()));
+        Ok(())
+    }
 }
 
-/// Whether the existing file at `path` is the offered one: the same SHA-256
-/// when the sender sent one (`--checksum`), else the same size and mtime
-/// (rsync's quick check). Unreadable counts as changed.
-fn unchanged(path: &Path, meta: &fs::Metadata, offer: &Offer) -> bool {
-    if meta.len() != offer.size {
+/// Opens (or with `create` makes) the directory `name` inside `parent`,
+/// never following a symbolic link. The error is a reason and the rest of
+/// a message after the path.
+fn open_child_dir(parent: &OwnedFd, name: &str, create: bool) -> Result<OwnedFd, (Reason, String)> {
+    use rustix::io::Errno;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let open = || rfs::openat(parent, name, flags, rfs::Mode::empty());
+    let io_error =
+        |what: &str, e: Errno| (Reason::LocalIo, format!("{what}: {}", io_reason(&e.into())));
+    match open() {
+        Ok(fd) => Ok(fd),
+        Err(Errno::NOENT) if create => {
+            match rfs::mkdirat(parent, name, rfs::Mode::from_raw_mode(0o777)) {
+                // Made meanwhile by a concurrent session: fine if a directory.
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(io_error("cannot be created", e)),
+            }
+            open().map_err(|e| match e {
+                Errno::LOOP | Errno::NOTDIR => not_a_directory(parent, name),
+                e => io_error("cannot be opened", e),
+            })
+        }
+        Err(Errno::LOOP | Errno::NOTDIR) => Err(not_a_directory(parent, name)),
+        Err(e) => Err(io_error("cannot be opened", e)),
+    }
+}
+
+/// Why `name` in `parent` could not be opened as a directory.
+fn not_a_directory(parent: &OwnedFd, name: &str) -> (Reason, String) {
+    match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => (
+            Reason::BadName,
+            "is a symbolic link; xfer never writes through one".into(),
+        ),
+        _ => (Reason::Exists, "exists and is not a directory".into()),
+    }
+}
+
+enum PartialError {
+    Busy,
+    Io(io::Error),
+}
+
+/// Opens (creating if need be) the resumable partial file `name` in `dir`,
+/// locked against a second sender of the same file. A link planted in its
+/// place is never followed, and a hard link to some other file is refused.
+fn open_partial(dir: &OwnedFd, name: &OsStr) -> Result<(File, u64), PartialError> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, rfs::Mode::from_raw_mode(0o600))
+        .map_err(|e| PartialError::Io(e.into()))?;
+    let st = rfs::fstat(&fd).map_err(|e| PartialError::Io(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
+        return Err(PartialError::Io(io::Error::other(format!(
+            "'{}' is not xfer's own partial file",
+            Path::new(name).display()
+        ))));
+    }
+    // Two senders of the same file must not write one partial file.
+    if rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(PartialError::Busy);
+    }
+    Ok((File::from(fd), st.st_size as u64))
+}
+
+/// Creates a new one-off temporary file in `dir` under a random name.
+fn create_temp(dir: &OwnedFd) -> io::Result<(File, OsString)> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for _ in 0..16 {
+        let mut random = [0u8; 8];
+        rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
+        let name = OsString::from(format!(
+            "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
+            crate::protocol::hex(&random)
+        ));
+        match rfs::openat(dir, &name, flags, rfs::Mode::from_raw_mode(0o600)) {
+            Ok(fd) => return Ok((File::from(fd), name)),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no unused temporary name after 16 tries",
+    ))
+}
+
+/// Whether the existing file `name` in `dir` is the offered one: the same
+/// SHA-256 when the sender sent one (`--checksum`), else the same size and
+/// mtime (rsync's quick check). Unreadable counts as changed.
+fn unchanged(dir: &OwnedFd, name: &OsStr, st: &rfs::Stat, offer: &Offer) -> bool {
+    if st.st_size as u64 != offer.size {
         return false;
     }
     match &offer.sha256 {
         Some(theirs) => {
-            let Ok(mut file) = File::open(path) else {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let Ok(fd) = rfs::openat(dir, name, flags, rfs::Mode::empty()) else {
                 return false;
             };
-            match crate::pipeline::hash_prefix(&mut file, None) {
+            match crate::pipeline::hash_prefix(&mut File::from(fd), None) {
                 Ok((hasher, total)) => {
                     let ours: [u8; 32] = hasher.finalize().into();
                     total == offer.size && ours == *theirs
@@ -299,9 +554,11 @@ fn unchanged(path: &Path, meta: &fs::Metadata, offer: &Offer) -> bool {
                 Err(_) => false,
             }
         }
+        // The casts are for 32-bit targets, where these fields are narrower.
+        #[allow(clippy::unnecessary_cast)]
         None => {
-            use std::os::unix::fs::MetadataExt;
-            meta.mtime() == offer.mtime_secs && meta.mtime_nsec() == i64::from(offer.mtime_nanos)
+            st.st_mtime as i64 == offer.mtime_secs
+                && st.st_mtime_nsec as i64 == i64::from(offer.mtime_nanos)
         }
     }
 }
@@ -313,95 +570,19 @@ fn bad_name(name: &str, e: crate::names::NameError) -> Refusal {
     )
 }
 
-/// Where the offered name lands under `dir`: one plain component, or with
-/// the PATH or DIR flag a relative path judged component by component.
-/// Missing directories on the way are created, one level at a time; an
-/// existing symbolic link on the way is never followed (refused), nor is
-/// a file used as a directory. For a DIR entry the last component is made
-/// a directory too.
-fn resolve(dir: &Path, offer: &Offer) -> Result<PathBuf, Refusal> {
-    let components = if offer.flags & (FLAG_PATH | FLAG_DIR) != 0 {
-        crate::names::validate_path(&offer.name).map_err(|e| bad_name(&offer.name, e))?
-    } else {
-        validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
-        vec![offer.name.as_str()]
-    };
-    let make_last = offer.flags & FLAG_DIR != 0;
-    let mut path = dir.to_path_buf();
-    let last = components.len() - 1;
-    for (i, component) in components.iter().enumerate() {
-        path.push(component);
-        if i == last && !make_last {
-            break;
-        }
-        let shown_path = escape_for_terminal(&path.display().to_string());
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(Refusal::new(
-                    Reason::BadName,
-                    format!("'{shown_path}' is a symbolic link; xfer never writes through one"),
-                ));
-            }
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Refusal::new(
-                    Reason::Exists,
-                    format!("'{shown_path}' exists and is not a directory"),
-                ));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
-                Ok(()) => {}
-                // Made meanwhile by a concurrent session: fine if a directory.
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) => {}
-                Err(e) => {
-                    return Err(Refusal::new(
-                        Reason::LocalIo,
-                        format!("cannot create directory '{shown_path}': {}", io_reason(&e)),
-                    ));
-                }
-            },
-            Err(e) => {
-                return Err(Refusal::new(
-                    Reason::LocalIo,
-                    format!("cannot check '{shown_path}': {}", io_reason(&e)),
-                ));
-            }
-        }
-    }
-    Ok(path)
-}
-
-/// Applies a directory entry's permission bits (through the umask) and
-/// mtime; done after its files, since writing them changes the mtime.
-pub fn finish_directory(path: &Path, offer: &Offer) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // Never through a link: the entry was checked when made, check again.
-    if fs::symlink_metadata(path)?.file_type().is_symlink() {
-        return Err(io::Error::other("became a symbolic link"));
-    }
-    let dir = File::open(path)?;
-    dir.set_permissions(fs::Permissions::from_mode(offer.mode & 0o777 & !umask()))?;
-    if let Some(mtime) = mtime_of(offer) {
-        dir.set_modified(mtime)?;
-    }
-    Ok(())
-}
-
 /// The resumable partial file's name: hidden, plainly xfer's, and the same
 /// for the same destination, size and mtime, so a retry finds it.
-fn partial_name(final_path: &Path, offer: &Offer) -> String {
+fn partial_name(final_path: &Path, offer: &Offer) -> OsString {
     let mut h = Sha256::new();
     h.update(final_path.as_os_str().as_encoded_bytes());
     h.update(offer.size.to_be_bytes());
     h.update(offer.mtime_secs.to_be_bytes());
     h.update(offer.mtime_nanos.to_be_bytes());
     let digest: [u8; 32] = h.finalize().into();
-    format!(
+    OsString::from(format!(
         "{TEMP_PREFIX}{}{PARTIAL_SUFFIX}",
-        crate::protocol::hex(&digest)[..16].to_owned()
-    )
+        &crate::protocol::hex(&digest)[..16]
+    ))
 }
 
 impl PartialFile {
@@ -454,10 +635,14 @@ impl PartialFile {
         &self.path
     }
 
+    fn remove(&self) {
+        let _ = rfs::unlinkat(&*self.dir, &self.temp_name, AtFlags::empty());
+    }
+
     /// Removes the partial data: it is wrong (digest mismatch) or can never
     /// complete here (disk full).
     pub fn discard(mut self) {
-        let _ = fs::remove_file(&self.path);
+        self.remove();
         self.settled = true;
     }
 
@@ -469,7 +654,7 @@ impl PartialFile {
     pub fn commit(mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
         let result = self.finish(offer, size);
         if result.is_err() {
-            let _ = fs::remove_file(&self.path);
+            self.remove();
         }
         self.settled = true;
         result
@@ -504,9 +689,10 @@ impl PartialFile {
             .map_err(|e| io_refusal("cannot flush data for", &e))?;
 
         let renamed = if self.overwrite {
-            fs::rename(&self.path, &self.final_path)
+            rfs::renameat(&*self.dir, &self.temp_name, &*self.dir, &self.final_name)
+                .map_err(io::Error::from)
         } else {
-            rename_noclobber(&self.path, &self.final_path)
+            rename_noclobber(&self.dir, &self.temp_name, &self.final_name)
         };
         renamed.map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
@@ -519,23 +705,21 @@ impl PartialFile {
             }
         })?;
         // The rename is durable only once the directory is synced.
-        if let Ok(d) = File::open(parent_dir(&self.final_path)) {
-            let _ = d.sync_all();
-        }
+        let _ = rfs::fsync(&*self.dir);
         Ok(self.final_path.clone())
     }
 }
 
-/// Renames `from` to `to` only if `to` does not exist, atomically: with
-/// RENAME_NOREPLACE, or where the file system lacks it, a hard link (which
-/// fails on an existing name) and an unlink.
-fn rename_noclobber(from: &Path, to: &Path) -> io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+/// Renames `from` to `to` within `dir` only if `to` does not exist,
+/// atomically: with RENAME_NOREPLACE, or where the file system lacks it, a
+/// hard link (which fails on an existing name) and an unlink.
+fn rename_noclobber(dir: &OwnedFd, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    use rustix::io::Errno;
+    match rfs::renameat_with(dir, from, dir, to, rfs::RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            fs::hard_link(from, to)?;
-            fs::remove_file(from)
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            rfs::linkat(dir, from, dir, to, AtFlags::empty())?;
+            Ok(rfs::unlinkat(dir, from, AtFlags::empty())?)
         }
         Err(e) => Err(e.into()),
     }
@@ -599,12 +783,6 @@ fn umask() -> u32 {
     })
 }
 
-/// Bytes available to an unprivileged writer in `dir`'s file system.
-pub fn free_space(dir: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 /// `1.5 GiB`-style sizes for messages.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -625,6 +803,11 @@ pub fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A fresh session's destination for each offer.
+    fn prepare(target: &Target, overwrite: bool, offer: &Offer) -> Result<Prepared, Refusal> {
+        Destination::new(target.clone(), overwrite).prepare(offer)
+    }
 
     fn offer(name: &str, size: u64) -> Offer {
         Offer {
@@ -836,6 +1019,45 @@ mod tests {
         assert!(data[4..].iter().all(|&b| b == 0));
         use std::os::unix::fs::MetadataExt;
         assert!(fs::metadata(&path).unwrap().blocks() * 512 < size);
+    }
+
+    #[test]
+    fn a_link_on_the_way_is_never_followed_and_nothing_lands_outside() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
+        let t = Target::Dir(dir.path().into());
+        let mut o = offer("sub/x", 1);
+        o.flags = FLAG_PATH;
+        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::BadName);
+        // Nor as the last component of a directory entry.
+        o.flags = FLAG_DIR;
+        o.name = "sub".into();
+        o.size = 0;
+        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::BadName);
+        assert!(entries(outside.path()).is_empty());
+        // A file where a directory must go is refused, not replaced.
+        fs::write(dir.path().join("file"), b"keep").unwrap();
+        let mut o = offer("file/x", 1);
+        o.flags = FLAG_PATH;
+        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::Exists);
+        assert_eq!(fs::read(dir.path().join("file")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_partial_name_planted_as_a_link_to_another_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let t = Target::Dir(dir.path().into());
+        let o = offer("a", 10);
+        let name = partial_name(&dir.path().join("a"), &o);
+        fs::hard_link(&victim, dir.path().join(&name)).unwrap();
+        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::LocalIo);
+        fs::remove_file(dir.path().join(&name)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(&name)).unwrap();
+        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::LocalIo);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn serve<S: Link + ?Sized>(
     let mut failed = 0usize;
     // Directory entries get their mode and mtime once their files are in.
     let mut directories: Vec<(PathBuf, Offer)> = Vec::new();
+    let mut destination = destination::Destination::new(policy.target.clone(), policy.overwrite);
     // Accepted files, in offer order, whose data comes after a START each.
     let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
     let mut next = Some(first);
@@ -118,11 +119,11 @@ pub fn serve<S: Link + ?Sized>(
                     )
                     .into())
                 } else {
-                    answer_offer(stream, peer, &offer, policy, reporter)
+                    answer_offer(stream, peer, &offer, policy, &mut destination, reporter)
                 };
                 let file_failure = match answer {
                     Ok(Answer::Pending(p)) => {
-                        pending.push_back(p);
+                        pending.push_back(*p);
                         None
                     }
                     Ok(Answer::Done(file)) => {
@@ -182,7 +183,7 @@ pub fn serve<S: Link + ?Sized>(
     // Deepest first, so setting a parent's mtime comes after its children.
     directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, offer) in &directories {
-        if let Err(e) = destination::finish_directory(path, offer) {
+        if let Err(e) = destination.finish_directory(offer) {
             reporter.info(|| {
                 format!(
                     "cannot set the mode and time of '{}': {}",
@@ -378,7 +379,7 @@ struct Pending {
 /// How an offer was answered.
 enum Answer {
     /// ACCEPT sent: data follows after a START.
-    Pending(Pending),
+    Pending(Box<Pending>),
     /// Settled without data: a directory made, or the file already there.
     Done(Received),
     /// REFUSE sent; the session goes on.
@@ -392,6 +393,7 @@ fn answer_offer<S: Link + ?Sized>(
     peer: &str,
     offer: &Offer,
     policy: &Policy,
+    destination: &mut destination::Destination,
     reporter: &Reporter,
 ) -> anyhow::Result<Answer> {
     let shown = shown(&offer.name);
@@ -434,7 +436,7 @@ fn answer_offer<S: Link + ?Sized>(
                 )));
             }
         },
-        target => match destination::prepare(target, policy.overwrite, offer) {
+        _ => match destination.prepare(offer) {
             Ok(Prepared::Receive(p)) => Output::File(p),
             Ok(Prepared::Unchanged(path)) => {
                 return skip_unchanged(stream, peer, offer, path, reporter).map(Answer::Done);
@@ -476,12 +478,12 @@ fn answer_offer<S: Link + ?Sized>(
         }),
         peer,
     )?;
-    Ok(Answer::Pending(Pending {
+    Ok(Answer::Pending(Box::new(Pending {
         offer: offer.clone(),
         output,
         held,
         held_hasher,
-    }))
+    })))
 }
 
 /// Receives an accepted file's data after its START: `start` is where the

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -1052,31 +1052,26 @@ fn open_file(
     shown_path: &str,
     checksum: bool,
 ) -> anyhow::Result<(File, u64, Option<Digest>)> {
-    // Look before opening: opening a FIFO would block until it has a writer.
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => {
-            return Err(Failure::new(
-                ExitCode::LocalFile,
-                format!("cannot send '{shown_path}': not a regular file (use '-' for a stream)"),
-            )
-            .into());
-        }
-        Ok(_) => {}
-        Err(e) => return Err(Failure::local(format!("cannot open '{shown_path}'"), &e).into()),
-    }
-    let file =
-        File::open(path).map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
-    // Read-ahead hint for disks; harmless where it does not apply.
-    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+    // Non-blocking, so that a FIFO put where a file was cannot hang the
+    // open; for a regular file the flag changes nothing.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
     let meta = file
         .metadata()
         .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
     if !meta.is_file() {
         return Err(Failure::new(
             ExitCode::LocalFile,
-            format!("cannot send '{shown_path}': not a regular file"),
+            format!("cannot send '{shown_path}': not a regular file (use '-' for a stream)"),
         )
         .into());
+    }
+    // Read-ahead hint for disks; not worth a system call for a small file.
+    if meta.len() >= 1 << 20 {
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
     }
     let sha256 = if checksum {
         Some(hash_file(&file, shown_path)?)

@@ -53,8 +53,8 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
 }
 
-/// Lowercase hex of a digest, as printed to users and in JSON.
-pub fn hex(digest: &Digest) -> String {
+/// Lowercase hex of a digest (or any bytes), as printed to users and in JSON.
+pub fn hex(digest: &[u8]) -> String {
     use std::fmt::Write;
     digest.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
