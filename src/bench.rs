@@ -15,7 +15,9 @@ use crate::exit_codes::Failure;
 use crate::output::{Reporter, rate};
 use crate::protocol::{Offer, hex};
 use crate::recv::{self, Policy};
+use crate::secure::Secret;
 use crate::send;
+use crate::session::Buffered;
 use crate::signals;
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -35,9 +37,19 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("cannot read the bench listener address")?;
+    // A fresh random key, as `--key-file` would give both ends.
+    let secret = if config.insecure {
+        Secret::Insecure
+    } else {
+        Secret::Key(
+            crate::secure::parse_key(&crate::secure::generate_key()?)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        )
+    };
     let policy = Policy {
         target: Target::Dir(workdir.path().to_path_buf()),
         overwrite: false,
+        secret: secret.clone(),
         handshake_timeout: TIMEOUT,
         idle_timeout: TIMEOUT,
     };
@@ -47,11 +59,12 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         let _watch = signals::watch_socket(&stream);
         crate::net::prepare(&stream, TIMEOUT)?;
         recv::serve(
-            &mut stream,
+            &mut Buffered::new(&mut stream),
             &peer.to_string(),
             &policy,
             &quiet,
             &mut Vec::new(),
+            &mut false,
         )
     });
 
@@ -79,8 +92,9 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let _watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, TIMEOUT)?;
     let sent = send::send_one(
-        &mut stream,
+        &mut Buffered::new(&mut stream),
         &addr.to_string(),
+        &secret,
         &mut Generator::new(config.size),
         "generated data",
         &offer,
@@ -103,14 +117,19 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         bail!("bench transfer did not verify: {} bytes on disk", on_disk);
     }
     let mb_per_s = config.size as f64 / seconds / 1e6;
+    let transport = if config.insecure {
+        "plaintext"
+    } else {
+        "encrypted (AES-256-GCM)"
+    };
     if config.json {
         reporter.event(
             "bench",
-            || json!({ "bytes": config.size, "seconds": seconds, "mb_per_s": mb_per_s, "sha256": hex(&sent.sha256) }),
+            || json!({ "bytes": config.size, "seconds": seconds, "mb_per_s": mb_per_s, "sha256": hex(&sent.sha256), "encrypted": !config.insecure }),
         );
     } else {
         println!(
-            "xfer bench: {} over loopback, SHA-256 verified on both ends, in {:.3} s: {}",
+            "xfer bench: {} over loopback, {transport}, SHA-256 verified on both ends, in {:.3} s: {}",
             human_bytes(config.size),
             seconds,
             rate(config.size, seconds)

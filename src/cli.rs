@@ -16,8 +16,8 @@ fn after_help(examples: &str) -> String {
 
 fn main_help() -> String {
     after_help(
-        "  xfer recv --port 9000                  # on the receiving machine\n  \
-           xfer send photos.tar host.example:9000 # on the sending machine\n  \
+        "  xfer recv --port 9000                  # on the receiving machine: prints a code\n  \
+           xfer send photos.tar host.example:9000 # on the sending machine: type the code\n  \
            cargo run --release -- bench           # measure verified throughput locally\n",
     )
 }
@@ -40,8 +40,16 @@ fn recv_help() -> String {
     )
 }
 
+fn keygen_help() -> String {
+    after_help(
+        "  xfer keygen --out backup.key      # then copy it to the other machine\n  \
+           xfer recv --port 9000 --key-file backup.key --keep-running\n  \
+           xfer send db.dump host:9000 --key-file backup.key\n",
+    )
+}
+
 fn bench_help() -> String {
-    after_help("  xfer bench\n  xfer bench --size 1GiB --dir /var/tmp\n")
+    after_help("  xfer bench\n  xfer bench --size 1GiB --dir /var/tmp\n  xfer bench --insecure\n")
 }
 
 /// Verified file transfer: every byte checked with SHA-256, files appear
@@ -69,12 +77,45 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Make a random 256-bit key for --key-file (give both ends the same file).
+    #[command(after_help = keygen_help())]
+    Keygen {
+        /// Write the key to this new file, readable only by you, instead of
+        /// to standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Print the man page (roff), or write every page into a directory.
     Man {
         /// Write xfer.1 and one page per subcommand into this directory.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<std::path::PathBuf>,
     },
+}
+
+/// How the two ends know each other; both ends must choose alike.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// The code `xfer recv` printed (send), or a code of your own instead of
+    /// a generated one (recv). Prefer the XFER_CODE variable or the prompt:
+    /// other users can see command lines.
+    #[arg(long, value_name = "CODE", env = "XFER_CODE", hide_env_values = true, conflicts_with_all = ["key_file", "insecure"])]
+    pub code: Option<String>,
+
+    /// Authenticate with the key in this file (made by `xfer keygen`),
+    /// without a prompt: for scripts and servers.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "XFER_KEY_FILE",
+        conflicts_with = "insecure"
+    )]
+    pub key_file: Option<PathBuf>,
+
+    /// No authentication and no encryption: frames and data in plaintext,
+    /// for trusted networks and comparisons. Both ends must say it.
+    #[arg(long, env = "XFER_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Flags both sides of a transfer take.
@@ -131,6 +172,9 @@ pub struct SendArgs {
     pub checksum: bool,
 
     #[command(flatten)]
+    pub security: SecurityArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -177,6 +221,9 @@ pub struct RecvArgs {
     pub max_connections: usize,
 
     #[command(flatten)]
+    pub security: SecurityArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 
@@ -189,6 +236,10 @@ pub struct BenchArgs {
     /// Where the receiver writes (default: /dev/shm if present, else the temp dir).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Measure the plaintext transport instead of the default encrypted one.
+    #[arg(long)]
+    pub insecure: bool,
 
     /// Print only the result.
     #[arg(short, long)]

@@ -5,11 +5,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{BenchArgs, RecvArgs, SendArgs};
+use crate::cli::{BenchArgs, RecvArgs, SecurityArgs, SendArgs};
 use crate::destination::Target;
 use crate::exit_codes::{ExitCode, Failure};
 use crate::names::escape_for_terminal;
 use crate::net;
+use crate::secure::Secret;
 
 #[derive(Debug, Clone)]
 pub struct SendConfig {
@@ -24,6 +25,8 @@ pub struct SendConfig {
     pub retries: u32,
     /// Skip by SHA-256 instead of size and mtime.
     pub checksum: bool,
+    /// How to authenticate; `None`: ask for the code at the terminal.
+    pub secret: Option<Secret>,
     pub quiet: bool,
     pub json: bool,
     pub connect_timeout: Duration,
@@ -39,6 +42,8 @@ pub struct RecvConfig {
     pub keep_running: bool,
     /// With `keep_running`: sessions served at once.
     pub max_connections: usize,
+    /// What senders must know; `None`: a code made up for this run.
+    pub secret: Option<Secret>,
     pub quiet: bool,
     pub json: bool,
     pub connect_timeout: Duration,
@@ -49,6 +54,8 @@ pub struct RecvConfig {
 pub struct BenchConfig {
     pub size: u64,
     pub dir: PathBuf,
+    /// Plaintext instead of the default encrypted transport.
+    pub insecure: bool,
     pub quiet: bool,
     pub json: bool,
 }
@@ -85,11 +92,37 @@ impl SendConfig {
             resume: !args.no_resume,
             retries: args.retries,
             checksum: args.checksum,
+            secret: secret_from(&args.security, args.common.quiet)?,
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
             idle_timeout: positive(args.common.idle_timeout, "--idle-timeout")?,
         })
+    }
+}
+
+/// The secret the flags name, if any. A key file that others can read is
+/// used, with a warning.
+fn secret_from(args: &SecurityArgs, quiet: bool) -> Result<Option<Secret>, Failure> {
+    if args.insecure {
+        return Ok(Some(Secret::Insecure));
+    }
+    if let Some(path) = &args.key_file {
+        let (key, warning) = crate::secure::read_key_file(path).map_err(|e| {
+            e.downcast::<Failure>()
+                .unwrap_or_else(|e| Failure::new(ExitCode::LocalFile, format!("{e:#}")))
+        })?;
+        if let (Some(warning), false) = (warning, quiet) {
+            eprintln!("xfer: warning: {warning}");
+        }
+        return Ok(Some(Secret::Key(key)));
+    }
+    match &args.code {
+        Some(code) if crate::secure::normalize_code(code).is_empty() => {
+            Err(Failure::new(ExitCode::Usage, "--code is empty"))
+        }
+        Some(code) => Ok(Some(Secret::Code(code.clone()))),
+        None => Ok(None),
     }
 }
 
@@ -141,6 +174,7 @@ impl RecvConfig {
                 }
                 n => n,
             },
+            secret: secret_from(&args.security, args.common.quiet)?,
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
@@ -168,6 +202,7 @@ impl BenchConfig {
         Ok(BenchConfig {
             size: args.size,
             dir,
+            insecure: args.insecure,
             quiet: args.quiet,
             json: args.json,
         })

@@ -18,11 +18,12 @@ pub enum ExitCode {
     LocalFile,
     Timeout,
     Partial,
+    Auth,
     Interrupted,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 10] = [
+    pub const ALL: [ExitCode; 11] = [
         ExitCode::Success,
         ExitCode::Internal,
         ExitCode::Usage,
@@ -32,6 +33,7 @@ impl ExitCode {
         ExitCode::LocalFile,
         ExitCode::Timeout,
         ExitCode::Partial,
+        ExitCode::Auth,
         ExitCode::Interrupted,
     ];
 
@@ -46,6 +48,7 @@ impl ExitCode {
             ExitCode::LocalFile => 6,
             ExitCode::Timeout => 7,
             ExitCode::Partial => 8,
+            ExitCode::Auth => 9,
             ExitCode::Interrupted => 130,
         }
     }
@@ -56,11 +59,16 @@ impl ExitCode {
             ExitCode::Internal => "unexpected internal error",
             ExitCode::Usage => "usage error: bad flag or argument",
             ExitCode::Network => "network: cannot connect, connection lost, or protocol error",
-            ExitCode::Integrity => "integrity: SHA-256 mismatch, the data was not kept",
+            ExitCode::Integrity => {
+                "integrity: SHA-256 mismatch or tampered data; the data was not kept"
+            }
             ExitCode::Refused => "refused by the receiver: file exists, bad name, too large",
             ExitCode::LocalFile => "local file error: not found, permission, disk full",
             ExitCode::Timeout => "timeout: the peer stalled or did not answer in time",
             ExitCode::Partial => "partial: some files failed, the others arrived verified",
+            ExitCode::Auth => {
+                "authentication: wrong or missing code or key, or only one end is --insecure"
+            }
             ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT)",
         }
     }
@@ -88,11 +96,15 @@ impl ExitCode {
             }
             if let Some(p) = cause.downcast_ref::<ProtocolError>() {
                 return match p {
+                    ProtocolError::Io(e) if crate::secure::is_forged(e) => ExitCode::Integrity,
                     ProtocolError::Io(e) if is_timeout(e) => ExitCode::Timeout,
                     _ => ExitCode::Network,
                 };
             }
             if let Some(e) = cause.downcast_ref::<io::Error>() {
+                if crate::secure::is_forged(e) {
+                    return ExitCode::Integrity;
+                }
                 if is_timeout(e) {
                     return ExitCode::Timeout;
                 }
@@ -137,8 +149,12 @@ impl Failure {
         Failure::new(ExitCode::LocalFile, format!("{what}: {}", io_reason(err)))
     }
 
-    /// A network problem; deadlines become timeouts.
+    /// A network problem; deadlines become timeouts, and an encrypted
+    /// record that failed to open is an integrity failure.
     pub fn network(what: impl fmt::Display, err: &io::Error) -> Self {
+        if crate::secure::is_forged(err) {
+            return Failure::new(ExitCode::Integrity, format!("{what}: {err}"));
+        }
         let code = if is_timeout(err) {
             ExitCode::Timeout
         } else {
@@ -174,7 +190,7 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let got: Vec<i32> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 130]);
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod output;
 pub mod pipeline;
 pub mod protocol;
 pub mod recv;
+pub mod secure;
 pub mod send;
 pub mod session;
 pub mod signals;
@@ -43,6 +44,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut cmd, "xfer", &mut out);
             print_stdout(&out)
+        }
+        Command::Keygen { out: None } => {
+            let key = secure::generate_key().context("cannot read random bytes")?;
+            print_stdout(key.as_bytes())
+        }
+        Command::Keygen { out: Some(path) } => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = secure::generate_key().context("cannot read random bytes")?;
+            let shown = names::escape_for_terminal(&path.display().to_string());
+            // A new file only, readable by its owner alone from the start.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(key.as_bytes()).and_then(|()| f.sync_all()))
+                .map_err(|e| exit_codes::Failure::local(format!("cannot write '{shown}'"), &e))?;
+            Ok(())
         }
         Command::Man { out_dir: None } => {
             let mut out = Vec::new();

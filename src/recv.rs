@@ -25,6 +25,7 @@ use crate::protocol::{
     self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame,
     Offer, Reason, Refuse, hex,
 };
+use crate::secure::{Encrypted, Role, Secret};
 use crate::session::{self, Link};
 use crate::signals;
 
@@ -33,6 +34,8 @@ use crate::signals;
 pub struct Policy {
     pub target: Target,
     pub overwrite: bool,
+    /// What a sender must know to be served.
+    pub secret: Secret,
     /// Deadline for the peer's preamble and first offer after connecting.
     pub handshake_timeout: std::time::Duration,
     /// Deadline for every read and write after that.
@@ -64,18 +67,48 @@ pub struct Received {
 /// received, or the first failure. A refused or unverified file does not end
 /// the session (the stream is still in step); a broken stream does.
 /// Every entry that failed is added to `failures` (name, error, exit code)
-/// for the session's summary.
+/// for the session's summary. `authenticated` is set once the peer has
+/// shown it knows the secret (or none is needed), so a caller can tell a
+/// stranger apart from a sender whose transfer failed.
 pub fn serve<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     policy: &Policy,
     reporter: &Reporter,
     failures: &mut Vec<serde_json::Value>,
+    authenticated: &mut bool,
 ) -> anyhow::Result<Vec<Received>> {
     // One deadline for the whole opening, however the peer trickles it.
+    let until = Instant::now() + policy.handshake_timeout;
+    let keys = {
+        let mut bounded = WithDeadline::new(stream, until);
+        session::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
+    };
+    *authenticated = true;
+    match keys {
+        Some(keys) => serve_session(
+            &mut Encrypted::new(stream, keys),
+            peer,
+            policy,
+            reporter,
+            failures,
+            until,
+        ),
+        None => serve_session(stream, peer, policy, reporter, failures, until),
+    }
+}
+
+/// The session after the handshake: offers until END.
+fn serve_session<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    policy: &Policy,
+    reporter: &Reporter,
+    failures: &mut Vec<serde_json::Value>,
+    until: Instant,
+) -> anyhow::Result<Vec<Received>> {
     let first = {
-        let mut bounded = WithDeadline::new(stream, Instant::now() + policy.handshake_timeout);
-        session::handshake(&mut bounded, peer)?;
+        let mut bounded = WithDeadline::new(stream, until);
         session::expect_frame(&mut bounded, peer, "an offer")?
     };
     session::set_deadline(stream, policy.idle_timeout, peer)?;
@@ -96,8 +129,13 @@ pub fn serve<S: Link + ?Sized>(
                 Ok(Some(frame)) => frame,
                 // Every file so far is settled; a close here loses nothing.
                 Ok(None) => break Ok(()),
-                // A file that already failed says more than the stall after it.
-                Err(e) => break Err(failure.take().unwrap_or(e)),
+                Err(e) => {
+                    if ExitCode::for_error(&e) == ExitCode::Integrity {
+                        session::send_error(stream, Reason::Integrity, &format!("{e:#}"));
+                    }
+                    // A file that already failed says more than the stall after it.
+                    break Err(failure.take().unwrap_or(e));
+                }
             },
         };
         match frame {
@@ -590,6 +628,16 @@ fn receive_pending<S: Link + ?Sized>(
     let got = done.load(Ordering::Relaxed);
     let (size, digest) = match copied {
         Ok(d) => d,
+        Err(CopyError::Source(e)) if crate::secure::is_forged(&e) => {
+            session::send_error(stream, Reason::Integrity, &e.to_string());
+            let what = match output {
+                Output::Stdout => {
+                    "the data already written to standard output must be discarded".to_string()
+                }
+                Output::File(_) => format!("'{shown}' was not completed"),
+            };
+            return Err(Failure::new(ExitCode::Integrity, format!("{peer}: {e}; {what}")).into());
+        }
         Err(CopyError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             session::send_error(stream, Reason::Protocol, &e.to_string());
             return Err(Failure::new(ExitCode::Network, format!("{peer}: {e}")).into());
@@ -772,6 +820,18 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the listening address")?;
     let _watch = signals::watch_socket(&listener);
+    // Without a key file or --insecure, senders need a code: a new one
+    // for each run unless the user chose one.
+    let secret = match &config.secret {
+        Some(secret) => secret.clone(),
+        None => Secret::Code(
+            crate::secure::generate_code().context("cannot make a code from random bytes")?,
+        ),
+    };
+    let code = match (&config.secret, &secret) {
+        (None, Secret::Code(code)) => Some(code.clone()),
+        _ => None,
+    };
     reporter.info(|| {
         format!(
             "listening on {local}{}",
@@ -782,17 +842,46 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             }
         )
     });
+    if let Some(code) = &code {
+        // The one line a person must see, so not hidden by --quiet; with
+        // --json it is in the listening event instead.
+        if !config.json {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr().lock(),
+                format!("xfer: code: {code}  (the sender types it, or passes it in XFER_CODE)\n")
+                    .as_bytes(),
+            );
+        }
+    }
     reporter.event(
         "listening",
-        || json!({ "address": local.to_string(), "port": local.port() }),
+        || json!({ "address": local.to_string(), "port": local.port(), "code": code }),
     );
     if !config.keep_running {
-        let result = accept(&listener)
-            .and_then(|(stream, peer)| serve_connection(stream, &peer, config, &reporter));
-        if signals::interrupted() {
-            return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+        // One session: strangers and wrong guesses are turned away, and the
+        // receiver goes on waiting for the sender who knows the secret.
+        loop {
+            let mut authenticated = false;
+            let result = accept(&listener).and_then(|(stream, peer)| {
+                serve_connection(
+                    stream,
+                    &peer,
+                    config,
+                    &secret,
+                    &reporter,
+                    &mut authenticated,
+                )
+            });
+            if signals::interrupted() {
+                return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+            }
+            match result {
+                Err(e) if !authenticated && secret != Secret::Insecure => {
+                    report_error(&e.context("still waiting for the sender"));
+                }
+                other => return other,
+            }
         }
-        return result;
     }
 
     let active = AtomicUsize::new(0);
@@ -810,16 +899,25 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                 }
             };
             if active.load(Ordering::SeqCst) >= config.max_connections {
-                refuse_busy(stream, &peer, config.max_connections, &reporter);
+                refuse_busy(stream, &peer, &secret, config.max_connections, &reporter);
                 continue;
             }
             active.fetch_add(1, Ordering::SeqCst);
-            let (active, reporter) = (&active, &reporter);
+            let (active, reporter, secret) = (&active, &reporter, &secret);
             let spawned = std::thread::Builder::new()
                 .name(format!("xfer-session {peer}"))
                 .spawn_scoped(scope, move || {
                     // One failing or hostile session ends only itself.
-                    if let Err(e) = serve_connection(stream, &peer, config, reporter) {
+                    let mut authenticated = false;
+                    let served = serve_connection(
+                        stream,
+                        &peer,
+                        config,
+                        secret,
+                        reporter,
+                        &mut authenticated,
+                    );
+                    if let Err(e) = served {
                         report_error(&e);
                     }
                     active.fetch_sub(1, Ordering::SeqCst);
@@ -853,10 +951,17 @@ fn accept(listener: &TcpListener) -> anyhow::Result<(TcpStream, String)> {
 /// Over the connection limit: say so in a way the sender can report (our
 /// preamble, then ERROR busy), and close without leaving it hanging. Every
 /// step is bounded so a flood of connections cannot stall the accept loop.
-fn refuse_busy(mut stream: TcpStream, peer: &str, limit: usize, reporter: &Reporter) {
+fn refuse_busy(
+    mut stream: TcpStream,
+    peer: &str,
+    secret: &Secret,
+    limit: usize,
+    reporter: &Reporter,
+) {
     let quick = std::time::Duration::from_millis(200);
     let _ = crate::net::set_deadline(&stream, quick);
-    let _ = protocol::Preamble::ours().write_to(&mut stream);
+    // Our usual preamble, so the sender reads on and finds the refusal.
+    let _ = protocol::Preamble::ours(secret.transport()).write_to(&mut stream);
     session::send_error(
         &mut stream,
         Reason::Busy,
@@ -871,12 +976,15 @@ fn serve_connection(
     mut stream: TcpStream,
     peer: &str,
     config: &RecvConfig,
+    secret: &Secret,
     reporter: &Reporter,
+    authenticated: &mut bool,
 ) -> anyhow::Result<()> {
     let _watch = signals::watch_socket(&stream);
     let policy = Policy {
         target: config.target.clone(),
         overwrite: config.overwrite,
+        secret: secret.clone(),
         handshake_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
     };
@@ -891,6 +999,7 @@ fn serve_connection(
         &policy,
         reporter,
         &mut failures,
+        authenticated,
     );
     let seconds = started.elapsed().as_secs_f64();
     if result.is_err() {

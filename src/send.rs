@@ -25,6 +25,7 @@ use crate::protocol::{
     self, Ack, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer,
     Reason, Trailer, hex,
 };
+use crate::secure::{Encrypted, Role, Secret};
 use crate::session::{self, Link};
 use crate::signals;
 
@@ -46,6 +47,7 @@ pub struct Sent {
 pub fn send_one<S, R>(
     stream: &mut S,
     peer: &str,
+    secret: &Secret,
     source: &mut R,
     source_name: &str,
     offer: &Offer,
@@ -57,7 +59,45 @@ where
     S: Link + ?Sized,
     R: Source + ?Sized,
 {
-    session::handshake(stream, peer)?;
+    match session::handshake(stream, peer, secret, Role::Sender)? {
+        Some(keys) => send_one_after_handshake(
+            &mut Encrypted::new(stream, keys),
+            peer,
+            source,
+            source_name,
+            offer,
+            resume,
+            idle_timeout,
+            reporter,
+        ),
+        None => send_one_after_handshake(
+            stream,
+            peer,
+            source,
+            source_name,
+            offer,
+            resume,
+            idle_timeout,
+            reporter,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_one_after_handshake<S, R>(
+    stream: &mut S,
+    peer: &str,
+    source: &mut R,
+    source_name: &str,
+    offer: &Offer,
+    resume: bool,
+    idle_timeout: Duration,
+    reporter: &Reporter,
+) -> anyhow::Result<Sent>
+where
+    S: Link + ?Sized,
+    R: Source + ?Sized,
+{
     let streamed = offer.flags & FLAG_STREAM != 0;
     let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
     let sent = offer_file(
@@ -455,13 +495,17 @@ pub fn ack_deadline(idle: Duration, size: u64) -> Duration {
 /// `xfer send FILE HOST:PORT`.
 pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     let reporter = Reporter::new(config.quiet, config.json);
+    let secret = match &config.secret {
+        Some(secret) => secret.clone(),
+        None => ask_for_code()?,
+    };
     let started = Instant::now();
     let mut attempt = 0;
     let result = loop {
         let result = if config.stdin() {
-            send_stdin(config, &reporter)
+            send_stdin(config, &secret, &reporter)
         } else {
-            send_paths(config, &reporter)
+            send_paths(config, &secret, &reporter)
         };
         match &result {
             Err(e) if attempt < config.retries && !config.stdin() && worth_retrying(e) => {
@@ -498,6 +542,36 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
             Err(e)
         }
     }
+}
+
+/// Reads the receiver's code at the terminal (never from standard input,
+/// which may be the data).
+fn ask_for_code() -> anyhow::Result<Secret> {
+    use std::io::{BufRead, Write};
+    let no_terminal = || {
+        Failure::new(
+            ExitCode::Auth,
+            "the receiver's code is needed and there is no terminal to ask at: \
+             set XFER_CODE or pass --code, or use --key-file (or --insecure on both ends)",
+        )
+    };
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| no_terminal())?;
+    (&tty)
+        .write_all(b"Code shown by xfer recv: ")
+        .map_err(|_| no_terminal())?;
+    let mut line = String::new();
+    std::io::BufReader::new(&tty)
+        .take(256)
+        .read_line(&mut line)
+        .map_err(|_| no_terminal())?;
+    if crate::secure::normalize_code(&line).is_empty() {
+        return Err(Failure::new(ExitCode::Auth, "no code was typed").into());
+    }
+    Ok(Secret::Code(line))
 }
 
 /// What a session achieved, file by file.
@@ -611,20 +685,26 @@ impl Totals {
 /// Connects, shakes hands and reports it; the stream is ready for offers.
 fn open_session(
     config: &SendConfig,
+    secret: &Secret,
     reporter: &Reporter,
-) -> anyhow::Result<(std::net::TcpStream, signals::Watch, String)> {
+) -> anyhow::Result<(Box<dyn Link>, signals::Watch, String)> {
     let peer = config.target.to_string();
-    let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
+    let stream = crate::net::connect(&config.target, config.connect_timeout)?;
     let watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
     reporter.event("connected", || json!({ "peer": peer }));
-    session::handshake(&mut stream, &peer)?;
-    Ok((stream, watch, peer))
+    // Small files and frames go out together, a few syscalls per file.
+    let mut stream = session::Buffered::new(stream);
+    let link: Box<dyn Link> = match session::handshake(&mut stream, &peer, secret, Role::Sender)? {
+        Some(keys) => Box::new(Encrypted::new(stream, keys)),
+        None => Box::new(stream),
+    };
+    Ok((link, watch, peer))
 }
 
 /// `xfer send - HOST:PORT --name NAME`: standard input as one stream.
-fn send_stdin(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals> {
+fn send_stdin(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyhow::Result<Totals> {
     let now = std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -638,7 +718,7 @@ fn send_stdin(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         name: name.clone(),
         sha256: None,
     };
-    let (mut stream, _watch, peer) = open_session(config, reporter)?;
+    let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
     reporter.info(|| {
         format!(
             "sending '{}' from standard input to {peer}",
@@ -817,7 +897,7 @@ fn mtime_parts(meta: &std::fs::Metadata) -> (i64, u32) {
 }
 
 /// `xfer send PATH... HOST:PORT`: every file and directory in one session.
-fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals> {
+fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyhow::Result<Totals> {
     let plan = Plan::of(config);
     let mut totals = Totals {
         passed_over: plan.passed_over.len(),
@@ -850,9 +930,7 @@ fn send_paths(config: &SendConfig, reporter: &Reporter) -> anyhow::Result<Totals
         .map(|e| e.meta.len())
         .sum();
 
-    let (stream, _watch, peer) = open_session(config, reporter)?;
-    // Small files and frames go out together, a few syscalls per file.
-    let mut stream = session::Buffered::new(stream);
+    let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
     let files = plan.entries.iter().filter(|e| e.meta.is_file()).count();
     reporter.info(|| {
         if as_paths {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::exit_codes::{ExitCode, Failure};
 use crate::names::escape_for_terminal;
-use crate::protocol::{self, ErrorFrame, Frame, Preamble, ProtocolError, Reason};
+use crate::protocol::{self, ErrorFrame, Frame, Preamble, ProtocolError, Reason, Transport};
+use crate::secure::{Keys, Role, Secret};
 
 /// A byte stream to a peer. Sessions run over any such stream, so tests can
 /// use in-memory pipes or a corrupting proxy instead of a socket.
@@ -31,6 +32,12 @@ impl<S: Link + ?Sized> Link for &mut S {
     }
 }
 
+impl<S: Link + ?Sized> Link for Box<S> {
+    fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
+        (**self).set_deadline(timeout)
+    }
+}
+
 /// Capacity of each of [`Buffered`]'s buffers.
 const BUFFER: usize = 64 * 1024;
 
@@ -45,6 +52,9 @@ pub struct Buffered<S: Link> {
     read_pos: usize,
     read_len: usize,
     write_buf: Vec<u8>,
+    /// A write failed: reads no longer try to send first, so the peer's
+    /// last words (an ERROR saying why it stopped reading) can be read.
+    broken: bool,
 }
 
 impl<S: Link> Buffered<S> {
@@ -55,12 +65,15 @@ impl<S: Link> Buffered<S> {
             read_pos: 0,
             read_len: 0,
             write_buf: Vec::with_capacity(BUFFER),
+            broken: false,
         }
     }
 
     fn send_gathered(&mut self) -> io::Result<()> {
         if !self.write_buf.is_empty() {
-            self.inner.write_all(&self.write_buf)?;
+            let sent = self.inner.write_all(&self.write_buf);
+            self.broken |= sent.is_err();
+            sent?;
             self.write_buf.clear();
         }
         Ok(())
@@ -72,7 +85,9 @@ impl<S: Link> Read for Buffered<S> {
         if self.read_pos == self.read_len {
             // About to wait on the peer: first send it everything it may
             // be waiting for.
-            self.send_gathered()?;
+            if !self.broken {
+                self.send_gathered()?;
+            }
             if out.len() >= self.read_buf.len() {
                 return self.inner.read(out);
             }
@@ -92,7 +107,9 @@ impl<S: Link> Write for Buffered<S> {
             self.send_gathered()?;
         }
         if data.len() >= BUFFER {
-            return self.inner.write(data);
+            let written = self.inner.write(data);
+            self.broken |= written.is_err();
+            return written;
         }
         self.write_buf.extend_from_slice(data);
         Ok(data.len())
@@ -122,16 +139,69 @@ pub fn set_deadline<S: Link + ?Sized>(
 }
 
 /// Sends our preamble, reads the peer's, and checks we can talk.
-pub fn handshake<S: Link + ?Sized>(stream: &mut S, peer: &str) -> anyhow::Result<()> {
-    Preamble::ours()
-        .write_to(stream)
+pub fn handshake<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    secret: &Secret,
+    role: Role,
+) -> anyhow::Result<Option<Keys>> {
+    let ours = Preamble::ours(secret.transport());
+    ours.write_to(stream)
         .and_then(|()| stream.flush())
         .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
     let theirs = protocol::read_preamble(stream).map_err(|e| describe(e, peer))?;
     theirs
         .check_compatible()
         .map_err(|e| Failure::new(ExitCode::Network, format!("{peer}: {e}")))?;
-    Ok(())
+    if theirs.transport != ours.transport {
+        let (mine, peers) = (ours.transport, theirs.transport);
+        if role == Role::Receiver {
+            // For a peer that sends before it reads our preamble.
+            send_error(
+                stream,
+                Reason::Auth,
+                &transport_mismatch(role.other(), peers, mine),
+            );
+        }
+        return Err(Failure::new(
+            ExitCode::Auth,
+            format!("{peer}: {}", transport_mismatch(role, mine, peers)),
+        )
+        .into());
+    }
+    if ours.transport == Transport::Plain {
+        return Ok(None);
+    }
+    let (sender, receiver) = match role {
+        Role::Sender => (ours.encode(), theirs.encode()),
+        Role::Receiver => (theirs.encode(), ours.encode()),
+    };
+    crate::secure::authenticate(stream, role, secret, [&sender, &receiver], peer).map(Some)
+}
+
+/// Why two ends that asked for different transports cannot talk, in the
+/// words of the end `role` that asked for `mine`.
+fn transport_mismatch(role: Role, mine: Transport, theirs: Transport) -> String {
+    let other = match role {
+        Role::Sender => "the receiver",
+        Role::Receiver => "the sender",
+    };
+    match (mine, theirs) {
+        (_, Transport::Plain) => format!(
+            "{other} uses plaintext (--insecure), but this end requires a code or key; \
+             plaintext needs --insecure on both ends"
+        ),
+        (Transport::Plain, _) => format!(
+            "{other} requires an authenticated, encrypted connection (a code or --key-file); \
+             plaintext needs --insecure on both ends"
+        ),
+        (Transport::Code, _) => {
+            format!(
+                "{other} uses a key file (--key-file), not a code: give this end the same key file"
+            )
+        }
+        _ => format!("{other} uses a code, not a key file: drop --key-file and give the code"),
+    }
 }
 
 /// Reads the next frame, turning a read failure into a message that names
@@ -218,6 +288,8 @@ pub fn code_for_reason(reason: Reason) -> ExitCode {
         | Reason::LocalIo
         | Reason::Busy => ExitCode::Refused,
         Reason::Timeout => ExitCode::Timeout,
+        Reason::Auth => ExitCode::Auth,
+        Reason::Integrity => ExitCode::Integrity,
         Reason::Protocol | Reason::Interrupted | Reason::Other(_) => ExitCode::Network,
     }
 }

@@ -14,7 +14,8 @@ use rustix::process::Signal;
 use sha2::Digest as _;
 use testenv::proxy::{Mode, Proxy};
 use testenv::*;
-use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer};
+use xfer::protocol::{self, Frame, Offer, Preamble, Reason, Trailer, Transport};
+use xfer::secure::{Encrypted, Role};
 
 const MIB: usize = 1024 * 1024;
 
@@ -157,18 +158,26 @@ fn output_flag_puts_the_file_at_the_exact_path() {
 
 #[test]
 fn a_flipped_byte_in_transit_fails_both_sides_with_code_4_and_leaves_nothing() {
-    let env = TestEnv::new();
-    let file = env.random_file("data.bin", 4 * MIB, 11);
-    let mut r = env.recv(&[]);
-    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::FlipByteAt(MIB as u64 + 17));
-    let sent = env.send(&file, &proxy.addr(), &[]);
-    let received = r.finish();
-    sent.assert_code(4)
-        .assert_stderr_contains("SHA-256 mismatch");
-    received
-        .assert_code(4)
-        .assert_stderr_contains("SHA-256 mismatch");
-    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
+    // Encrypted, the record fails to open; in plaintext the digest differs.
+    for (flags, says) in [
+        (&[][..], "failed authentication"),
+        (&["--insecure"][..], "SHA-256 mismatch"),
+    ] {
+        let env = TestEnv::new();
+        let file = env.random_file("data.bin", 4 * MIB, 11);
+        let mut r = env.recv(flags);
+        let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::FlipByteAt(MIB as u64 + 17));
+        let sent = env.send(&file, &proxy.addr(), flags);
+        let received = r.finish();
+        sent.assert_code(4).assert_stderr_contains(says);
+        received.assert_code(4).assert_stderr_contains(says);
+        assert!(
+            entries(&env.dst()).iter().all(|n| n.ends_with(".partial")),
+            "{:?}",
+            entries(&env.dst())
+        );
+        assert!(!env.dst().join("data.bin").exists());
+    }
 }
 
 #[test]
@@ -190,6 +199,7 @@ fn a_full_disk_mid_transfer_fails_cleanly_and_the_server_keeps_serving() {
     let mut cmd = std::process::Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     cmd.stdin(std::process::Stdio::null());
+    cmd.env("XFER_KEY_FILE", test_key_file());
     let mut r = RecvProcess::spawn(cmd);
     let view = std::path::PathBuf::from(format!("/proc/{}/root{}", r.child.id(), mnt.display()));
 
@@ -271,14 +281,15 @@ fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_leaves_only_its_partial_fil
     collect(&mut sender).assert_code(3);
 }
 
-/// Opens a connection and exchanges preambles, as a sender would.
-fn raw_sender(addr: &str) -> TcpStream {
+/// A hand-driven sender: connected and authenticated with the test key, as
+/// the real sender would be; every frame after that is the test's own.
+fn raw_sender(addr: &str) -> Encrypted<TcpStream> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
-    Preamble::ours().write_to(&mut s).unwrap();
-    let theirs = protocol::read_preamble(&mut s).unwrap();
-    theirs.check_compatible().unwrap();
-    s
+    let keys = xfer::session::handshake(&mut s, addr, &test_secret(), Role::Sender)
+        .unwrap()
+        .expect("an authenticated transport");
+    Encrypted::new(s, keys)
 }
 
 fn offer(name: &str, size: u64) -> Frame {
@@ -374,8 +385,9 @@ fn a_wrong_trailer_digest_is_caught_by_the_receiver() {
 #[test]
 fn a_peer_speaking_another_version_gets_a_clear_error() {
     let env = TestEnv::new();
-    // Against the real receiver.
-    let mut r = env.recv(&[]);
+    // Against the real receiver (in plaintext, where a failed session ends
+    // it; with a key it would wait on for the right sender).
+    let mut r = env.recv(&["--insecure"]);
     let mut s = TcpStream::connect(r.addr()).unwrap();
     s.write_all(b"XFER\x00\x02\x00\x00").unwrap();
     let mut theirs = [0u8; 8];
@@ -395,7 +407,7 @@ fn a_peer_speaking_another_version_gets_a_clear_error() {
         let _ = s.read(&mut buf);
     });
     let file = env.random_file("v.bin", 10, 1);
-    env.send(&file, &addr, &["--retries", "0"])
+    env.send(&file, &addr, &["--retries", "0", "--insecure"])
         .assert_code(3)
         .assert_stderr_contains("version 9");
     fake.join().unwrap();
@@ -404,7 +416,7 @@ fn a_peer_speaking_another_version_gets_a_clear_error() {
 #[test]
 fn a_silent_client_is_dropped_by_the_receiver_with_code_7() {
     let env = TestEnv::new();
-    let mut r = env.recv(&["--connect-timeout", "1s"]);
+    let mut r = env.recv(&["--connect-timeout", "1s", "--insecure"]);
     let _silent = TcpStream::connect(r.addr()).unwrap();
     r.finish()
         .assert_code(7)
@@ -601,11 +613,11 @@ fn the_receiver_listens_on_ipv4_and_ipv6_by_default() {
 #[test]
 fn a_client_trickling_its_handshake_is_dropped_at_the_deadline() {
     let env = TestEnv::new();
-    let mut r = env.recv(&["--connect-timeout", "1s"]);
+    let mut r = env.recv(&["--connect-timeout", "1s", "--insecure"]);
     let mut s = TcpStream::connect(r.addr()).unwrap();
     let started = std::time::Instant::now();
     // One byte every 300 ms: each read is quick, the whole is too slow.
-    let preamble = Preamble::ours().encode();
+    let preamble = Preamble::ours(Transport::Plain).encode();
     for b in preamble.iter().chain(offer("a", 1).encode().iter()) {
         if s.write_all(&[*b]).is_err() {
             break;
@@ -706,6 +718,7 @@ fn a_peer_cannot_make_files_world_writable_or_setuid() {
         Frame::Ack(_)
     ));
     protocol::write_frame(&mut s, &Frame::End).unwrap();
+    s.flush().unwrap();
     r.finish().assert_code(0);
     let mode = fs::metadata(env.dst().join("w"))
         .unwrap()
@@ -716,7 +729,7 @@ fn a_peer_cannot_make_files_world_writable_or_setuid() {
 }
 
 /// Sends one complete file over an open raw session and returns the ACK.
-fn raw_send_file(s: &mut TcpStream, name: &str, data: &[u8]) -> Frame {
+fn raw_send_file(s: &mut (impl Read + Write), name: &str, data: &[u8]) -> Frame {
     protocol::write_frame(s, &offer(name, data.len() as u64)).unwrap();
     match protocol::read_frame(s).unwrap() {
         Frame::Accept(_) => {}
@@ -750,6 +763,7 @@ fn output_path_takes_exactly_one_file_per_session() {
         other => panic!("second file not refused: {other:?}"),
     }
     protocol::write_frame(&mut s, &Frame::End).unwrap();
+    s.flush().unwrap();
     // One file arrived, one was refused: a partial session.
     r.finish().assert_code(8);
     assert_eq!(fs::read(&out).unwrap(), b"first");
@@ -770,6 +784,7 @@ fn a_session_goes_on_after_a_refused_offer() {
         other => panic!("not acknowledged: {other:?}"),
     }
     protocol::write_frame(&mut s, &Frame::End).unwrap();
+    s.flush().unwrap();
     r.finish().assert_code(8);
     assert_eq!(fs::read(env.dst().join("taken")).unwrap(), b"keep me");
     assert_eq!(fs::read(env.dst().join("free")).unwrap(), b"fresh");
@@ -936,6 +951,7 @@ fn a_tar_stream_goes_through_stdin_and_stdout() {
         .unwrap();
     let mut r = recv_to_stdout(Stdio::from(untar.stdin.take().unwrap()));
     let mut cmd = Command::new("sh");
+    cmd.env("XFER_KEY_FILE", test_key_file());
     cmd.arg("-c").arg(format!(
         "tar c -C '{}' tree | '{}' send - {} --name tree.tar",
         env.src().display(),
@@ -1290,6 +1306,7 @@ fn hostile_paths_in_a_multi_file_offer_are_refused_and_confined() {
         Frame::Ack(_)
     ));
     protocol::write_frame(&mut s, &Frame::End).unwrap();
+    s.flush().unwrap();
     // Seven refusals and one file: a partial session.
     r.finish().assert_code(8);
     assert!(entries(&outside).is_empty(), "wrote through the link");
@@ -1506,4 +1523,241 @@ fn a_stdout_receiver_refuses_a_tree() {
         .assert_stderr_contains("exactly one file");
     r.finish();
     assert_eq!(fs::read(env.dst().join("captured")).unwrap(), b"");
+}
+
+// Authentication and encryption.
+
+/// The code a receiver printed in its `listening` event.
+fn code_of(r: &mut RecvProcess) -> String {
+    let listening = r
+        .seen
+        .iter()
+        .find(|e| e["event"] == "listening")
+        .cloned()
+        .expect("a listening event");
+    listening["code"].as_str().expect("a code").to_string()
+}
+
+#[test]
+fn a_printed_code_lets_the_sender_in_and_wrong_guesses_are_turned_away() {
+    let env = TestEnv::new();
+    let file = env.random_file("paired.bin", 3 * MIB + 5, 21);
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE");
+    cmd.args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(env.dst());
+    let mut r = RecvProcess::spawn(cmd);
+    let code = code_of(&mut r);
+    assert_eq!(code.len(), 9, "{code}");
+
+    // Two wrong guesses: each fails with the authentication code, and the
+    // receiver keeps waiting.
+    for guess in ["0000-0000", "wrong"] {
+        env.send(&file, &r.addr(), &["--code", guess, "--retries", "0"])
+            .assert_code(9)
+            .assert_stderr_contains("wrong code or key");
+    }
+    // The code as a person might type it, in XFER_CODE.
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .env("XFER_CODE", code.to_uppercase().replace('-', " "))
+        .arg("send")
+        .arg(&file)
+        .arg(r.addr());
+    run_bounded(cmd).assert_code(0);
+    r.finish()
+        .assert_code(0)
+        .assert_stderr_contains("still waiting");
+    assert_eq!(
+        sha256_file(&env.dst().join("paired.bin")),
+        sha256_file(&file)
+    );
+
+    // A code of the receiver's own choosing works the same way.
+    fs::remove_file(env.dst().join("paired.bin")).unwrap();
+    let mut r = env.recv(&["--code", "my own code"]);
+    assert!(
+        r.seen
+            .iter()
+            .any(|e| e["event"] == "listening" && e["code"].is_null())
+    );
+    env.send(&file, &r.addr(), &["--code", "MY-OWN-CODE"])
+        .assert_code(0);
+    r.finish().assert_code(0);
+}
+
+#[test]
+fn a_wrong_key_is_refused_with_code_9_and_the_receiver_waits_for_the_right_one() {
+    let env = TestEnv::new();
+    let other = env.root.path().join("other.key");
+    xfer()
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert_eq!(fs::metadata(&other).unwrap().mode() & 0o777, 0o600);
+    let file = env.random_file("k.bin", 1000, 22);
+    let mut r = env.recv(&[]);
+    let other_arg = other.to_str().unwrap();
+    env.send(
+        &file,
+        &r.addr(),
+        &["--key-file", other_arg, "--retries", "0"],
+    )
+    .assert_code(9)
+    .assert_stderr_contains("wrong code or key");
+    assert!(entries(&env.dst()).is_empty());
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&env.dst().join("k.bin")), sha256_file(&file));
+}
+
+#[test]
+fn plaintext_and_mismatched_ends_get_a_clear_refusal() {
+    let env = TestEnv::new();
+    let file = env.random_file("p.bin", 10, 23);
+    // A plaintext sender against a receiver that requires a key.
+    let mut r = env.recv(&["--keep-running"]);
+    env.send(&file, &r.addr(), &["--insecure", "--retries", "0"])
+        .assert_code(9)
+        .assert_stderr_contains("requires an authenticated, encrypted connection");
+    // A raw plaintext client hears why, too.
+    let mut s = TcpStream::connect(r.addr()).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    Preamble::ours(Transport::Plain).write_to(&mut s).unwrap();
+    let theirs = protocol::read_preamble(&mut s).unwrap();
+    assert_eq!(theirs.transport, Transport::Key);
+    match protocol::read_frame(&mut s).unwrap() {
+        Frame::Error(e) => {
+            assert_eq!(e.reason, Reason::Auth);
+            assert!(e.message.contains("--insecure"), "{}", e.message);
+        }
+        other => panic!("expected ERROR: {other:?}"),
+    }
+    // A code where the receiver expects a key file.
+    env.send(&file, &r.addr(), &["--code", "abcd-efgh", "--retries", "0"])
+        .assert_code(9)
+        .assert_stderr_contains("key file");
+    // And the server still serves the right sender.
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.signal(Signal::TERM);
+    r.finish();
+    assert!(entries(&env.dst()) == vec!["p.bin"]);
+
+    // An encrypted sender against a plaintext receiver.
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--insecure"]);
+    env.send(&file, &r.addr(), &["--retries", "0"])
+        .assert_code(9)
+        .assert_stderr_contains("uses plaintext (--insecure)");
+    r.finish().assert_code(9);
+    assert!(entries(&env.dst()).is_empty());
+}
+
+#[test]
+fn without_a_code_or_terminal_the_sender_says_how_to_give_one() {
+    let env = TestEnv::new();
+    let file = env.random_file("n.bin", 10, 24);
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .arg("send")
+        .arg(&file)
+        .arg("127.0.0.1:9");
+    // setsid: no controlling terminal, as under cron.
+    let mut cmd2 = std::process::Command::new("setsid");
+    cmd2.arg(cmd.get_program()).args(cmd.get_args());
+    cmd2.env_remove("XFER_KEY_FILE")
+        .stdin(std::process::Stdio::null());
+    run_bounded(cmd2)
+        .assert_code(9)
+        .assert_stderr_contains("XFER_CODE");
+}
+
+#[test]
+fn a_key_file_others_can_read_gets_a_warning_and_a_bad_one_an_error() {
+    let env = TestEnv::new();
+    let key = env.root.path().join("loose.key");
+    let out = xfer().arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    fs::write(&key, &out.stdout).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let file = env.random_file("w.bin", 10, 25);
+    let key_arg = key.to_str().unwrap();
+    let mut r = env.recv(&["--key-file", key_arg]);
+    env.send(&file, &r.addr(), &["--key-file", key_arg])
+        .assert_code(0)
+        .assert_stderr_contains("chmod 600");
+    r.finish()
+        .assert_code(0)
+        .assert_stderr_contains("can be read by other users");
+
+    fs::write(&key, "not a key\n").unwrap();
+    env.send(&file, "127.0.0.1:9", &["--key-file", key_arg])
+        .assert_code(2)
+        .assert_stderr_contains("64 hex digits");
+}
+
+#[test]
+fn replayed_and_reordered_records_fail_with_code_4_and_leave_nothing_final() {
+    for mode in [Mode::ReplayRecord(3), Mode::SwapRecords(3)] {
+        let env = TestEnv::new();
+        let file = env.random_file("r.bin", 4 * MIB, 26);
+        let mut r = env.recv(&[]);
+        let proxy = Proxy::start(r.addr().parse().unwrap(), mode);
+        let sent = env.send(&file, &proxy.addr(), &["--retries", "0"]);
+        let received = r.finish();
+        received
+            .assert_code(4)
+            .assert_stderr_contains("failed authentication");
+        sent.assert_code(4);
+        assert!(!env.dst().join("r.bin").exists(), "{mode:?}");
+    }
+}
+
+#[test]
+fn the_wire_shows_no_plaintext_names_or_data() {
+    // What an eavesdropper sees: a proxy copies the sender's bytes.
+    let env = TestEnv::new();
+    let secret = b"THE-SECRET-CONTENTS-0123456789".repeat(1000);
+    let file = env.src().join("secret-name.txt");
+    fs::write(&file, &secret).unwrap();
+    let mut r = env.recv(&[]);
+    let tap = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tap_addr = tap.local_addr().unwrap().to_string();
+    let upstream = r.addr();
+    let seen = std::thread::spawn(move || {
+        let (mut client, _) = tap.accept().unwrap();
+        let mut server = TcpStream::connect(upstream).unwrap();
+        let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut s2, &mut c2);
+            let _ = c2.shutdown(std::net::Shutdown::Both);
+        });
+        let mut captured = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    captured.extend_from_slice(&buf[..n]);
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = server.shutdown(std::net::Shutdown::Write);
+        back.join().unwrap();
+        captured
+    });
+    env.send(&file, &tap_addr, &[]).assert_code(0);
+    r.finish().assert_code(0);
+    let captured = seen.join().unwrap();
+    let contains = |needle: &[u8]| captured.windows(needle.len()).any(|w| w == needle);
+    assert!(captured.len() > secret.len());
+    assert!(!contains(b"secret-name"), "the name crossed in the clear");
+    assert!(
+        !contains(b"THE-SECRET-CONTENTS"),
+        "the data crossed in the clear"
+    );
 }

@@ -29,6 +29,8 @@ pub enum FrameType {
     Error = 0x07,
     Start = 0x09,
     Skip = 0x0a,
+    Pake = 0x10,
+    Confirm = 0x11,
 }
 
 impl FrameType {
@@ -43,6 +45,8 @@ impl FrameType {
             0x07 => FrameType::Error,
             0x09 => FrameType::Start,
             0x0a => FrameType::Skip,
+            0x10 => FrameType::Pake,
+            0x11 => FrameType::Confirm,
             _ => return None,
         })
     }
@@ -58,6 +62,8 @@ impl FrameType {
             FrameType::Error => "ERROR",
             FrameType::Start => "START",
             FrameType::Skip => "SKIP",
+            FrameType::Pake => "PAKE",
+            FrameType::Confirm => "CONFIRM",
         }
     }
 }
@@ -83,6 +89,12 @@ pub enum Reason {
     Timeout,
     /// The side sending it was interrupted or is shutting down.
     Interrupted,
+    /// Authentication failed: wrong code or key, or none where one is
+    /// required.
+    Auth,
+    /// Data failed verification in transit (an encrypted record that did
+    /// not open).
+    Integrity,
     /// A code this implementation does not know.
     Other(u16),
 }
@@ -99,6 +111,8 @@ impl Reason {
             Reason::Busy => 7,
             Reason::Timeout => 8,
             Reason::Interrupted => 9,
+            Reason::Auth => 10,
+            Reason::Integrity => 11,
             Reason::Other(c) => c,
         }
     }
@@ -114,6 +128,8 @@ impl Reason {
             7 => Reason::Busy,
             8 => Reason::Timeout,
             9 => Reason::Interrupted,
+            10 => Reason::Auth,
+            11 => Reason::Integrity,
             other => Reason::Other(other),
         }
     }
@@ -231,7 +247,20 @@ pub enum Frame {
     Skip {
         message: String,
     },
+    /// Either side, first thing after the preambles of an authenticated
+    /// transport: its SPAKE2 message.
+    Pake {
+        message: Vec<u8>,
+    },
+    /// Either side, after both PAKE frames: proof that it derived the same
+    /// key (the sender's first; the receiver answers only a correct one).
+    Confirm {
+        mac: Digest,
+    },
 }
+
+/// Longest SPAKE2 message accepted (Ed25519 messages are 33 bytes).
+pub const MAX_PAKE_LEN: usize = 64;
 
 impl Frame {
     pub fn frame_type(&self) -> FrameType {
@@ -245,6 +274,8 @@ impl Frame {
             Frame::Error(_) => FrameType::Error,
             Frame::Start { .. } => FrameType::Start,
             Frame::Skip { .. } => FrameType::Skip,
+            Frame::Pake { .. } => FrameType::Pake,
+            Frame::Confirm { .. } => FrameType::Confirm,
         }
     }
 
@@ -305,6 +336,11 @@ impl Frame {
             Frame::End => {}
             Frame::Start { offset } => out.write_u64::<BigEndian>(*offset).unwrap(),
             Frame::Skip { message } => put_string(out, message, MAX_MESSAGE_LEN),
+            Frame::Pake { message } => {
+                assert!(message.len() <= MAX_PAKE_LEN, "SPAKE2 messages are short");
+                put_string_bytes(out, message);
+            }
+            Frame::Confirm { mac } => out.extend_from_slice(mac),
             Frame::Error(e) => {
                 out.write_u16::<BigEndian>(e.reason.code()).unwrap();
                 put_string(out, &e.message, MAX_MESSAGE_LEN);
@@ -367,6 +403,16 @@ impl Frame {
             FrameType::Skip => Frame::Skip {
                 message: c.message()?,
             },
+            FrameType::Pake => Frame::Pake {
+                message: {
+                    let bytes = c.string_bytes()?;
+                    if bytes.len() > MAX_PAKE_LEN {
+                        return Err(c.malformed("key-exchange message too long"));
+                    }
+                    bytes.to_vec()
+                },
+            },
+            FrameType::Confirm => Frame::Confirm { mac: c.digest()? },
             FrameType::Error => Frame::Error(ErrorFrame {
                 reason: Reason::from_code(c.u16()?),
                 message: c.message()?,
@@ -406,6 +452,12 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Frame, ProtocolError> {
         other => other,
     })?;
     Frame::decode(header[0], &payload)
+}
+
+/// Appends a u16 length and the bytes (at most 64 KiB - 1, checked by callers).
+fn put_string_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.write_u16::<BigEndian>(bytes.len() as u16).unwrap();
+    out.extend_from_slice(bytes);
 }
 
 /// Appends a u16 length and the string's bytes, cut to at most `max` bytes
@@ -557,6 +609,10 @@ mod tests {
             Frame::Skip {
                 message: "unchanged".into(),
             },
+            Frame::Pake {
+                message: vec![0x5a; 33],
+            },
+            Frame::Confirm { mac: [7; 32] },
             Frame::Start {
                 offset: 123_456_789_012,
             },
@@ -625,7 +681,7 @@ mod tests {
         want.extend([0x00, 0x01, b'a']);
         assert_eq!(offer.encode(), want);
         assert_eq!(
-            crate::protocol::Preamble::ours().encode(),
+            crate::protocol::Preamble::ours(crate::protocol::Transport::Plain).encode(),
             [0x58, 0x46, 0x45, 0x52, 0, 1, 0, 0]
         );
     }

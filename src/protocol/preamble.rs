@@ -19,10 +19,15 @@ pub const PREAMBLE_LEN: usize = 8;
 /// How the bytes after the preamble are carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// Frames and data in the clear (version 1).
+    /// Frames and data in the clear (`--insecure` on both ends).
     Plain,
-    /// A value this implementation does not know; reserved for
-    /// authenticated, encrypted transports under the same frames.
+    /// SPAKE2 keyed by a short code typed by a person, then AES-256-GCM
+    /// records.
+    Code,
+    /// SPAKE2 keyed by a 256-bit key from a key file, then AES-256-GCM
+    /// records.
+    Key,
+    /// A value this implementation does not know.
     Other(u8),
 }
 
@@ -30,6 +35,8 @@ impl Transport {
     fn to_byte(self) -> u8 {
         match self {
             Transport::Plain => 0,
+            Transport::Code => 1,
+            Transport::Key => 2,
             Transport::Other(b) => b,
         }
     }
@@ -37,6 +44,8 @@ impl Transport {
     fn from_byte(b: u8) -> Self {
         match b {
             0 => Transport::Plain,
+            1 => Transport::Code,
+            2 => Transport::Key,
             other => Transport::Other(other),
         }
     }
@@ -50,11 +59,11 @@ pub struct Preamble {
 }
 
 impl Preamble {
-    /// The preamble this implementation sends.
-    pub fn ours() -> Self {
+    /// The preamble this implementation sends for `transport`.
+    pub fn ours(transport: Transport) -> Self {
         Preamble {
             version: VERSION,
-            transport: Transport::Plain,
+            transport,
         }
     }
 
@@ -89,7 +98,7 @@ impl Preamble {
             });
         }
         match self.transport {
-            Transport::Plain => Ok(()),
+            Transport::Plain | Transport::Code | Transport::Key => Ok(()),
             Transport::Other(b) => Err(ProtocolError::UnsupportedTransport(b)),
         }
     }
@@ -112,7 +121,7 @@ mod tests {
 
     #[test]
     fn preamble_round_trips() {
-        let p = Preamble::ours();
+        let p = Preamble::ours(Transport::Plain);
         let bytes = p.encode();
         assert_eq!(&bytes[..4], b"XFER");
         assert_eq!(read_preamble(&mut &bytes[..]).unwrap(), p);
@@ -120,7 +129,7 @@ mod tests {
 
     #[test]
     fn wrong_magic_is_rejected() {
-        let mut bytes = Preamble::ours().encode();
+        let mut bytes = Preamble::ours(Transport::Plain).encode();
         bytes[0] = b'G';
         assert!(matches!(
             read_preamble(&mut &bytes[..]),
@@ -130,7 +139,7 @@ mod tests {
 
     #[test]
     fn other_version_is_reported_as_mismatch() {
-        let mut bytes = Preamble::ours().encode();
+        let mut bytes = Preamble::ours(Transport::Plain).encode();
         bytes[5] = 2;
         let p = read_preamble(&mut &bytes[..]).unwrap();
         let err = p.check_compatible().unwrap_err();
@@ -143,8 +152,14 @@ mod tests {
 
     #[test]
     fn unknown_transport_is_rejected() {
-        let mut bytes = Preamble::ours().encode();
+        let mut bytes = Preamble::ours(Transport::Plain).encode();
         bytes[6] = 7;
+        assert_eq!(
+            read_preamble(&mut &Preamble::ours(Transport::Key).encode()[..])
+                .unwrap()
+                .transport,
+            Transport::Key
+        );
         let p = read_preamble(&mut &bytes[..]).unwrap();
         assert!(matches!(
             p.check_compatible(),
@@ -154,7 +169,7 @@ mod tests {
 
     #[test]
     fn truncated_preamble_is_an_error() {
-        let bytes = Preamble::ours().encode();
+        let bytes = Preamble::ours(Transport::Plain).encode();
         assert!(read_preamble(&mut &bytes[..5]).is_err());
         assert!(matches!(
             read_preamble(&mut &[][..]),

@@ -23,6 +23,29 @@ use sha2::{Digest, Sha256};
 /// The longest any single step may take before the test fails.
 pub const STEP: Duration = Duration::from_secs(120);
 
+/// The key both ends use unless a test says otherwise, so every transfer
+/// runs authenticated and encrypted, as by default. Not a secret.
+pub const TEST_KEY: [u8; 32] = *b"xfer integration tests' own key!";
+
+/// [`TEST_KEY`] in a key file readable by its owner only.
+pub fn test_key_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xfer-test.key");
+        let hex: String = TEST_KEY.iter().map(|b| format!("{b:02x}")).collect();
+        fs::write(&path, format!("{hex}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// What a raw client in a test authenticates with.
+pub fn test_secret() -> xfer::secure::Secret {
+    xfer::secure::Secret::Key(TEST_KEY)
+}
+
 pub fn xfer() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xfer"));
     c.stdin(Stdio::null());
@@ -32,7 +55,19 @@ pub fn xfer() -> Command {
             c.env_remove(key);
         }
     }
+    c.env("XFER_KEY_FILE", test_key_file());
     c
+}
+
+/// Drops the test key where a test chose another way to authenticate
+/// (`--insecure`, `--code`, its own `--key-file`).
+fn honour_security_flags(cmd: &mut Command, extra: &[&str]) {
+    if extra
+        .iter()
+        .any(|a| matches!(*a, "--insecure" | "--code" | "--key-file"))
+    {
+        cmd.env_remove("XFER_KEY_FILE");
+    }
 }
 
 /// Whether this machine has IPv6 loopback; some containers do not.
@@ -83,6 +118,7 @@ impl TestEnv {
             cmd.arg("--dir").arg(self.dst());
         }
         cmd.args(extra);
+        honour_security_flags(&mut cmd, extra);
         RecvProcess::spawn(cmd)
     }
 
@@ -90,13 +126,15 @@ impl TestEnv {
     pub fn send(&self, file: &Path, target: &str, extra: &[&str]) -> Outcome {
         let mut cmd = xfer();
         cmd.arg("send").arg(file).arg(target).args(extra);
+        honour_security_flags(&mut cmd, extra);
         run_bounded(cmd)
     }
 
     /// Starts `xfer send` without waiting.
     pub fn spawn_send(&self, file: &Path, target: &str, extra: &[&str]) -> Child {
-        xfer()
-            .arg("send")
+        let mut cmd = xfer();
+        honour_security_flags(&mut cmd, extra);
+        cmd.arg("send")
             .arg(file)
             .arg(target)
             .args(extra)

@@ -1,6 +1,7 @@
-//! A one-connection TCP proxy on loopback that can flip a byte or stop
-//! forwarding, to show what xfer does when the network misbehaves. When
-//! either side closes, it closes both, like a network path going away.
+//! A one-connection TCP proxy on loopback that can flip a byte, stop
+//! forwarding, or replay and reorder encrypted records, to show what xfer
+//! does when the network misbehaves. When either side closes, it closes
+//! both, like a network path going away.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +24,11 @@ pub enum Mode {
     /// Forward this many sender-to-receiver bytes, then hold the rest back
     /// (the sender feels backpressure) until [`Proxy::release`].
     HoldAfter(u64),
+    /// Of an encrypted session, send the sender's record number N twice.
+    ReplayRecord(u64),
+    /// Of an encrypted session, send the sender's records N and N+1 in
+    /// the opposite order.
+    SwapRecords(u64),
 }
 
 pub struct Proxy {
@@ -100,6 +106,56 @@ impl Proxy {
     }
 }
 
+/// Reads one unit of an encrypted session's sender stream as it is on the
+/// wire: `header` bytes, whose last four are the big-endian length of what
+/// follows (a frame's header has its type byte before that).
+fn read_unit(from: &mut TcpStream, header: usize) -> Option<Vec<u8>> {
+    let mut unit = vec![0u8; header];
+    from.read_exact(&mut unit).ok()?;
+    let len = u32::from_be_bytes(unit[header - 4..].try_into().unwrap()) as usize;
+    let start = unit.len();
+    unit.resize(start + len, 0);
+    from.read_exact(&mut unit[start..]).ok()?;
+    Some(unit)
+}
+
+/// Forwards an encrypted session record by record (after the preamble and
+/// the PAKE and CONFIRM frames), replaying or swapping one.
+fn pump_records(mut from: TcpStream, mut to: TcpStream, mode: Mode, forwarded: &AtomicU64) {
+    let mut preamble = [0u8; 8];
+    let mut ok = from.read_exact(&mut preamble).is_ok() && to.write_all(&preamble).is_ok();
+    for _ in 0..2 {
+        ok = ok
+            && match read_unit(&mut from, 5) {
+                Some(frame) => to.write_all(&frame).is_ok(),
+                None => false,
+            };
+    }
+    let mut n = 0u64;
+    let mut held: Option<Vec<u8>> = None;
+    while ok {
+        let Some(record) = read_unit(&mut from, 4) else {
+            break;
+        };
+        let out: Vec<Vec<u8>> = match mode {
+            Mode::ReplayRecord(at) if n == at => vec![record.clone(), record],
+            Mode::SwapRecords(at) if n == at => {
+                held = Some(record);
+                vec![]
+            }
+            Mode::SwapRecords(at) if n == at + 1 => vec![record, held.take().unwrap()],
+            _ => vec![record],
+        };
+        n += 1;
+        for r in out {
+            ok = ok && to.write_all(&r).is_ok();
+            forwarded.fetch_add(r.len() as u64, Ordering::SeqCst);
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
@@ -107,6 +163,9 @@ fn pump(
     forwarded: &AtomicU64,
     released: &AtomicBool,
 ) {
+    if matches!(mode, Mode::ReplayRecord(_) | Mode::SwapRecords(_)) {
+        return pump_records(from, to, mode, forwarded);
+    }
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
@@ -141,6 +200,7 @@ fn pump(
                 limit.saturating_sub(start).min(n as u64) as usize
             }
             Mode::HoldAfter(_) => n,
+            Mode::ReplayRecord(_) | Mode::SwapRecords(_) => unreachable!("pump_records"),
         };
         if send > 0 && to.write_all(&chunk[..send]).is_err() {
             break;

@@ -1,0 +1,659 @@
+//! Who may send, and what the network sees: the authenticated, encrypted
+//! transport.
+//!
+//! Both ends share a secret: a short code that a person reads off the
+//! receiver, or a 256-bit key from a key file. Neither is ever sent. The
+//! two ends run SPAKE2 keyed by it, so an eavesdropper learns nothing it
+//! could test guesses against offline, and an active attacker gets one
+//! guess per connection. HKDF over the SPAKE2 key and the transcript gives
+//! a fresh key per direction and per connection, plus two confirmation
+//! values each side must show before any frame is trusted. After that,
+//! every byte travels in AES-256-GCM records with a counter nonce, so a
+//! record that is altered, dropped, replayed or moved fails to open.
+//!
+//! This module knows nothing of files; it sees frames only during the
+//! handshake and bytes after it.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use byteorder::{BigEndian, ByteOrder};
+use hkdf::Hkdf;
+use sha2::{Digest as _, Sha256};
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+use subtle::ConstantTimeEq;
+
+use crate::exit_codes::{ExitCode, Failure};
+use crate::protocol::{Frame, Reason, Transport};
+use crate::session::{self, Link};
+
+/// Length of a key in a key file, and of each derived key.
+pub const KEY_LEN: usize = 32;
+/// Most plaintext bytes in one record.
+pub const RECORD_MAX: usize = 256 * 1024;
+/// Bytes of the authentication tag closing each record.
+pub const TAG_LEN: usize = 16;
+/// Characters of a generated code (5 bits each, so 40 bits), shown in two
+/// groups of four.
+const CODE_CHARS: usize = 8;
+/// Crockford's base 32: digits and letters without i, l, o and u, which
+/// are too easily misread.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// What authenticates a connection.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Plaintext, no authentication: both ends said `--insecure`.
+    Insecure,
+    /// A code typed by a person.
+    Code(String),
+    /// A key from a key file.
+    Key([u8; KEY_LEN]),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never printed, not even in debug output.
+        f.write_str(match self {
+            Secret::Insecure => "Insecure",
+            Secret::Code(_) => "Code(..)",
+            Secret::Key(_) => "Key(..)",
+        })
+    }
+}
+
+impl Secret {
+    /// The transport this secret asks for in the preamble.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Secret::Insecure => Transport::Plain,
+            Secret::Code(_) => Transport::Code,
+            Secret::Key(_) => Transport::Key,
+        }
+    }
+}
+
+/// Which end of the exchange we are; the sender is SPAKE2's side A.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sender,
+    Receiver,
+}
+
+impl Role {
+    pub fn other(self) -> Role {
+        match self {
+            Role::Sender => Role::Receiver,
+            Role::Receiver => Role::Sender,
+        }
+    }
+}
+
+/// Fills `buf` from the operating system's random number generator.
+fn random(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        filled +=
+            rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// A new random code such as `7f3k-q9wd`.
+pub fn generate_code() -> io::Result<String> {
+    let mut bytes = [0u8; CODE_CHARS];
+    random(&mut bytes)?;
+    let mut code = String::with_capacity(CODE_CHARS + 1);
+    for (i, b) in bytes.iter().enumerate() {
+        if i == CODE_CHARS / 2 {
+            code.push('-');
+        }
+        code.push(CODE_ALPHABET[usize::from(b & 31)] as char);
+    }
+    Ok(code)
+}
+
+/// The form of a code both ends feed to SPAKE2: lower case, without the
+/// dashes and spaces people add or drop when typing it.
+pub fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// A new random 256-bit key, in the key-file format (hex and a newline).
+pub fn generate_key() -> io::Result<String> {
+    let mut key = [0u8; KEY_LEN];
+    random(&mut key)?;
+    Ok(format!("{}\n", crate::protocol::hex(&key)))
+}
+
+/// Parses a key file's text: 64 hex digits, surrounding white space allowed.
+pub fn parse_key(text: &str) -> Result<[u8; KEY_LEN], &'static str> {
+    let hex = text.trim();
+    if hex.len() != 2 * KEY_LEN {
+        return Err("a key file holds 64 hex digits (make one with `xfer keygen`)");
+    }
+    let mut key = [0u8; KEY_LEN];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        let digits = std::str::from_utf8(pair).map_err(|_| "not hex")?;
+        key[i] = u8::from_str_radix(digits, 16)
+            .map_err(|_| "a key file holds 64 hex digits (make one with `xfer keygen`)")?;
+    }
+    Ok(key)
+}
+
+/// Reads a key file. The second value is a warning to show when the file
+/// can be read by other users.
+pub fn read_key_file(path: &Path) -> anyhow::Result<([u8; KEY_LEN], Option<String>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = crate::names::escape_for_terminal(&path.display().to_string());
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::local(format!("cannot read key file '{shown}'"), &e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Failure::local(format!("cannot read key file '{shown}'"), &e))?;
+    // Bounded: a key file is 65 bytes; never read a huge file by mistake.
+    let mut text = String::new();
+    file.take(1024)
+        .read_to_string(&mut text)
+        .map_err(|e| Failure::local(format!("cannot read key file '{shown}'"), &e))?;
+    let key = parse_key(&text)
+        .map_err(|why| Failure::new(ExitCode::Usage, format!("key file '{shown}': {why}")))?;
+    let warning = (meta.permissions().mode() & 0o077 != 0).then(|| {
+        format!("key file '{shown}' can be read by other users; run: chmod 600 '{shown}'")
+    });
+    Ok((key, warning))
+}
+
+/// The keys of one connection, one per direction.
+pub struct Keys {
+    seal: Aes256Gcm,
+    open: Aes256Gcm,
+}
+
+/// What HKDF derives from the SPAKE2 key, each under its own label.
+struct Derived {
+    sender_to_receiver: [u8; KEY_LEN],
+    receiver_to_sender: [u8; KEY_LEN],
+    sender_confirm: [u8; KEY_LEN],
+    receiver_confirm: [u8; KEY_LEN],
+}
+
+fn derive(shared: &[u8], transcript: &[u8; 32]) -> Derived {
+    let hk = Hkdf::<Sha256>::new(Some(transcript), shared);
+    let expand = |label: &[u8]| {
+        let mut out = [0u8; KEY_LEN];
+        hk.expand(label, &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    };
+    Derived {
+        sender_to_receiver: expand(b"xfer v1 key sender to receiver"),
+        receiver_to_sender: expand(b"xfer v1 key receiver to sender"),
+        sender_confirm: expand(b"xfer v1 confirm sender"),
+        receiver_confirm: expand(b"xfer v1 confirm receiver"),
+    }
+}
+
+fn auth_failure(message: String) -> anyhow::Error {
+    Failure::new(ExitCode::Auth, message).into()
+}
+
+/// Runs SPAKE2 and the key confirmation over `stream`, whose preambles
+/// (`sender_preamble`, `receiver_preamble`) were exchanged and agree on an
+/// authenticated transport. On success both ends hold the same fresh keys
+/// and know the other end knew the secret.
+pub fn authenticate<S: Link + ?Sized>(
+    stream: &mut S,
+    role: Role,
+    secret: &Secret,
+    preambles: [&[u8]; 2],
+    peer: &str,
+) -> anyhow::Result<Keys> {
+    let code;
+    let password = match secret {
+        Secret::Code(c) => {
+            code = normalize_code(c);
+            Password::new(code.as_bytes())
+        }
+        Secret::Key(k) => Password::new(k),
+        Secret::Insecure => unreachable!("plaintext sessions do not authenticate"),
+    };
+    let (a, b) = (
+        Identity::new(b"xfer sender"),
+        Identity::new(b"xfer receiver"),
+    );
+    let (state, ours) = match role {
+        Role::Sender => Spake2::<Ed25519Group>::start_a(&password, &a, &b),
+        Role::Receiver => Spake2::<Ed25519Group>::start_b(&password, &a, &b),
+    };
+    session::send_frame(
+        stream,
+        &Frame::Pake {
+            message: ours.clone(),
+        },
+        peer,
+    )?;
+    let theirs = match session::expect_frame(stream, peer, "the key exchange")? {
+        Frame::Pake { message } => message,
+        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        other => return Err(session::unexpected(&other, "PAKE", peer)),
+    };
+    let shared = state
+        .finish(&theirs)
+        .map_err(|_| auth_failure(format!("{peer}: malformed key-exchange message")))?;
+    let (sender_msg, receiver_msg) = match role {
+        Role::Sender => (&ours, &theirs),
+        Role::Receiver => (&theirs, &ours),
+    };
+    let mut transcript = Sha256::new();
+    for part in [preambles[0], preambles[1], sender_msg, receiver_msg] {
+        transcript.update((part.len() as u32).to_be_bytes());
+        transcript.update(part);
+    }
+    let keys = derive(&shared, &transcript.finalize().into());
+
+    let matches = |mac: &[u8; 32], want: &[u8; 32]| bool::from(mac.ct_eq(want));
+    match role {
+        Role::Sender => {
+            session::send_frame(
+                stream,
+                &Frame::Confirm {
+                    mac: keys.sender_confirm,
+                },
+                peer,
+            )?;
+            match session::expect_frame(stream, peer, "the receiver's confirmation")? {
+                Frame::Confirm { mac } if matches(&mac, &keys.receiver_confirm) => {}
+                Frame::Confirm { .. } => {
+                    return Err(auth_failure(format!(
+                        "{peer} does not know the code or key: it is not the receiver you meant"
+                    )));
+                }
+                Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+                other => return Err(session::unexpected(&other, "CONFIRM", peer)),
+            }
+            Ok(Keys {
+                seal: Aes256Gcm::new(&keys.sender_to_receiver.into()),
+                open: Aes256Gcm::new(&keys.receiver_to_sender.into()),
+            })
+        }
+        Role::Receiver => {
+            match session::expect_frame(stream, peer, "the sender's confirmation")? {
+                Frame::Confirm { mac } if matches(&mac, &keys.sender_confirm) => {}
+                Frame::Confirm { .. } => {
+                    session::send_error(stream, Reason::Auth, "wrong code or key");
+                    return Err(auth_failure(format!(
+                        "{peer} failed to authenticate: wrong code or key"
+                    )));
+                }
+                Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+                other => return Err(session::unexpected(&other, "CONFIRM", peer)),
+            }
+            session::send_frame(
+                stream,
+                &Frame::Confirm {
+                    mac: keys.receiver_confirm,
+                },
+                peer,
+            )?;
+            Ok(Keys {
+                seal: Aes256Gcm::new(&keys.receiver_to_sender.into()),
+                open: Aes256Gcm::new(&keys.sender_to_receiver.into()),
+            })
+        }
+    }
+}
+
+/// A record that failed to open: altered, replayed, reordered, cut short or
+/// of an impossible length. Carried inside an `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Forged(&'static str);
+
+/// Whether `e` is an encrypted record that failed to open (the data was
+/// tampered with), as opposed to a connection lost.
+pub fn is_forged(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Forged>())
+}
+
+fn forged(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Forged(why))
+}
+
+/// The connection ended inside a record. A peer that was killed and an
+/// attacker cutting the connection look the same here; either way nothing
+/// of the record is used, so it counts as a connection lost (and a resume
+/// continues from what was verified), not as tampering.
+fn cut_short() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the connection ended inside an encrypted record",
+    )
+}
+
+/// The nonce of record number `n`: four zero bytes, then `n` big-endian.
+/// Each direction has its own key, so the two counters never collide.
+fn nonce(n: u64) -> aes_gcm::Nonce<aes_gcm::aead::consts::U12> {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&n.to_be_bytes());
+    bytes.into()
+}
+
+/// A link whose bytes travel as AES-256-GCM records: a big-endian u32
+/// length (authenticated as associated data), the ciphertext, the tag.
+/// Writes are gathered into records of up to [`RECORD_MAX`] bytes and sent
+/// before any read that would wait, like [`session::Buffered`].
+pub struct Encrypted<S: Link> {
+    inner: S,
+    keys: Keys,
+    sent: u64,
+    received: u64,
+    /// Plaintext waiting to be sealed.
+    out: Vec<u8>,
+    /// The last record read, opened in place; `pos..len` is unread.
+    record: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// A write failed: reads no longer try to send first (see `Buffered`).
+    broken: bool,
+}
+
+impl<S: Link> Encrypted<S> {
+    pub fn new(inner: S, keys: Keys) -> Self {
+        Encrypted {
+            inner,
+            keys,
+            sent: 0,
+            received: 0,
+            out: Vec::new(),
+            record: Vec::new(),
+            pos: 0,
+            len: 0,
+            broken: false,
+        }
+    }
+
+    /// Seals what was written into one record and passes it on.
+    fn seal(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut header = [0u8; 4];
+        BigEndian::write_u32(&mut header, (self.out.len() + TAG_LEN) as u32);
+        let n = self.sent;
+        self.sent = n
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("record counter exhausted"))?;
+        let tag = self
+            .keys
+            .seal
+            .encrypt_inout_detached(&nonce(n), &header, self.out.as_mut_slice().into())
+            .map_err(|_| io::Error::other("cannot encrypt a record"))?;
+        let sent = self
+            .inner
+            .write_all(&header)
+            .and_then(|()| self.inner.write_all(&self.out))
+            .and_then(|()| self.inner.write_all(&tag));
+        self.broken |= sent.is_err();
+        sent?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads and opens the next record. `false` at a clean end of stream
+    /// between records.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < header.len() {
+            match self.inner.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => return Err(cut_short()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let len = BigEndian::read_u32(&header) as usize;
+        if !(TAG_LEN..=RECORD_MAX + TAG_LEN).contains(&len) {
+            return Err(forged("an encrypted record has an impossible length"));
+        }
+        self.record.resize(len, 0);
+        self.inner.read_exact(&mut self.record).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                cut_short()
+            } else {
+                e
+            }
+        })?;
+        let (body, tag) = self.record.split_at_mut(len - TAG_LEN);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("split at the tag");
+        self.keys
+            .open
+            .decrypt_inout_detached(&nonce(self.received), &header, body.into(), tag.into())
+            .map_err(|_| {
+                forged(
+                    "an encrypted record failed authentication (altered, replayed or out of order)",
+                )
+            })?;
+        self.received += 1;
+        self.pos = 0;
+        self.len = len - TAG_LEN;
+        Ok(true)
+    }
+}
+
+impl<S: Link> Read for Encrypted<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.len {
+            // About to wait on the peer: first send what it may wait for.
+            if !self.broken {
+                self.seal()?;
+                let flushed = self.inner.flush();
+                self.broken |= flushed.is_err();
+                flushed?;
+            }
+            if !self.open_next()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.len - self.pos);
+        buf[..n].copy_from_slice(&self.record[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<S: Link> Write for Encrypted<S> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.out.capacity() == 0 {
+            self.out.reserve_exact(RECORD_MAX);
+        }
+        let n = data.len().min(RECORD_MAX - self.out.len());
+        self.out.extend_from_slice(&data[..n]);
+        if self.out.len() == RECORD_MAX {
+            self.seal()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.seal()?;
+        self.inner.flush()
+    }
+}
+
+impl<S: Link> Drop for Encrypted<S> {
+    /// Like `BufWriter`: what was written goes out, if it still can.
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+impl<S: Link> Link for Encrypted<S> {
+    fn set_deadline(&mut self, timeout: std::time::Duration) -> io::Result<()> {
+        self.inner.set_deadline(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_pair() -> (Keys, Keys) {
+        let d = derive(b"shared secret from spake2", &[9; 32]);
+        (
+            Keys {
+                seal: Aes256Gcm::new(&d.sender_to_receiver.into()),
+                open: Aes256Gcm::new(&d.receiver_to_sender.into()),
+            },
+            Keys {
+                seal: Aes256Gcm::new(&d.receiver_to_sender.into()),
+                open: Aes256Gcm::new(&d.sender_to_receiver.into()),
+            },
+        )
+    }
+
+    /// An in-memory one-way pipe as a link.
+    struct Pipe(io::Cursor<Vec<u8>>);
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.get_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Link for Pipe {}
+
+    /// What a sender puts on the wire for `messages`, each flushed.
+    fn wire(messages: &[&[u8]]) -> Vec<u8> {
+        let (ours, _) = keys_pair();
+        let mut tx = Encrypted::new(Pipe(io::Cursor::new(Vec::new())), ours);
+        for m in messages {
+            tx.write_all(m).unwrap();
+            tx.flush().unwrap();
+        }
+        tx.inner.0.get_ref().clone()
+    }
+
+    fn read_all(bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let (_, theirs) = keys_pair();
+        let mut rx = Encrypted::new(Pipe(io::Cursor::new(bytes)), theirs);
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got)?;
+        Ok(got)
+    }
+
+    #[test]
+    fn records_round_trip_and_hide_the_plaintext() {
+        let big = vec![0xab; RECORD_MAX + 10];
+        let bytes = wire(&[b"hello", &big, b""]);
+        assert!(!bytes.windows(5).any(|w| w == b"hello"));
+        let mut want = b"hello".to_vec();
+        want.extend_from_slice(&big);
+        assert_eq!(read_all(bytes).unwrap(), want);
+    }
+
+    #[test]
+    fn a_cut_between_records_is_a_clean_end() {
+        let bytes = wire(&[b"one", b"two"]);
+        let first = wire(&[b"one"]).len();
+        assert_eq!(read_all(bytes[..first].to_vec()).unwrap(), b"one");
+    }
+
+    #[test]
+    fn any_flipped_bit_fails_to_open() {
+        let bytes = wire(&[b"first record", b"second record"]);
+        let second = wire(&[b"first record"]).len();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            let err = read_all(bad).unwrap_err();
+            // A changed length may instead leave the record short of bytes.
+            let in_a_length = i < 4 || (second..second + 4).contains(&i);
+            assert!(
+                is_forged(&err) || (in_a_length && err.kind() == io::ErrorKind::UnexpectedEof),
+                "byte {i}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn replayed_reordered_and_truncated_records_fail() {
+        let one = wire(&[b"one"]);
+        let both = wire(&[b"one", b"two"]);
+        let second = both[one.len()..].to_vec();
+        // Replay: the first record twice.
+        let replayed = [one.clone(), one.clone()].concat();
+        assert!(is_forged(&read_all(replayed).unwrap_err()));
+        // Reorder: the second record first.
+        let reordered = [second, one.clone()].concat();
+        assert!(is_forged(&read_all(reordered).unwrap_err()));
+        // Cut inside a record: nothing of it is used; a connection lost.
+        for cut in 1..one.len() {
+            let err = read_all(one[..cut].to_vec()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+        // An impossible length is refused before anything is allocated.
+        assert!(is_forged(
+            &read_all(vec![0xff, 0xff, 0xff, 0xff]).unwrap_err()
+        ));
+    }
+
+    #[test]
+    fn the_other_direction_cannot_be_reflected_back() {
+        // A record sealed by the receiver does not open as one from the sender.
+        let (_, theirs) = keys_pair();
+        let mut tx = Encrypted::new(Pipe(io::Cursor::new(Vec::new())), theirs);
+        tx.write_all(b"reflect me").unwrap();
+        tx.flush().unwrap();
+        let (_, receiver) = keys_pair();
+        let mut rx = Encrypted::new(
+            Pipe(io::Cursor::new(tx.inner.0.get_ref().clone())),
+            receiver,
+        );
+        assert!(is_forged(&rx.read_to_end(&mut Vec::new()).unwrap_err()));
+    }
+
+    #[test]
+    fn codes_are_random_and_typing_slips_do_not_matter() {
+        let a = generate_code().unwrap();
+        let b = generate_code().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), CODE_CHARS + 1);
+        assert_eq!(
+            normalize_code(&a.to_uppercase().replace('-', " ")),
+            normalize_code(&a)
+        );
+    }
+
+    #[test]
+    fn key_files_parse_strictly() {
+        let text = generate_key().unwrap();
+        assert_eq!(text.len(), 65);
+        let key = parse_key(&text).unwrap();
+        assert_eq!(crate::protocol::hex(&key), text.trim());
+        assert!(parse_key("abc").is_err());
+        assert!(parse_key(&"zz".repeat(32)).is_err());
+        assert!(parse_key(&"é".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn the_secret_never_shows_in_debug_output() {
+        let s = format!("{:?}", Secret::Code("7f3k-q9wd".into()));
+        assert!(!s.contains("7f3k"));
+    }
+}
