@@ -5,7 +5,9 @@
 #   bash bench/compare.sh --disk /var/tmp # destination on a disk directory
 #   bash bench/compare.sh --smoke         # 16 MiB, 1 round: checks the script works
 #
-# Peers: socat (raw, unverified), nc + sha256sum by hand, an rsync daemon
+# xfer runs twice: encrypted (the default, with a key file) and with
+# --insecure (plaintext). Peers: socat (raw, unverified), nc + sha256sum by
+# hand, an rsync daemon
 # (--whole-file), scp to a private sshd on 127.0.0.1. Commands alternate
 # within each round; the table reports medians. It also records peak RSS of
 # the xfer sender and receiver for the 1 GiB file and a 5 GiB sparse file.
@@ -77,6 +79,12 @@ wait_port() { # wait until something listens on port $1 (bounded: 10 s); without
   echo "compare: nothing listens on port $1" >&2; return 1
 }
 
+# Both ends authenticate with one key file, as a script would; the
+# plaintext runs say --insecure on both ends instead.
+"$XFER" keygen --out "$work/key"
+export XFER_KEY_FILE="$work/key"
+plain() { env -u XFER_KEY_FILE "$XFER" "$@" --insecure; }
+
 src="$work/data.bin"
 log "generating ${SIZE_MIB} MiB of random data"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$src"
@@ -101,6 +109,19 @@ run_xfer() {
   wait "$r"
   local t1; t1=$(now)
   check "$dst/data.bin" xfer
+  echo "$t1 - $t0" | bc -l
+}
+
+run_xfer_plain() {
+  rm -f "$dst/data.bin"
+  local port; port=$(free_port)
+  plain recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local t0; t0=$(now)
+  plain send "$src" "127.0.0.1:$port" --quiet
+  wait "$r"
+  local t1; t1=$(now)
+  check "$dst/data.bin" "xfer --insecure"
   echo "$t1 - $t0" | bc -l
 }
 
@@ -193,7 +214,7 @@ run_scp() {
 start_rsyncd
 start_sshd
 
-tools=(xfer socat nc rsync scp)
+tools=(xfer xfer_plain socat nc rsync scp)
 declare -A times
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
@@ -231,6 +252,18 @@ run_xfer_tree() {
   [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: xfer tree differs" >&2; exit 1; }
   echo "$t1 - $t0" | bc -l
 }
+run_xfer_plain_tree() {
+  rm -rf "$dst/many"
+  local port; port=$(free_port)
+  plain recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local t0; t0=$(now)
+  plain send "$tree" "127.0.0.1:$port" --quiet
+  wait "$r"
+  local t1; t1=$(now)
+  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: xfer --insecure tree differs" >&2; exit 1; }
+  echo "$t1 - $t0" | bc -l
+}
 run_rsync_tree() {
   rm -rf "$dst/many"
   local t0; t0=$(now)
@@ -241,7 +274,7 @@ run_rsync_tree() {
 }
 declare -A tree_times
 for round in $(seq 1 "$ROUNDS"); do
-  for t in xfer rsync; do
+  for t in xfer xfer_plain rsync; do
     s=$("run_${t}_tree")
     tree_times[$t]="${tree_times[$t]:-} $s"
     log "  $SMALL_FILES small files, $t: $s s"
@@ -268,7 +301,7 @@ log "peak RSS, ${SPARSE_GIB} GiB sparse file"
 read -r rss_s5 rss_r5 < <(rss_run "$sparse")
 
 # --- time to first byte ----------------------------------------------------------
-ttfb_run() { # $1 = file; prints ms from the sender's exec to its first 1 MiB data write
+ttfb_run() { # $1 = file; prints ms from the sender's exec to its first data write (64 KiB or more)
   local port; port=$(free_port)
   "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
   pids+=("$r"); wait_port "$port"
@@ -276,7 +309,7 @@ ttfb_run() { # $1 = file; prints ms from the sender's exec to its first 1 MiB da
   wait "$r"
   rm -f "$dst/$(basename "$1")"
   awk 'NR==1 {split($2,a,":"); s=a[1]*3600+a[2]*60+a[3]}
-       / = 1048576$/ {split($2,a,":"); t=a[1]*3600+a[2]*60+a[3]; printf "%.1f\n", (t-s)*1000; exit}' "$work/ttfb.trace"
+       / = [0-9]+$/ && $NF+0 >= 65536 {split($2,a,":"); t=a[1]*3600+a[2]*60+a[3]; printf "%.1f\n", (t-s)*1000; exit}' "$work/ttfb.trace"
 }
 log "time to first byte"
 ttfb_small=$(ttfb_run "$src")
@@ -284,24 +317,30 @@ ttfb_sparse=$(ttfb_run "$sparse")
 
 # --- report --------------------------------------------------------------------
 xfer_med=$(echo "${times[xfer]}" | median)
+plain_med=$(echo "${times[xfer_plain]}" | median)
 echo
-echo "| tool | verified | median s | MB/s | xfer speed ÷ tool speed |"
-echo "|---|---|---:|---:|---:|"
+echo "| tool | verified, protected | median s | MB/s | encrypted xfer speed ÷ tool speed | plaintext xfer speed ÷ tool speed |"
+echo "|---|---|---:|---:|---:|---:|"
 for t in "${tools[@]}"; do
   med=$(echo "${times[$t]}" | median)
   case $t in
-    xfer) v="SHA-256, end to end" ;; socat) v="no" ;; nc) v="sha256sum both ends" ;;
-    rsync) v="rsync checksum" ;; scp) v="SSH MAC" ;;
+    xfer) v="SHA-256 end to end; AES-256-GCM, SPAKE2 key" ;;
+    xfer_plain) v="SHA-256 end to end; plaintext (--insecure)" ;;
+    socat) v="no" ;; nc) v="sha256sum both ends" ;;
+    rsync) v="rsync checksum; plaintext daemon" ;; scp) v="SSH MAC; encrypted" ;;
   esac
-  printf '| %s | %s | %.3f | %.0f | %.2f |\n' "$t" "$v" "$med" \
-    "$(echo "$bytes / $med / 1000000" | bc -l)" "$(echo "$med / $xfer_med" | bc -l)"
+  name=$t; [ "$t" = xfer_plain ] && name="xfer --insecure"
+  printf '| %s | %s | %.3f | %.0f | %.2f | %.2f |\n' "$name" "$v" "$med" \
+    "$(echo "$bytes / $med / 1000000" | bc -l)" "$(echo "$med / $xfer_med" | bc -l)" "$(echo "$med / $plain_med" | bc -l)"
 done
 echo
 xfer_tree=$(echo "${tree_times[xfer]}" | median)
+plain_tree=$(echo "${tree_times[xfer_plain]}" | median)
 rsync_tree=$(echo "${tree_times[rsync]}" | median)
-echo "| $SMALL_FILES files of 4 KiB in 100 directories | median s | files/s | xfer speed ÷ tool speed |"
+echo "| $SMALL_FILES files of 4 KiB in 100 directories | median s | files/s | tool time ÷ encrypted xfer time |"
 echo "|---|---:|---:|---:|"
 printf '| xfer | %.3f | %.0f | 1.00 |\n' "$xfer_tree" "$(echo "$SMALL_FILES / $xfer_tree" | bc -l)"
+printf '| xfer --insecure | %.3f | %.0f | %.2f |\n' "$plain_tree" "$(echo "$SMALL_FILES / $plain_tree" | bc -l)" "$(echo "$plain_tree / $xfer_tree" | bc -l)"
 printf '| rsync daemon | %.3f | %.0f | %.2f |\n' "$rsync_tree" "$(echo "$SMALL_FILES / $rsync_tree" | bc -l)" "$(echo "$rsync_tree / $xfer_tree" | bc -l)"
 echo
 echo "| xfer peak RSS | sender | receiver |"
@@ -309,7 +348,7 @@ echo "|---|---:|---:|"
 printf '| %s MiB file | %.1f MiB | %.1f MiB |\n' "$SIZE_MIB" "$(echo "$rss_s1/1024" | bc -l)" "$(echo "$rss_r1/1024" | bc -l)"
 printf '| %s GiB sparse file | %.1f MiB | %.1f MiB |\n' "$SPARSE_GIB" "$(echo "$rss_s5/1024" | bc -l)" "$(echo "$rss_r5/1024" | bc -l)"
 echo
-echo "| xfer time to first data byte (sender exec to first 1 MiB socket write, under strace) | ms |"
+echo "| xfer time to first data byte (sender exec to first socket write of 64 KiB or more, under strace) | ms |"
 echo "|---|---:|"
 echo "| ${SIZE_MIB} MiB file | $ttfb_small |"
 echo "| ${SPARSE_GIB} GiB sparse file | $ttfb_sparse |"
