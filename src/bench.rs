@@ -50,6 +50,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         target: Target::Dir(workdir.path().to_path_buf()),
         overwrite: false,
         secret: secret.clone(),
+        limits: recv::Limits::default(),
         handshake_timeout: TIMEOUT,
         idle_timeout: TIMEOUT,
     };
@@ -64,7 +65,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
             &policy,
             &quiet,
             &mut Vec::new(),
-            &mut false,
+            &mut || {},
         )
     });
 

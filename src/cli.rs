@@ -220,6 +220,35 @@ pub struct RecvArgs {
     )]
     pub max_connections: usize,
 
+    /// With --keep-running: how many connections may be in their handshake
+    /// at once; more get a "busy" refusal, so slow or silent clients cannot
+    /// crowd out senders.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        env = "XFER_MAX_HANDSHAKES"
+    )]
+    pub max_handshakes: usize,
+
+    /// Refuse any file (or stream) larger than this, e.g. 10GiB. Free
+    /// space is always checked.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "XFER_MAX_SIZE")]
+    pub max_size: Option<u64>,
+
+    /// Most files and directories one session may offer.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1_000_000,
+        env = "XFER_MAX_ENTRIES"
+    )]
+    pub max_entries: u64,
+
+    /// Largest control frame accepted (8KiB to 64KiB).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "XFER_MAX_FRAME")]
+    pub max_frame: u64,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 

@@ -42,6 +42,9 @@ pub struct RecvConfig {
     pub keep_running: bool,
     /// With `keep_running`: sessions served at once.
     pub max_connections: usize,
+    /// With `keep_running`: connections in their handshake at once.
+    pub max_handshakes: usize,
+    pub limits: crate::recv::Limits,
     /// What senders must know; `None`: a code made up for this run.
     pub secret: Option<Secret>,
     pub quiet: bool,
@@ -173,6 +176,28 @@ impl RecvConfig {
                     ));
                 }
                 n => n,
+            },
+            max_handshakes: match args.max_handshakes {
+                0 => {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        "--max-handshakes must be at least 1",
+                    ));
+                }
+                n => n,
+            },
+            limits: crate::recv::Limits {
+                max_size: args.max_size,
+                max_entries: args.max_entries.max(1),
+                max_frame: match args.max_frame {
+                    n @ 8192..=65536 => n as u32,
+                    _ => {
+                        return Err(Failure::new(
+                            ExitCode::Usage,
+                            "--max-frame must be between 8KiB and 64KiB",
+                        ));
+                    }
+                },
             },
             secret: secret_from(&args.security, args.common.quiet)?,
             quiet: args.common.quiet,

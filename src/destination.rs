@@ -84,6 +84,8 @@ pub struct Destination {
     dirs: HashMap<PathBuf, DirFd>,
     /// Bytes believed free, and when that was read.
     space: Option<(u64, Instant)>,
+    /// Every path offered so far, to refuse entries that collide.
+    seen: crate::names::Seen,
 }
 
 /// A file being received: the open partial file and where it will go.
@@ -155,6 +157,7 @@ impl Destination {
             overwrite,
             dirs: HashMap::new(),
             space: None,
+            seen: crate::names::Seen::default(),
         }
     }
 
@@ -173,6 +176,9 @@ impl Destination {
                     validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
                     vec![offer.name.as_str()]
                 };
+                self.seen
+                    .check(&components, offer.flags & FLAG_DIR != 0)
+                    .map_err(|e| bad_name(&offer.name, e))?;
                 let final_path: PathBuf = std::iter::once(root.as_os_str())
                     .chain(components.iter().map(OsStr::new))
                     .collect();

@@ -26,6 +26,16 @@ pub enum NameError {
     PathTooLong(usize),
     #[error("path component '{0}': {1}")]
     Component(String, Box<NameError>),
+    #[error("name starts with a drive prefix")]
+    Drive,
+    #[error("'{0}' is a reserved name (a Windows device, or xfer's own temporary files)")]
+    Reserved(String),
+    #[error("'{0}' and an earlier entry '{1}' differ only in case or Unicode normalisation")]
+    Collision(String, String),
+    #[error("'{0}' is both a file and a directory in this transfer")]
+    FileAndDirectory(String),
+    #[error("'{0}' appears twice in this transfer")]
+    Duplicate(String),
 }
 
 /// Accepts `name` only if it is one plain path component.
@@ -47,7 +57,94 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
             _ => {}
         }
     }
+    // `C:` names a drive (or an NTFS stream) where the tree may be copied on.
+    if let [letter, b':', ..] = name.as_bytes() {
+        if letter.is_ascii_alphabetic() {
+            return Err(NameError::Drive);
+        }
+    }
+    if is_reserved(name) {
+        return Err(NameError::Reserved(shown(name)));
+    }
     Ok(())
+}
+
+/// Windows device names (`CON`, `nul.txt`, `COM1`...), which cannot be
+/// files there, and the names of xfer's own partial and temporary files,
+/// which a peer must not be able to plant or replace.
+fn is_reserved(name: &str) -> bool {
+    use crate::destination::{PARTIAL_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX};
+    if name.starts_with(TEMP_PREFIX)
+        && (name.ends_with(PARTIAL_SUFFIX) || name.ends_with(TEMP_SUFFIX))
+    {
+        return true;
+    }
+    // Windows ignores everything from the first dot, and trailing spaces.
+    let stem = name.split('.').next().unwrap_or("").trim_end_matches(' ');
+    let upper = stem.to_ascii_uppercase();
+    match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        _ => {
+            let number = upper
+                .strip_prefix("COM")
+                .or_else(|| upper.strip_prefix("LPT"));
+            number.is_some_and(|n| {
+                n.chars().count() == 1
+                    && n.chars()
+                        .all(|c| c.is_ascii_digit() || matches!(c, '¹' | '²' | '³'))
+            })
+        }
+    }
+}
+
+/// What one session was offered so far, to refuse entries that would land
+/// on each other: names that differ only in case or Unicode normalisation
+/// (one file on case-insensitive or normalising file systems, and a way to
+/// confuse a reader), and a name used for both a file and a directory.
+/// Bounded by the receiver's limit on entries per session.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Folded path -> (the path as first offered, whether a directory).
+    paths: std::collections::HashMap<String, (String, bool)>,
+}
+
+impl Seen {
+    /// Records an entry of validated `components`; `is_dir` for a directory
+    /// entry. Its parent directories are recorded as directories.
+    pub fn check(&mut self, components: &[&str], is_dir: bool) -> Result<(), NameError> {
+        let mut key = String::new();
+        let mut path = String::new();
+        for (i, component) in components.iter().enumerate() {
+            if i > 0 {
+                key.push('/');
+                path.push('/');
+            }
+            key.push_str(&fold(component));
+            path.push_str(component);
+            let dir = is_dir || i + 1 < components.len();
+            match self.paths.get(&key) {
+                None => {
+                    self.paths.insert(key.clone(), (path.clone(), dir));
+                }
+                Some((first, _)) if *first != path => {
+                    return Err(NameError::Collision(shown(&path), shown(first)));
+                }
+                Some((_, was_dir)) if *was_dir != dir => {
+                    return Err(NameError::FileAndDirectory(shown(&path)));
+                }
+                Some(_) if !dir => return Err(NameError::Duplicate(shown(&path))),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name as a case-insensitive, normalising file system would see it.
+fn fold(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower: String = name.nfkc().flat_map(char::to_lowercase).collect();
+    lower.nfkc().collect()
 }
 
 /// Accepts a relative path of `/`-separated components only if every
@@ -110,6 +207,76 @@ pub fn shown(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_devices_drives_and_xfer_temporaries_are_refused() {
+        for bad in [
+            "CON",
+            "con",
+            "nul.txt",
+            "Aux.tar.gz",
+            "COM1",
+            "lpt9.log",
+            "COM¹",
+            "PRN ",
+            "c:",
+            "C:x",
+            "z:stream",
+            ".xfer-0123456789abcdef.partial",
+            ".xfer-abc.part",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "CONSOLE",
+            "com10",
+            "nullable",
+            "LPT",
+            "1:2",
+            "ab:c",
+            ".xfer-notes.txt",
+        ] {
+            assert_eq!(validate_name(good), Ok(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn entries_that_would_land_on_each_other_are_refused() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.check(&["Docs", "a.txt"], false), Ok(()));
+        assert_eq!(seen.check(&["Docs", "b.txt"], false), Ok(()));
+        assert_eq!(
+            seen.check(&["Docs"], true),
+            Ok(()),
+            "a directory and its files"
+        );
+        assert!(matches!(
+            seen.check(&["docs", "c.txt"], false),
+            Err(NameError::Collision(..))
+        ));
+        assert!(matches!(
+            seen.check(&["Docs", "A.TXT"], false),
+            Err(NameError::Collision(..))
+        ));
+        assert!(matches!(
+            seen.check(&["Docs", "a.txt"], false),
+            Err(NameError::Duplicate(_))
+        ));
+        assert!(matches!(
+            seen.check(&["Docs", "a.txt", "x"], false),
+            Err(NameError::FileAndDirectory(_))
+        ));
+        assert!(matches!(
+            seen.check(&["Docs", "b.txt"], true),
+            Err(NameError::FileAndDirectory(_))
+        ));
+        // Composed and decomposed forms of the same name.
+        assert_eq!(seen.check(&["caf\u{e9}"], false), Ok(()));
+        assert!(matches!(
+            seen.check(&["cafe\u{301}"], false),
+            Err(NameError::Collision(..))
+        ));
+    }
 
     #[test]
     fn plain_names_are_accepted() {

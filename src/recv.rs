@@ -29,6 +29,28 @@ use crate::secure::{Encrypted, Role, Secret};
 use crate::session::{self, Link};
 use crate::signals;
 
+/// What one connection may ask of the receiver; going over ends it (or
+/// refuses that file) with a clear refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest file or stream, if limited.
+    pub max_size: Option<u64>,
+    /// Most entries one session may offer.
+    pub max_entries: u64,
+    /// Largest control frame read.
+    pub max_frame: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_size: None,
+            max_entries: 1_000_000,
+            max_frame: protocol::MAX_CONTROL_FRAME,
+        }
+    }
+}
+
 /// What the receiver allows, from the command line.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -36,6 +58,7 @@ pub struct Policy {
     pub overwrite: bool,
     /// What a sender must know to be served.
     pub secret: Secret,
+    pub limits: Limits,
     /// Deadline for the peer's preamble and first offer after connecting.
     pub handshake_timeout: std::time::Duration,
     /// Deadline for every read and write after that.
@@ -67,16 +90,17 @@ pub struct Received {
 /// received, or the first failure. A refused or unverified file does not end
 /// the session (the stream is still in step); a broken stream does.
 /// Every entry that failed is added to `failures` (name, error, exit code)
-/// for the session's summary. `authenticated` is set once the peer has
-/// shown it knows the secret (or none is needed), so a caller can tell a
-/// stranger apart from a sender whose transfer failed.
+/// for the session's summary. `on_authenticated` is called once the peer
+/// has shown it knows the secret (or none is needed), so a caller can tell
+/// a stranger apart from a sender whose transfer failed, and count
+/// handshakes in progress.
 pub fn serve<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     policy: &Policy,
     reporter: &Reporter,
     failures: &mut Vec<serde_json::Value>,
-    authenticated: &mut bool,
+    on_authenticated: &mut dyn FnMut(),
 ) -> anyhow::Result<Vec<Received>> {
     // One deadline for the whole opening, however the peer trickles it.
     let until = Instant::now() + policy.handshake_timeout;
@@ -84,7 +108,7 @@ pub fn serve<S: Link + ?Sized>(
         let mut bounded = WithDeadline::new(stream, until);
         session::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
     };
-    *authenticated = true;
+    on_authenticated();
     match keys {
         Some(keys) => serve_session(
             &mut Encrypted::new(stream, keys),
@@ -107,10 +131,21 @@ fn serve_session<S: Link + ?Sized>(
     failures: &mut Vec<serde_json::Value>,
     until: Instant,
 ) -> anyhow::Result<Vec<Received>> {
+    let cap = policy.limits.max_frame;
     let first = {
         let mut bounded = WithDeadline::new(stream, until);
-        session::expect_frame(&mut bounded, peer, "an offer")?
+        match session::next_frame_capped(&mut bounded, peer, "an offer", cap)? {
+            Some(frame) => frame,
+            None => {
+                return Err(Failure::new(
+                    ExitCode::Network,
+                    format!("{peer} closed the connection before offering anything"),
+                )
+                .into());
+            }
+        }
     };
+    let mut entries = 0u64;
     session::set_deadline(stream, policy.idle_timeout, peer)?;
 
     let mut received = Vec::new();
@@ -125,7 +160,7 @@ fn serve_session<S: Link + ?Sized>(
     let result = loop {
         let frame = match next.take() {
             Some(frame) => frame,
-            None => match session::next_frame(stream, peer, "an offer or END") {
+            None => match session::next_frame_capped(stream, peer, "an offer or END", cap) {
                 Ok(Some(frame)) => frame,
                 // Every file so far is settled; a close here loses nothing.
                 Ok(None) => break Ok(()),
@@ -140,6 +175,17 @@ fn serve_session<S: Link + ?Sized>(
         };
         match frame {
             Frame::Offer(offer) => {
+                entries += 1;
+                if entries > policy.limits.max_entries {
+                    let message = format!(
+                        "more than {} entries in one session (the receiver's --max-entries)",
+                        policy.limits.max_entries
+                    );
+                    session::send_error(stream, Reason::TooLarge, &message);
+                    break Err(
+                        Failure::new(ExitCode::Refused, format!("{peer}: {message}")).into(),
+                    );
+                }
                 let answer = if policy.one_file()
                     && (failed > 0 || !received.is_empty() || !pending.is_empty())
                 {
@@ -197,7 +243,8 @@ fn serve_session<S: Link + ?Sized>(
                     ));
                 };
                 let name = next_file.offer.name.clone();
-                match receive_pending(stream, peer, next_file, offset, reporter) {
+                let max_size = policy.limits.max_size;
+                match receive_pending(stream, peer, next_file, offset, max_size, reporter) {
                     Ok(Ok(file)) => received.push(file),
                     Ok(Err(e)) => {
                         note_failure(reporter, failures, &name, &e);
@@ -281,6 +328,31 @@ fn refuse<S: Link + ?Sized>(
         other => session::code_for_reason(other),
     };
     Failure::new(code, message).into()
+}
+
+/// A stream went past `--max-size`.
+#[derive(Debug, thiserror::Error)]
+#[error("the stream is larger than this receiver takes")]
+struct OverLimit;
+
+/// A reader that fails once it has yielded `left` bytes and has more.
+struct AtMost<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for AtMost<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                OverLimit,
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// A stream whose every read and write must finish before one instant.
@@ -451,6 +523,19 @@ fn answer_offer<S: Link + ?Sized>(
             ),
         )));
     }
+    if let Some(max) = policy.limits.max_size.filter(|max| offer.size > *max) {
+        let message = format!(
+            "'{shown}' is {}, more than this receiver takes (--max-size {})",
+            destination::human_bytes(offer.size),
+            destination::human_bytes(max)
+        );
+        return Ok(Answer::Refused(refuse(
+            stream,
+            peer,
+            Reason::TooLarge,
+            message,
+        )));
+    }
     let mut output = match &policy.target {
         Target::Stdout if offer.flags & (FLAG_DIR | FLAG_PATH) != 0 => {
             let message =
@@ -531,6 +616,7 @@ fn receive_pending<S: Link + ?Sized>(
     peer: &str,
     pending: Pending,
     start: u64,
+    max_size: Option<u64>,
     reporter: &Reporter,
 ) -> anyhow::Result<anyhow::Result<Received>> {
     let Pending {
@@ -609,7 +695,10 @@ fn receive_pending<S: Link + ?Sized>(
         };
         if streamed {
             copy_hashed_to_end(
-                &mut ChunkReader::new(&mut *stream),
+                &mut AtMost {
+                    inner: ChunkReader::new(&mut *stream),
+                    left: max_size.unwrap_or(u64::MAX),
+                },
                 sink,
                 hasher,
                 &on_progress,
@@ -637,6 +726,18 @@ fn receive_pending<S: Link + ?Sized>(
                 Output::File(_) => format!("'{shown}' was not completed"),
             };
             return Err(Failure::new(ExitCode::Integrity, format!("{peer}: {e}; {what}")).into());
+        }
+        Err(CopyError::Source(e)) if e.get_ref().is_some_and(|i| i.is::<OverLimit>()) => {
+            let message = format!(
+                "the stream '{shown}' went past this receiver's --max-size ({})",
+                destination::human_bytes(max_size.unwrap_or(u64::MAX))
+            );
+            session::send_error(stream, Reason::TooLarge, &message);
+            let what = match output {
+                Output::Stdout => "; the data written to standard output must be discarded",
+                Output::File(_) => "",
+            };
+            return Err(Failure::new(ExitCode::Refused, format!("{peer}: {message}{what}")).into());
         }
         Err(CopyError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             session::send_error(stream, Reason::Protocol, &e.to_string());
@@ -863,14 +964,9 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         loop {
             let mut authenticated = false;
             let result = accept(&listener).and_then(|(stream, peer)| {
-                serve_connection(
-                    stream,
-                    &peer,
-                    config,
-                    &secret,
-                    &reporter,
-                    &mut authenticated,
-                )
+                serve_connection(stream, &peer, config, &secret, &reporter, &mut || {
+                    authenticated = true
+                })
             });
             if signals::interrupted() {
                 return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
@@ -885,6 +981,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     }
 
     let active = AtomicUsize::new(0);
+    let handshaking = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         while !signals::interrupted() {
             let (stream, peer) = match accept(&listener) {
@@ -899,24 +996,32 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                 }
             };
             if active.load(Ordering::SeqCst) >= config.max_connections {
-                refuse_busy(stream, &peer, &secret, config.max_connections, &reporter);
+                let limit = config.max_connections;
+                let message = format!("receiver is busy with {limit} transfers; try again later");
+                refuse_busy(stream, &peer, &secret, &message, &reporter);
+                continue;
+            }
+            // Handshakes are cheap to start and slow to time out: cap them
+            // apart, so silent or trickling clients cannot crowd out senders.
+            if handshaking.load(Ordering::SeqCst) >= config.max_handshakes {
+                let limit = config.max_handshakes;
+                let message =
+                    format!("receiver has {limit} connections in their handshake; try again later");
+                refuse_busy(stream, &peer, &secret, &message, &reporter);
                 continue;
             }
             active.fetch_add(1, Ordering::SeqCst);
+            let slot = Counted::take(&handshaking);
             let (active, reporter, secret) = (&active, &reporter, &secret);
             let spawned = std::thread::Builder::new()
                 .name(format!("xfer-session {peer}"))
                 .spawn_scoped(scope, move || {
                     // One failing or hostile session ends only itself.
-                    let mut authenticated = false;
-                    let served = serve_connection(
-                        stream,
-                        &peer,
-                        config,
-                        secret,
-                        reporter,
-                        &mut authenticated,
-                    );
+                    let mut slot = Some(slot);
+                    let served =
+                        serve_connection(stream, &peer, config, secret, reporter, &mut || {
+                            slot.take();
+                        });
                     if let Err(e) = served {
                         report_error(&e);
                     }
@@ -929,6 +1034,22 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         }
     });
     Err(Failure::new(ExitCode::Interrupted, "interrupted").into())
+}
+
+/// One unit of a counter, given back when dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn take(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn report_error(e: &anyhow::Error) {
@@ -955,20 +1076,16 @@ fn refuse_busy(
     mut stream: TcpStream,
     peer: &str,
     secret: &Secret,
-    limit: usize,
+    message: &str,
     reporter: &Reporter,
 ) {
     let quick = std::time::Duration::from_millis(200);
     let _ = crate::net::set_deadline(&stream, quick);
     // Our usual preamble, so the sender reads on and finds the refusal.
     let _ = protocol::Preamble::ours(secret.transport()).write_to(&mut stream);
-    session::send_error(
-        &mut stream,
-        Reason::Busy,
-        &format!("receiver is busy with {limit} transfers; try again later"),
-    );
+    session::send_error(&mut stream, Reason::Busy, message);
     close_gently(&mut stream, quick);
-    reporter.info(|| format!("refused {peer}: {limit} transfers already in progress"));
+    reporter.info(|| format!("refused {peer}: {message}"));
     reporter.event("refused", || json!({ "peer": peer, "reason": "busy" }));
 }
 
@@ -978,13 +1095,14 @@ fn serve_connection(
     config: &RecvConfig,
     secret: &Secret,
     reporter: &Reporter,
-    authenticated: &mut bool,
+    on_authenticated: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
     let _watch = signals::watch_socket(&stream);
     let policy = Policy {
         target: config.target.clone(),
         overwrite: config.overwrite,
         secret: secret.clone(),
+        limits: config.limits,
         handshake_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
     };
@@ -999,7 +1117,7 @@ fn serve_connection(
         &policy,
         reporter,
         &mut failures,
-        authenticated,
+        on_authenticated,
     );
     let seconds = started.elapsed().as_secs_f64();
     if result.is_err() {

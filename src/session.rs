@@ -211,8 +211,18 @@ pub fn expect_frame<S: Link + ?Sized>(
     peer: &str,
     waiting_for: &str,
 ) -> anyhow::Result<Frame> {
-    protocol::read_frame(stream)
-        .map_err(|e| describe(e, peer).context(format!("waiting for {waiting_for}")))
+    protocol::read_frame(stream).map_err(|e| {
+        tell_peer(stream, &e);
+        describe(e, peer).context(format!("waiting for {waiting_for}"))
+    })
+}
+
+/// A peer whose bytes made no sense hears so (an ERROR frame) before the
+/// connection closes; a lost connection or a deadline needs no words.
+fn tell_peer<S: Link + ?Sized>(stream: &mut S, e: &ProtocolError) {
+    if !matches!(e, ProtocolError::Closed | ProtocolError::Io(_)) {
+        send_error(stream, Reason::Protocol, &e.to_string());
+    }
 }
 
 /// Reads the next frame where the peer may also just end the session:
@@ -222,7 +232,38 @@ pub fn next_frame<S: Link + ?Sized>(
     peer: &str,
     waiting_for: &str,
 ) -> anyhow::Result<Option<Frame>> {
-    match protocol::read_frame(stream) {
+    next_frame_capped(stream, peer, waiting_for, protocol::MAX_CONTROL_FRAME)
+}
+
+/// [`next_frame`] with the receiver's own cap on a frame's length; a peer
+/// that goes over it hears why (ERROR, too large) and the session ends
+/// with the refused exit code.
+pub fn next_frame_capped<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    waiting_for: &str,
+    cap: u32,
+) -> anyhow::Result<Option<Frame>> {
+    match protocol::read_frame_capped(stream, cap) {
+        Err(e @ ProtocolError::FrameTooLarge { .. }) => {
+            let message = format!("{e} (the receiver's --max-frame)");
+            send_error(stream, Reason::TooLarge, &message);
+            Err(Failure::new(ExitCode::Refused, format!("{peer}: {message}")).into())
+        }
+        Err(e) => {
+            tell_peer(stream, &e);
+            finish_next_frame(Err(e), peer, waiting_for)
+        }
+        ok => finish_next_frame(ok, peer, waiting_for),
+    }
+}
+
+fn finish_next_frame(
+    read: Result<Frame, ProtocolError>,
+    peer: &str,
+    waiting_for: &str,
+) -> anyhow::Result<Option<Frame>> {
+    match read {
         Ok(frame) => Ok(Some(frame)),
         Err(ProtocolError::Closed) => Ok(None),
         Err(e) => Err(describe(e, peer).context(format!("waiting for {waiting_for}"))),

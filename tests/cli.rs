@@ -1761,3 +1761,269 @@ fn the_wire_shows_no_plaintext_names_or_data() {
         "the data crossed in the clear"
     );
 }
+
+/// A raw client's connection after the handshake, as plain bytes: what it
+/// writes next is not sealed, as if it had forged a record.
+fn raw_after_handshake(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    xfer::session::handshake(&mut s, addr, &test_secret(), Role::Sender)
+        .unwrap()
+        .expect("an authenticated transport");
+    s
+}
+
+/// Reads frames until an ERROR (bounded by the socket's read timeout).
+fn error_from(s: &mut impl Read) -> xfer::protocol::ErrorFrame {
+    for _ in 0..16 {
+        match protocol::read_frame(s) {
+            Ok(Frame::Error(e)) => return e,
+            Ok(_) => continue,
+            Err(e) => panic!("no ERROR frame: {e}"),
+        }
+    }
+    panic!("no ERROR frame in 16 frames");
+}
+
+#[test]
+fn hostile_peers_get_the_right_refusal_and_the_server_keeps_serving() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running", "--connect-timeout", "2s"]);
+    let addr = r.addr();
+    // Each case: what it does, and the exit code its session must end with.
+    let mut expected: Vec<(&str, i64)> = Vec::new();
+
+    // Names: each refused as a bad name, nothing written.
+    for name in [
+        "../x",
+        "/etc/x",
+        "C:evil",
+        "\\\\server\\share",
+        "CON",
+        "nul.txt",
+        "COM1",
+        "a\0b",
+        "\x1b]0;pwned\x07",
+        "\u{202e}txt.exe",
+        ".xfer-0123456789abcdef.partial",
+    ] {
+        let mut s = raw_sender(&addr);
+        protocol::write_frame(&mut s, &path_offer(name, 4, xfer::protocol::FLAG_PATH)).unwrap();
+        match protocol::read_frame(&mut s).unwrap() {
+            Frame::Refuse(refuse) => assert_eq!(refuse.reason, Reason::BadName, "{name:?}"),
+            other => panic!("{name:?} was not refused: {other:?}"),
+        }
+        protocol::write_frame(&mut s, &Frame::End).unwrap();
+        s.flush().unwrap();
+        expected.push(("bad name", 5));
+    }
+
+    // Entries that collide after case folding or normalisation, and one
+    // name as both a directory and a file.
+    {
+        let mut s = raw_sender(&addr);
+        let dir = xfer::protocol::FLAG_DIR;
+        let path = xfer::protocol::FLAG_PATH;
+        for (name, flags, refused) in [
+            ("Dir", dir, false),
+            ("dir", dir, true),
+            ("caf\u{e9}", dir, false),
+            ("cafe\u{301}", dir, true),
+            ("x", dir, false),
+            ("x", path, true),
+        ] {
+            protocol::write_frame(&mut s, &path_offer(name, 0, flags)).unwrap();
+            match (protocol::read_frame(&mut s).unwrap(), refused) {
+                (Frame::Accept(_), false) => {}
+                (Frame::Refuse(r), true) => assert_eq!(r.reason, Reason::BadName, "{name:?}"),
+                (other, _) => panic!("{name:?}: {other:?}"),
+            }
+        }
+        protocol::write_frame(&mut s, &Frame::End).unwrap();
+        s.flush().unwrap();
+        expected.push(("collisions", 5));
+    }
+
+    // A declared size larger than the data, then EOF.
+    {
+        let mut s = raw_sender(&addr);
+        protocol::write_frame(&mut s, &offer("short", 100)).unwrap();
+        assert!(matches!(
+            protocol::read_frame(&mut s).unwrap(),
+            Frame::Accept(_)
+        ));
+        protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
+        s.write_all(b"only ten b").unwrap();
+        drop(s);
+        expected.push(("short data", 3));
+    }
+
+    // More data than declared: the surplus is not a frame.
+    {
+        let mut s = raw_sender(&addr);
+        protocol::write_frame(&mut s, &offer("long", 5)).unwrap();
+        assert!(matches!(
+            protocol::read_frame(&mut s).unwrap(),
+            Frame::Accept(_)
+        ));
+        protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
+        s.write_all(b"12345 and then some more bytes").unwrap();
+        assert_eq!(error_from(&mut s).reason, Reason::Protocol);
+        expected.push(("surplus data", 3));
+    }
+
+    // A size of 2^64 - 1.
+    {
+        let mut s = raw_sender(&addr);
+        protocol::write_frame(&mut s, &offer("huge", u64::MAX)).unwrap();
+        match protocol::read_frame(&mut s).unwrap() {
+            Frame::Refuse(r) => assert_eq!(r.reason, Reason::TooLarge),
+            other => panic!("not refused: {other:?}"),
+        }
+        protocol::write_frame(&mut s, &Frame::End).unwrap();
+        s.flush().unwrap();
+        expected.push(("2^64-1 bytes", 5));
+    }
+
+    // A frame length of 4 GiB, and an unknown frame type.
+    for (header, reason, code) in [
+        ([0x01, 0xff, 0xff, 0xff, 0xff], Reason::TooLarge, 5),
+        ([0x7f, 0, 0, 0, 0], Reason::Protocol, 3),
+    ] {
+        let mut s = raw_sender(&addr);
+        s.write_all(&header).unwrap();
+        assert_eq!(error_from(&mut s).reason, reason, "{header:?}");
+        expected.push(("bad frame", code));
+    }
+
+    // A record the sender did not seal (a forged or flipped ciphertext).
+    {
+        let mut s = raw_after_handshake(&addr);
+        let mut record = 48u32.to_be_bytes().to_vec();
+        record.extend_from_slice(&[0x42; 48]);
+        s.write_all(&record).unwrap();
+        expected.push(("forged record", 4));
+    }
+
+    // A wrong key, and a plaintext client.
+    let file = env.random_file("real.bin", 2 * MIB + 3, 31);
+    let wrong = env.root.path().join("wrong.key");
+    fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
+    env.send(
+        &file,
+        &addr,
+        &["--key-file", wrong.to_str().unwrap(), "--retries", "0"],
+    )
+    .assert_code(9);
+    expected.push(("wrong key", 9));
+    {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        Preamble::ours(Transport::Plain).write_to(&mut s).unwrap();
+        protocol::read_preamble(&mut s).unwrap();
+        assert_eq!(error_from(&mut s).reason, Reason::Auth);
+        expected.push(("plaintext client", 9));
+    }
+
+    // A slowloris handshake: dropped at the 2 s deadline, whatever it sends.
+    {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let started = std::time::Instant::now();
+        for b in Preamble::ours(Transport::Key).encode() {
+            if s.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        expected.push(("slowloris", 7));
+    }
+
+    // Every hostile session ended with its own code...
+    let summaries = r.wait_events("summary", expected.len());
+    let mut got: Vec<i64> = summaries
+        .iter()
+        .map(|s| s["exit_code"].as_i64().unwrap())
+        .collect();
+    let mut want: Vec<i64> = expected.iter().map(|(_, c)| *c).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{expected:?}\n{summaries:#?}");
+
+    // ...and the server still serves a real sender.
+    env.send(&file, &addr, &[]).assert_code(0);
+    r.signal(Signal::TERM);
+    r.finish();
+    assert_eq!(sha256_file(&env.dst().join("real.bin")), sha256_file(&file));
+    let mut names: Vec<String> = entries(&env.dst())
+        .into_iter()
+        .filter(|n| !n.ends_with(".partial"))
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["Dir", "caf\u{e9}", "real.bin", "x"]);
+    assert_eq!(entries(env.root.path()), vec!["dst", "src", "wrong.key"]);
+    assert!(!std::path::Path::new("/etc/x").exists());
+}
+
+#[test]
+fn limits_on_size_entries_and_handshakes_refuse_clearly() {
+    let env = TestEnv::new();
+    // --max-size: a file over it is refused, and so is a stream that grows past it.
+    let big = env.random_file("big.bin", 3 * MIB, 32);
+    let mut r = env.recv(&["--keep-running", "--max-size", "1MiB"]);
+    env.send(&big, &r.addr(), &[])
+        .assert_code(5)
+        .assert_stderr_contains("--max-size");
+    let mut cmd = xfer();
+    cmd.arg("send")
+        .arg("-")
+        .arg(r.addr())
+        .args(["--name", "stream.bin"])
+        .stdin(fs::File::open(&big).unwrap());
+    run_bounded(cmd)
+        .assert_code(5)
+        .assert_stderr_contains("--max-size");
+    r.signal(Signal::TERM);
+    r.finish();
+    assert!(!env.dst().join("big.bin").exists() && !env.dst().join("stream.bin").exists());
+
+    // --max-entries: a tree with more entries than allowed.
+    let tree = env.src().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..5 {
+        fs::write(tree.join(format!("f{i}")), b"x").unwrap();
+    }
+    let mut r = env.recv(&["--max-entries", "3"]);
+    env.send(&tree, &r.addr(), &["--retries", "0"])
+        .assert_code(5)
+        .assert_stderr_contains("--max-entries");
+    r.finish().assert_code(5);
+
+    // --max-handshakes: two silent clients hold both slots; a third is
+    // refused as busy at once instead of waiting.
+    let mut r = env.recv(&[
+        "--keep-running",
+        "--max-handshakes",
+        "2",
+        "--connect-timeout",
+        "30s",
+    ]);
+    let _a = TcpStream::connect(r.addr()).unwrap();
+    let _b = TcpStream::connect(r.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let small = env.random_file("small.bin", 10, 33);
+    env.send(&small, &r.addr(), &["--retries", "0"])
+        .assert_code(5)
+        .assert_stderr_contains("handshake");
+    drop((_a, _b));
+    r.signal(Signal::TERM);
+    r.finish();
+}

@@ -431,14 +431,18 @@ pub fn write_frame<W: Write + ?Sized>(w: &mut W, frame: &Frame) -> std::io::Resu
 /// Reads one frame: the header, the length checked against
 /// [`MAX_CONTROL_FRAME`] before allocating, then exactly that many bytes.
 pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Frame, ProtocolError> {
+    read_frame_capped(r, MAX_CONTROL_FRAME)
+}
+
+/// [`read_frame`] with a lower cap than the protocol's (a receiver's
+/// `--max-frame`); a cap above [`MAX_CONTROL_FRAME`] counts as that.
+pub fn read_frame_capped<R: Read + ?Sized>(r: &mut R, cap: u32) -> Result<Frame, ProtocolError> {
+    let cap = cap.min(MAX_CONTROL_FRAME);
     let mut header = [0u8; HEADER_LEN];
     read_exact_or_closed(r, &mut header)?;
     let len = BigEndian::read_u32(&header[1..]);
-    if len > MAX_CONTROL_FRAME {
-        return Err(ProtocolError::FrameTooLarge {
-            len,
-            cap: MAX_CONTROL_FRAME,
-        });
+    if len > cap {
+        return Err(ProtocolError::FrameTooLarge { len, cap });
     }
     if FrameType::from_byte(header[0]).is_none() {
         return Err(ProtocolError::UnknownFrameType(header[0]));

@@ -223,6 +223,32 @@ impl RecvProcess {
         }
     }
 
+    /// Waits (bounded) until `count` events named `name` were seen; all of
+    /// them, oldest first.
+    pub fn wait_events(&mut self, name: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let found: Vec<Value> = self
+                .seen
+                .iter()
+                .filter(|v| v["event"] == name)
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(line) => self.take_line(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let out = self.finish();
+                    panic!("receiver did not emit {count} '{name}' events:\n{out}");
+                }
+            }
+        }
+    }
+
     /// Waits (bounded) for the receiver to exit; collects all events.
     pub fn finish(&mut self) -> Outcome {
         let status = wait_bounded(&mut self.child);
