@@ -208,6 +208,21 @@ pub fn shown(name: &str) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn accepted_paths_never_leave_the_destination(path in "\\PC{0,40}|[a./\\\\:A-Z]{0,12}") {
+            if let Ok(components) = validate_path(&path) {
+                for c in &components {
+                    proptest::prop_assert!(!c.is_empty() && *c != "." && *c != "..");
+                    proptest::prop_assert!(!c.contains(['/', '\\', '\0']));
+                }
+                let mut seen = Seen::default();
+                let _ = seen.check(&components, false);
+            }
+            proptest::prop_assert!(!escape_for_terminal(&path).contains('\x1b'));
+        }
+    }
+
     #[test]
     fn windows_devices_drives_and_xfer_temporaries_are_refused() {
         for bad in [

@@ -176,6 +176,18 @@ pub struct Keys {
     open: Aes256Gcm,
 }
 
+impl Keys {
+    /// Keys from raw bytes: `seal` for what we send, `open` for what we
+    /// read. Sessions get theirs from [`authenticate`]; this is for tests
+    /// and the fuzz targets.
+    pub fn from_raw(seal: [u8; KEY_LEN], open: [u8; KEY_LEN]) -> Self {
+        Keys {
+            seal: Aes256Gcm::new(&seal.into()),
+            open: Aes256Gcm::new(&open.into()),
+        }
+    }
+}
+
 /// What HKDF derives from the SPAKE2 key, each under its own label.
 struct Derived {
     sender_to_receiver: [u8; KEY_LEN],
@@ -649,6 +661,20 @@ mod tests {
         assert!(parse_key("abc").is_err());
         assert!(parse_key(&"zz".repeat(32)).is_err());
         assert!(parse_key(&"é".repeat(32)).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_open_or_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let result = read_all(bytes);
+            proptest::prop_assert!(result.is_err() || result.unwrap().is_empty());
+        }
+
+        #[test]
+        fn any_split_of_writes_reads_back_the_same(parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), 0..8)) {
+            let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+            proptest::prop_assert_eq!(read_all(wire(&slices)).unwrap(), parts.concat());
+        }
     }
 
     #[test]

@@ -534,7 +534,15 @@ impl<'a> Cursor<'a> {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(self.malformed("message too long"));
         }
-        Ok(String::from_utf8_lossy(bytes).into_owned())
+        // Replacement characters take 3 bytes where the invalid byte took 1;
+        // cut again so a decoded message keeps the documented bound.
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        let mut end = text.len().min(MAX_MESSAGE_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        Ok(text)
     }
     fn finish(&self) -> Result<(), ProtocolError> {
         if self.buf.is_empty() {
@@ -688,6 +696,36 @@ mod tests {
             crate::protocol::Preamble::ours(crate::protocol::Transport::Plain).encode(),
             [0x58, 0x46, 0x45, 0x52, 0, 1, 0, 0]
         );
+        assert_eq!(
+            crate::protocol::Preamble::ours(crate::protocol::Transport::Key).encode(),
+            [0x58, 0x46, 0x45, 0x52, 0, 1, 2, 0]
+        );
+        let mut confirm = vec![0x11, 0, 0, 0, 0x20];
+        confirm.extend([7; 32]);
+        assert_eq!(Frame::Confirm { mac: [7; 32] }.encode(), confirm);
+        let mut pake = vec![0x10, 0, 0, 0, 0x23, 0, 0x21];
+        pake.extend([9; 33]);
+        assert_eq!(
+            Frame::Pake {
+                message: vec![9; 33]
+            }
+            .encode(),
+            pake
+        );
+    }
+
+    /// Found by the fuzz target: invalid UTF-8 grew past the bound when
+    /// replaced, so the decoded message no longer re-encoded as it came.
+    #[test]
+    fn a_lossy_message_stays_within_the_bound_and_round_trips() {
+        let mut bytes = vec![0x03, 0, 0, 0x04, 0x04, 0, 4, 0x04, 0];
+        bytes.extend([0xff; 1024]);
+        let frame = read_frame(&mut &bytes[..]).unwrap();
+        let Frame::Refuse(refuse) = &frame else {
+            panic!("{frame:?}");
+        };
+        assert!(refuse.message.len() <= MAX_MESSAGE_LEN);
+        assert_eq!(read_frame(&mut &frame.encode()[..]).unwrap(), frame);
     }
 
     #[test]

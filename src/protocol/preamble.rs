@@ -167,6 +167,16 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_eight_bytes_decode_or_fail_cleanly(bytes in proptest::array::uniform8(proptest::prelude::any::<u8>())) {
+            if let Ok(p) = Preamble::decode(&bytes) {
+                let _ = p.check_compatible();
+                proptest::prop_assert_eq!(&p.encode()[..7], &bytes[..7]);
+            }
+        }
+    }
+
     #[test]
     fn truncated_preamble_is_an_error() {
         let bytes = Preamble::ours(Transport::Plain).encode();
