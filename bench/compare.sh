@@ -99,29 +99,18 @@ check() { # the destination file must be identical
 }
 
 # --- one run of each tool; each prints its seconds ----------------------------
-run_xfer() {
+run_xfer() { xfer_once "$XFER" xfer; }
+run_xfer_plain() { xfer_once plain "xfer --insecure"; }
+xfer_once() { # $1 = command (the binary, or plain), $2 = name for messages
   rm -f "$dst/data.bin"
   local port; port=$(free_port)
-  "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  "$1" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
   pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  "$XFER" send "$src" "127.0.0.1:$port" --quiet
+  "$1" send "$src" "127.0.0.1:$port" --quiet
   wait "$r"
   local t1; t1=$(now)
-  check "$dst/data.bin" xfer
-  echo "$t1 - $t0" | bc -l
-}
-
-run_xfer_plain() {
-  rm -f "$dst/data.bin"
-  local port; port=$(free_port)
-  plain recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
-  pids+=("$r"); wait_port "$port"
-  local t0; t0=$(now)
-  plain send "$src" "127.0.0.1:$port" --quiet
-  wait "$r"
-  local t1; t1=$(now)
-  check "$dst/data.bin" "xfer --insecure"
+  check "$dst/data.bin" "$2"
   echo "$t1 - $t0" | bc -l
 }
 
@@ -240,28 +229,18 @@ for i in range(n):
 PY
 tree_sum() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); }
 tree_want=$(tree_sum "$tree")
-run_xfer_tree() {
+run_xfer_tree() { xfer_tree_once "$XFER" xfer; }
+run_xfer_plain_tree() { xfer_tree_once plain "xfer --insecure"; }
+xfer_tree_once() { # $1 = command (the binary, or plain), $2 = name for messages
   rm -rf "$dst/many"
   local port; port=$(free_port)
-  "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  "$1" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
   pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  "$XFER" send "$tree" "127.0.0.1:$port" --quiet
+  "$1" send "$tree" "127.0.0.1:$port" --quiet
   wait "$r"
   local t1; t1=$(now)
-  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: xfer tree differs" >&2; exit 1; }
-  echo "$t1 - $t0" | bc -l
-}
-run_xfer_plain_tree() {
-  rm -rf "$dst/many"
-  local port; port=$(free_port)
-  plain recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
-  pids+=("$r"); wait_port "$port"
-  local t0; t0=$(now)
-  plain send "$tree" "127.0.0.1:$port" --quiet
-  wait "$r"
-  local t1; t1=$(now)
-  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: xfer --insecure tree differs" >&2; exit 1; }
+  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: $2 tree differs" >&2; exit 1; }
   echo "$t1 - $t0" | bc -l
 }
 run_rsync_tree() {

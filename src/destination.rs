@@ -335,44 +335,25 @@ impl Destination {
     /// The destination directory's handle, opened on first use (following
     /// links in the path the user gave: that path is theirs to choose).
     fn root(&mut self) -> Result<DirFd, Refusal> {
-        if let Some(fd) = self.dirs.get(Path::new("")) {
-            return Ok(fd.clone());
-        }
         let Target::Dir(root) = &self.target else {
             unreachable!("only a directory target has a root");
         };
-        let fd = rfs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            rfs::Mode::empty(),
-        )
-        .map_err(|e| {
-            Refusal::new(
-                Reason::LocalIo,
-                format!(
-                    "cannot use directory '{}': {}",
-                    escape_for_terminal(&root.display().to_string()),
-                    io_reason(&e.into())
-                ),
-            )
-        })?;
-        let fd = Arc::new(fd);
-        self.dirs.insert(PathBuf::new(), fd.clone());
-        Ok(fd)
+        let root = root.clone();
+        self.base(&root)
     }
 
     /// The directory that `-o PATH` lands in.
     fn output_dir(&mut self, path: &Path) -> Result<DirFd, Refusal> {
+        self.base(&parent_dir(path))
+    }
+
+    /// The handle of the directory everything lands in, `dir`, opened once.
+    fn base(&mut self, dir: &Path) -> Result<DirFd, Refusal> {
         if let Some(fd) = self.dirs.get(Path::new("")) {
             return Ok(fd.clone());
         }
-        let dir = parent_dir(path);
-        let fd = rfs::open(
-            &dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            rfs::Mode::empty(),
-        )
-        .map_err(|e| {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rfs::open(dir, flags, rfs::Mode::empty()).map_err(|e| {
             Refusal::new(
                 Reason::LocalIo,
                 format!(

@@ -25,7 +25,7 @@ use crate::protocol::{
     self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame,
     Offer, Reason, Refuse, hex,
 };
-use crate::secure::{Encrypted, Role, Secret};
+use crate::secure::{Role, Secret};
 use crate::session::{self, Link};
 use crate::signals;
 
@@ -109,17 +109,8 @@ pub fn serve<S: Link + ?Sized>(
         session::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
     };
     on_authenticated();
-    match keys {
-        Some(keys) => serve_session(
-            &mut Encrypted::new(stream, keys),
-            peer,
-            policy,
-            reporter,
-            failures,
-            until,
-        ),
-        None => serve_session(stream, peer, policy, reporter, failures, until),
-    }
+    let mut link = session::secured(stream, keys);
+    serve_session(&mut link, peer, policy, reporter, failures, until)
 }
 
 /// The session after the handshake: offers until END.

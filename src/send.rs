@@ -59,45 +59,8 @@ where
     S: Link + ?Sized,
     R: Source + ?Sized,
 {
-    match session::handshake(stream, peer, secret, Role::Sender)? {
-        Some(keys) => send_one_after_handshake(
-            &mut Encrypted::new(stream, keys),
-            peer,
-            source,
-            source_name,
-            offer,
-            resume,
-            idle_timeout,
-            reporter,
-        ),
-        None => send_one_after_handshake(
-            stream,
-            peer,
-            source,
-            source_name,
-            offer,
-            resume,
-            idle_timeout,
-            reporter,
-        ),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn send_one_after_handshake<S, R>(
-    stream: &mut S,
-    peer: &str,
-    source: &mut R,
-    source_name: &str,
-    offer: &Offer,
-    resume: bool,
-    idle_timeout: Duration,
-    reporter: &Reporter,
-) -> anyhow::Result<Sent>
-where
-    S: Link + ?Sized,
-    R: Source + ?Sized,
-{
+    let keys = session::handshake(stream, peer, secret, Role::Sender)?;
+    let stream = &mut session::secured(stream, keys);
     let streamed = offer.flags & FLAG_STREAM != 0;
     let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
     let sent = offer_file(

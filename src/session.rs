@@ -179,6 +179,18 @@ pub fn handshake<S: Link + ?Sized>(
     crate::secure::authenticate(stream, role, secret, [&sender, &receiver], peer).map(Some)
 }
 
+/// The link a session runs over after [`handshake`]: encrypted records
+/// when it agreed on keys, else the stream itself (plaintext).
+pub fn secured<'a, S: Link + ?Sized + 'a>(
+    stream: &'a mut S,
+    keys: Option<Keys>,
+) -> Box<dyn Link + 'a> {
+    match keys {
+        Some(keys) => Box::new(crate::secure::Encrypted::new(stream, keys)),
+        None => Box::new(stream),
+    }
+}
+
 /// Why two ends that asked for different transports cannot talk, in the
 /// words of the end `role` that asked for `mine`.
 fn transport_mismatch(role: Role, mine: Transport, theirs: Transport) -> String {
