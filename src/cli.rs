@@ -24,8 +24,9 @@ fn main_help() -> String {
 
 fn send_help() -> String {
     after_help(
-        "  xfer send backup.tar 192.0.2.10:9000\n  \
-           xfer send photos/ notes.txt host:9000\n  \
+        "  xfer send backup.tar 192.0.2.10:9000          # asks for the receiver's code\n  \
+           XFER_CODE=7f3k-q9wd xfer send photos/ notes.txt host:9000\n  \
+           xfer send --key-file backup.key db.dump host:9000\n  \
            xfer send --json --quiet db.dump [::1]:9000\n  \
            tar c ./photos | xfer send - host:9000 --name photos.tar\n",
     )
@@ -33,7 +34,8 @@ fn send_help() -> String {
 
 fn recv_help() -> String {
     after_help(
-        "  xfer recv --port 9000 --dir /srv/incoming\n  \
+        "  xfer recv --port 9000 --dir /srv/incoming        # prints a code for the sender\n  \
+           xfer recv --port 9000 --key-file backup.key --keep-running\n  \
            xfer recv --port 0 --json -o /tmp/exact-name.bin\n  \
            xfer recv --port 9000 --keep-running --overwrite\n  \
            xfer recv --port 9000 --stdout | tar x\n",

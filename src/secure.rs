@@ -33,9 +33,11 @@ use crate::session::{self, Link};
 /// Length of a key in a key file, and of each derived key.
 pub const KEY_LEN: usize = 32;
 /// Most plaintext bytes in one record.
-pub const RECORD_MAX: usize = 256 * 1024;
+pub const RECORD_MAX: usize = 64 * 1024;
 /// Bytes of the authentication tag closing each record.
 pub const TAG_LEN: usize = 16;
+/// Bytes of a record's length header.
+const HEADER_LEN: usize = 4;
 /// Characters of a generated code (5 bits each, so 40 bits), shown in two
 /// groups of four.
 const CODE_CHARS: usize = 8;
@@ -393,11 +395,12 @@ impl<S: Link> Encrypted<S> {
 
     /// Seals what was written into one record and passes it on.
     fn seal(&mut self) -> io::Result<()> {
-        if self.out.is_empty() {
+        if self.out.len() <= HEADER_LEN {
             return Ok(());
         }
-        let mut header = [0u8; 4];
-        BigEndian::write_u32(&mut header, (self.out.len() + TAG_LEN) as u32);
+        let len = self.out.len() - HEADER_LEN + TAG_LEN;
+        let (header, body) = self.out.split_at_mut(HEADER_LEN);
+        BigEndian::write_u32(header, len as u32);
         let n = self.sent;
         self.sent = n
             .checked_add(1)
@@ -405,16 +408,16 @@ impl<S: Link> Encrypted<S> {
         let tag = self
             .keys
             .seal
-            .encrypt_inout_detached(&nonce(n), &header, self.out.as_mut_slice().into())
+            .encrypt_inout_detached(&nonce(n), header, body.into())
             .map_err(|_| io::Error::other("cannot encrypt a record"))?;
-        let sent = self
-            .inner
-            .write_all(&header)
-            .and_then(|()| self.inner.write_all(&self.out))
-            .and_then(|()| self.inner.write_all(&tag));
+        self.out.extend_from_slice(&tag);
+        // One write for the whole record: a large one passes the buffered
+        // link below in one system call.
+        let sent = self.inner.write_all(&self.out);
         self.broken |= sent.is_err();
         sent?;
         self.out.clear();
+        self.out.extend_from_slice(&[0; HEADER_LEN]);
         Ok(())
     }
 
@@ -484,12 +487,13 @@ impl<S: Link> Read for Encrypted<S> {
 
 impl<S: Link> Write for Encrypted<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.out.capacity() == 0 {
-            self.out.reserve_exact(RECORD_MAX);
+        if self.out.is_empty() {
+            self.out.reserve_exact(HEADER_LEN + RECORD_MAX + TAG_LEN);
+            self.out.extend_from_slice(&[0; HEADER_LEN]);
         }
-        let n = data.len().min(RECORD_MAX - self.out.len());
+        let n = data.len().min(HEADER_LEN + RECORD_MAX - self.out.len());
         self.out.extend_from_slice(&data[..n]);
-        if self.out.len() == RECORD_MAX {
+        if self.out.len() == HEADER_LEN + RECORD_MAX {
             self.seal()?;
         }
         Ok(n)
