@@ -30,8 +30,10 @@ pub enum NameError {
     Drive,
     #[error("'{0}' is a reserved name (a Windows device, or xfer's own temporary files)")]
     Reserved(String),
-    #[error("'{0}' and an earlier entry '{1}' differ only in case or Unicode normalisation")]
-    Collision(String, String),
+    #[error("'{0}' differs from an earlier entry only in case or Unicode normalisation")]
+    Collision(String),
+    #[error("more than {0} distinct paths in one session")]
+    TooManyPaths(usize),
     #[error("'{0}' is both a file and a directory in this transfer")]
     FileAndDirectory(String),
     #[error("'{0}' appears twice in this transfer")]
@@ -101,38 +103,58 @@ fn is_reserved(name: &str) -> bool {
 /// on each other: names that differ only in case or Unicode normalisation
 /// (one file on case-insensitive or normalising file systems, and a way to
 /// confuse a reader), and a name used for both a file and a directory.
-/// Bounded by the receiver's limit on entries per session.
+///
+/// Paths are kept as 128-bit digests, not strings, so memory stays small
+/// (about 50 bytes a path) however long the names, and the number of paths
+/// is capped at [`MAX_SEEN`].
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// Folded path -> (the path as first offered, whether a directory).
-    paths: std::collections::HashMap<String, (String, bool)>,
+    /// Digest of the folded path -> (digest of the path as first offered,
+    /// whether a directory).
+    paths: std::collections::HashMap<u128, (u128, bool)>,
+}
+
+/// Most distinct paths (entries and their parent directories) one session
+/// may name.
+pub const MAX_SEEN: usize = 2_000_000;
+
+fn digest128(hasher: &sha2::Sha256) -> u128 {
+    use sha2::Digest as _;
+    let full: [u8; 32] = hasher.clone().finalize().into();
+    u128::from_be_bytes(full[..16].try_into().expect("16 of 32 bytes"))
 }
 
 impl Seen {
     /// Records an entry of validated `components`; `is_dir` for a directory
     /// entry. Its parent directories are recorded as directories.
     pub fn check(&mut self, components: &[&str], is_dir: bool) -> Result<(), NameError> {
-        let mut key = String::new();
-        let mut path = String::new();
+        use sha2::Digest as _;
+        let mut key = sha2::Sha256::new();
+        let mut path = sha2::Sha256::new();
+        let shown_path = |upto: usize| shown(&components[..=upto].join("/"));
         for (i, component) in components.iter().enumerate() {
-            if i > 0 {
-                key.push('/');
-                path.push('/');
-            }
-            key.push_str(&fold(component));
-            path.push_str(component);
+            // A separator that cannot occur in a component keeps
+            // ("ab", "c") and ("a", "bc") apart.
+            key.update(fold(component).as_bytes());
+            key.update(b"/");
+            path.update(component.as_bytes());
+            path.update(b"/");
+            let (key_digest, path_digest) = (digest128(&key), digest128(&path));
             let dir = is_dir || i + 1 < components.len();
-            match self.paths.get(&key) {
-                None => {
-                    self.paths.insert(key.clone(), (path.clone(), dir));
+            match self.paths.get(&key_digest) {
+                None if self.paths.len() >= MAX_SEEN => {
+                    return Err(NameError::TooManyPaths(MAX_SEEN));
                 }
-                Some((first, _)) if *first != path => {
-                    return Err(NameError::Collision(shown(&path), shown(first)));
+                None => {
+                    self.paths.insert(key_digest, (path_digest, dir));
+                }
+                Some((first, _)) if *first != path_digest => {
+                    return Err(NameError::Collision(shown_path(i)));
                 }
                 Some((_, was_dir)) if *was_dir != dir => {
-                    return Err(NameError::FileAndDirectory(shown(&path)));
+                    return Err(NameError::FileAndDirectory(shown_path(i)));
                 }
-                Some(_) if !dir => return Err(NameError::Duplicate(shown(&path))),
+                Some(_) if !dir => return Err(NameError::Duplicate(shown_path(i))),
                 Some(_) => {}
             }
         }
@@ -267,11 +289,11 @@ mod tests {
         );
         assert!(matches!(
             seen.check(&["docs", "c.txt"], false),
-            Err(NameError::Collision(..))
+            Err(NameError::Collision(_))
         ));
         assert!(matches!(
             seen.check(&["Docs", "A.TXT"], false),
-            Err(NameError::Collision(..))
+            Err(NameError::Collision(_))
         ));
         assert!(matches!(
             seen.check(&["Docs", "a.txt"], false),
@@ -289,7 +311,7 @@ mod tests {
         assert_eq!(seen.check(&["caf\u{e9}"], false), Ok(()));
         assert!(matches!(
             seen.check(&["cafe\u{301}"], false),
-            Err(NameError::Collision(..))
+            Err(NameError::Collision(_))
         ));
     }
 
