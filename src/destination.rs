@@ -335,6 +335,9 @@ impl Destination {
     /// The destination directory's handle, opened on first use (following
     /// links in the path the user gave: that path is theirs to choose).
     fn root(&mut self) -> Result<DirFd, Refusal> {
+        if let Some(fd) = self.dirs.get(Path::new("")) {
+            return Ok(fd.clone());
+        }
         let Target::Dir(root) = &self.target else {
             unreachable!("only a directory target has a root");
         };

@@ -257,6 +257,8 @@ pub fn next_frame_capped<S: Link + ?Sized>(
     cap: u32,
 ) -> anyhow::Result<Option<Frame>> {
     match protocol::read_frame_capped(stream, cap) {
+        Ok(frame) => Ok(Some(frame)),
+        Err(ProtocolError::Closed) => Ok(None),
         Err(e @ ProtocolError::FrameTooLarge { .. }) => {
             let message = format!("{e} (the receiver's --max-frame)");
             send_error(stream, Reason::TooLarge, &message);
@@ -264,21 +266,8 @@ pub fn next_frame_capped<S: Link + ?Sized>(
         }
         Err(e) => {
             tell_peer(stream, &e);
-            finish_next_frame(Err(e), peer, waiting_for)
+            Err(describe(e, peer).context(format!("waiting for {waiting_for}")))
         }
-        ok => finish_next_frame(ok, peer, waiting_for),
-    }
-}
-
-fn finish_next_frame(
-    read: Result<Frame, ProtocolError>,
-    peer: &str,
-    waiting_for: &str,
-) -> anyhow::Result<Option<Frame>> {
-    match read {
-        Ok(frame) => Ok(Some(frame)),
-        Err(ProtocolError::Closed) => Ok(None),
-        Err(e) => Err(describe(e, peer).context(format!("waiting for {waiting_for}"))),
     }
 }
 
