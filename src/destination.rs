@@ -48,6 +48,9 @@ pub enum Target {
 pub struct Refusal {
     pub reason: Reason,
     pub message: String,
+    /// The disk at the destination is too full: on this side that is a
+    /// local file failure, whatever the sender is told.
+    pub disk_full: bool,
 }
 
 impl Refusal {
@@ -55,6 +58,7 @@ impl Refusal {
         Refusal {
             reason,
             message: message.into(),
+            disk_full: false,
         }
     }
 }
@@ -422,15 +426,18 @@ impl Destination {
         let free = st.f_bavail.saturating_mul(st.f_frsize);
         if need > free {
             self.space = None;
-            return Err(Ok(Refusal::new(
-                Reason::TooLarge,
-                format!(
-                    "'{}' needs {} but only {} is free at the destination",
-                    shown(name),
-                    human_bytes(need),
-                    human_bytes(free)
-                ),
-            )));
+            return Err(Ok(Refusal {
+                disk_full: true,
+                ..Refusal::new(
+                    Reason::TooLarge,
+                    format!(
+                        "'{}' needs {} but only {} is free at the destination",
+                        shown(name),
+                        human_bytes(need),
+                        human_bytes(free)
+                    ),
+                )
+            }));
         }
         self.space = Some((free - need, Instant::now()));
         Ok(())

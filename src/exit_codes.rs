@@ -134,6 +134,9 @@ pub fn is_timeout(e: &io::Error) -> bool {
 pub struct Failure {
     pub code: ExitCode,
     pub message: String,
+    /// The same attempt may well succeed later (a busy receiver), so
+    /// `--retries` applies whatever the code.
+    pub transient: bool,
 }
 
 impl Failure {
@@ -141,6 +144,15 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            transient: false,
+        }
+    }
+
+    /// The same failure, marked worth trying again later.
+    pub fn transient(self) -> Self {
+        Failure {
+            transient: true,
+            ..self
         }
     }
 

@@ -558,6 +558,14 @@ fn answer_offer<S: Link + ?Sized>(
             Ok(Prepared::Directory(path)) => {
                 return directory_made(stream, peer, offer, path, reporter).map(Answer::Done);
             }
+            Err(r) if r.disk_full => {
+                // Refused for want of room: a full disk here, as when it
+                // fills while writing.
+                let told = refuse(stream, peer, r.reason, r.message);
+                return Ok(Answer::Refused(
+                    Failure::new(ExitCode::LocalFile, told.to_string()).into(),
+                ));
+            }
             Err(r) => return Ok(Answer::Refused(refuse(stream, peer, r.reason, r.message))),
         },
     };

@@ -382,13 +382,18 @@ fn judge(ack: &Ack, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::R
     })
 }
 
-/// Network failures and timeouts may pass; everything else will not.
+/// Network failures, timeouts and a busy receiver may pass; everything
+/// else will not.
 fn worth_retrying(e: &anyhow::Error) -> bool {
+    let transient = e
+        .chain()
+        .any(|c| c.downcast_ref::<Failure>().is_some_and(|f| f.transient));
     !signals::interrupted()
-        && matches!(
-            ExitCode::for_error(e),
-            ExitCode::Network | ExitCode::Timeout
-        )
+        && (transient
+            || matches!(
+                ExitCode::for_error(e),
+                ExitCode::Network | ExitCode::Timeout
+            ))
 }
 
 /// 1 s, 2 s, 4 s, ... at most 30 s before attempt `n + 1`.

@@ -338,11 +338,16 @@ pub fn code_for_reason(reason: Reason) -> ExitCode {
 
 /// An ERROR frame from the peer as our failure.
 pub fn peer_aborted(e: &ErrorFrame, peer: &str) -> anyhow::Error {
-    Failure::new(
+    let failure = Failure::new(
         code_for_reason(e.reason),
         format!("{peer} aborted: {}", escape_for_terminal(&e.message)),
-    )
-    .into()
+    );
+    // A busy receiver turns us away now, not for good.
+    if e.reason == Reason::Busy {
+        failure.transient().into()
+    } else {
+        failure.into()
+    }
 }
 
 /// A frame that has no business arriving now.

@@ -875,7 +875,7 @@ fn a_sender_over_the_connection_limit_gets_a_busy_refusal_and_code_5() {
     let occupant = raw_sender(&r.addr());
     let file = env.random_file("late.bin", 1000, 1);
     let started = std::time::Instant::now();
-    env.send(&file, &r.addr(), &[])
+    env.send(&file, &r.addr(), &["--retries", "0"])
         .assert_code(5)
         .assert_stderr_contains("busy");
     assert!(
@@ -889,7 +889,7 @@ fn a_sender_over_the_connection_limit_gets_a_busy_refusal_and_code_5() {
     drop(occupant);
     let mut delivered = false;
     for _ in 0..50 {
-        let out = env.send(&file, &r.addr(), &[]);
+        let out = env.send(&file, &r.addr(), &["--retries", "0"]);
         if out.code() == Some(0) {
             delivered = true;
             break;
@@ -901,6 +901,55 @@ fn a_sender_over_the_connection_limit_gets_a_busy_refusal_and_code_5() {
     r.signal(Signal::TERM);
     r.finish().assert_code(130);
     assert_eq!(entries(&env.dst()), vec!["late.bin"]);
+}
+
+#[test]
+fn a_busy_receiver_is_retried_until_it_has_room() {
+    // Found by stress/ (load): senders turned away as busy gave up at once
+    // with code 5 even with --retries, so a backup racing others failed.
+    let env = TestEnv::new();
+    let mut r = env.recv(&[
+        "--keep-running",
+        "--max-handshakes",
+        "1",
+        "--connect-timeout",
+        "2s",
+    ]);
+    // A silent client holds the one handshake slot until its deadline.
+    let silent = TcpStream::connect(r.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let file = env.random_file("patient.bin", 100_000, 7);
+    env.send(&file, &r.addr(), &["--retries", "4"])
+        .assert_code(0)
+        .assert_stderr_contains("try again later")
+        .assert_stderr_contains("retrying");
+    assert_eq!(
+        sha256_file(&env.dst().join("patient.bin")),
+        sha256_file(&file)
+    );
+    drop(silent);
+    r.signal(Signal::TERM);
+    r.finish().assert_code(130);
+}
+
+#[test]
+fn no_room_at_the_destination_is_a_local_error_there_and_a_refusal_here() {
+    // Found by stress/ (disk full): a receiver refusing a file its disk
+    // cannot hold reported 5 (refused) for itself; a full disk is its own
+    // local file failure (6), as when the disk fills mid-write.
+    let env = TestEnv::new();
+    let file = env.src().join("huge.img");
+    // Sparse: far more than any test disk holds, nothing read before the
+    // receiver refuses.
+    fs::File::create(&file).unwrap().set_len(8 << 40).unwrap();
+    let mut r = env.recv(&[]);
+    env.send(&file, &r.addr(), &["--retries", "0"])
+        .assert_code(5)
+        .assert_stderr_contains("is free at the destination");
+    r.finish()
+        .assert_code(6)
+        .assert_stderr_contains("is free at the destination");
+    assert!(entries(&env.dst()).is_empty(), "{:?}", entries(&env.dst()));
 }
 
 #[test]
