@@ -812,6 +812,35 @@ fn receive_pending<S: Link + ?Sized>(
         )
         .into());
     }
+    // The name, size, mode and times the data arrived under must be the
+    // ones the sender offered: in plaintext nothing else would notice a
+    // change in transit (a flipped bit in the mode, say).
+    if trailer.offer_sha256 != protocol::offer_digest(&offer) {
+        session::send_frame(
+            stream,
+            &Frame::Ack(Ack {
+                status: AckStatus::DigestMismatch,
+                sha256: digest,
+                reason: Reason::Other(0),
+                message:
+                    "the offer (name, size, mode, times) changed in transit; the data was discarded"
+                        .into(),
+            }),
+            peer,
+        )?;
+        let fate = match output {
+            Output::File(p) => {
+                p.discard();
+                "nothing was kept"
+            }
+            Output::Stdout => "the data written to stdout must be discarded",
+        };
+        return Ok(Err(Failure::new(
+            ExitCode::Integrity,
+            format!("the offer of '{shown}' changed in transit; {fate}"),
+        )
+        .into()));
+    }
     if trailer.sha256 != digest {
         session::send_frame(
             stream,

@@ -468,14 +468,20 @@ impl<S: Link> Read for Encrypted<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.len {
             // About to wait on the peer: first send what it may wait for.
+            let mut unsent = None;
             if !self.broken {
-                self.seal()?;
-                let flushed = self.inner.flush();
-                self.broken |= flushed.is_err();
-                flushed?;
+                if let Err(e) = self.seal().and_then(|()| self.inner.flush()) {
+                    self.broken = true;
+                    unsent = Some(e);
+                }
             }
-            if !self.open_next()? {
-                return Ok(0);
+            // Even if that failed, the peer may have said why it stopped
+            // reading (an ERROR) before it closed: read that first, and
+            // report the failed write only if nothing came.
+            match self.open_next() {
+                Ok(true) => {}
+                Ok(false) => return unsent.map_or(Ok(0), Err),
+                Err(e) => return Err(unsent.unwrap_or(e)),
             }
         }
         let n = buf.len().min(self.len - self.pos);

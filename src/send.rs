@@ -334,6 +334,7 @@ where
         &Frame::Trailer(Trailer {
             size,
             sha256: digest,
+            offer_sha256: protocol::offer_digest(offer),
         }),
         peer,
     )?;
@@ -351,6 +352,17 @@ fn judge(ack: &Ack, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::R
     let digest = in_flight.digest;
     match ack.status {
         AckStatus::Ok if ack.sha256 == digest => {}
+        // The data arrived intact but the offer it belongs to did not.
+        AckStatus::DigestMismatch if ack.sha256 == digest => {
+            return Err(Failure::new(
+                ExitCode::Integrity,
+                format!(
+                    "{peer} received '{shown}' intact but under a changed offer: {}",
+                    escape_for_terminal(&ack.message)
+                ),
+            )
+            .into());
+        }
         AckStatus::Ok | AckStatus::DigestMismatch => {
             return Err(Failure::new(
                 ExitCode::Integrity,

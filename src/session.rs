@@ -84,14 +84,28 @@ impl<S: Link> Read for Buffered<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.read_pos == self.read_len {
             // About to wait on the peer: first send it everything it may
-            // be waiting for.
-            if !self.broken {
-                self.send_gathered()?;
-            }
+            // be waiting for. Even if that fails, the peer may have said
+            // why it stopped reading (an ERROR) before it closed: read that
+            // first, and report the failed write only if nothing came.
+            let unsent = if self.broken {
+                None
+            } else {
+                self.send_gathered().err()
+            };
+            let got = if out.len() >= self.read_buf.len() {
+                self.inner.read(out)
+            } else {
+                self.inner.read(&mut self.read_buf)
+            };
+            let n = match (got, unsent) {
+                (Ok(0), Some(e)) | (Err(_), Some(e)) => return Err(e),
+                (Err(e), None) => return Err(e),
+                (Ok(n), _) => n,
+            };
             if out.len() >= self.read_buf.len() {
-                return self.inner.read(out);
+                return Ok(n);
             }
-            self.read_len = self.inner.read(&mut self.read_buf)?;
+            self.read_len = n;
             self.read_pos = 0;
         }
         let n = out.len().min(self.read_len - self.read_pos);

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 
 use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
+use sha2::{Digest as _, Sha256};
 
 use super::{DIGEST_LEN, Digest, ProtocolError, read_exact_or_closed};
 
@@ -197,6 +198,10 @@ pub struct Refuse {
 pub struct Trailer {
     pub size: u64,
     pub sha256: Digest,
+    /// SHA-256 of the OFFER's payload as the sender encoded it: the name,
+    /// size, mode and times the data belongs to, checked end to end like
+    /// the data (see [`offer_digest`]).
+    pub offer_sha256: Digest,
 }
 
 /// The receiver's verdict on a file.
@@ -295,22 +300,7 @@ impl Frame {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         // Writes into a Vec cannot fail.
         match self {
-            Frame::Offer(o) => {
-                // The CHECKSUM flag says whether a digest follows the name.
-                let flags = match o.sha256 {
-                    Some(_) => o.flags | FLAG_CHECKSUM,
-                    None => o.flags & !FLAG_CHECKSUM,
-                };
-                out.write_u32::<BigEndian>(flags).unwrap();
-                out.write_u64::<BigEndian>(o.size).unwrap();
-                out.write_u32::<BigEndian>(o.mode).unwrap();
-                out.write_i64::<BigEndian>(o.mtime_secs).unwrap();
-                out.write_u32::<BigEndian>(o.mtime_nanos).unwrap();
-                put_string(out, &o.name, usize::from(u16::MAX));
-                if let Some(digest) = &o.sha256 {
-                    out.extend_from_slice(digest);
-                }
-            }
+            Frame::Offer(o) => encode_offer(o, out),
             Frame::Accept(a) => {
                 out.write_u64::<BigEndian>(a.offset).unwrap();
                 out.extend_from_slice(&a.prefix_sha256);
@@ -322,6 +312,7 @@ impl Frame {
             Frame::Trailer(t) => {
                 out.write_u64::<BigEndian>(t.size).unwrap();
                 out.extend_from_slice(&t.sha256);
+                out.extend_from_slice(&t.offer_sha256);
             }
             Frame::Ack(a) => {
                 out.push(match a.status {
@@ -386,6 +377,7 @@ impl Frame {
             FrameType::Trailer => Frame::Trailer(Trailer {
                 size: c.u64()?,
                 sha256: c.digest()?,
+                offer_sha256: c.digest()?,
             }),
             FrameType::Ack => Frame::Ack(Ack {
                 status: match c.u8()? {
@@ -421,6 +413,35 @@ impl Frame {
         c.finish()?;
         Ok(frame)
     }
+}
+
+/// An OFFER's payload (without the frame header).
+fn encode_offer(o: &Offer, out: &mut Vec<u8>) {
+    // Writes into a Vec cannot fail.
+    // The CHECKSUM flag says whether a digest follows the name.
+    let flags = match o.sha256 {
+        Some(_) => o.flags | FLAG_CHECKSUM,
+        None => o.flags & !FLAG_CHECKSUM,
+    };
+    out.write_u32::<BigEndian>(flags).unwrap();
+    out.write_u64::<BigEndian>(o.size).unwrap();
+    out.write_u32::<BigEndian>(o.mode).unwrap();
+    out.write_i64::<BigEndian>(o.mtime_secs).unwrap();
+    out.write_u32::<BigEndian>(o.mtime_nanos).unwrap();
+    put_string(out, &o.name, usize::from(u16::MAX));
+    if let Some(digest) = &o.sha256 {
+        out.extend_from_slice(digest);
+    }
+}
+
+/// SHA-256 of an OFFER's payload: what TRAILER.offer_sha256 carries. The
+/// receiver recomputes it from the offer it decoded, whose encoding is
+/// canonical (a decoder takes no other bytes for the same offer), so any
+/// change in transit to the name, size, mode, times or flags shows.
+pub fn offer_digest(o: &Offer) -> Digest {
+    let mut payload = Vec::with_capacity(64 + o.name.len());
+    encode_offer(o, &mut payload);
+    Sha256::digest(&payload).into()
 }
 
 /// Writes one frame with write-all semantics.
@@ -597,6 +618,7 @@ mod tests {
             Frame::Trailer(Trailer {
                 size: 42,
                 sha256: [7; 32],
+                offer_sha256: [9; 32],
             }),
             Frame::Ack(Ack {
                 status: AckStatus::Ok,
@@ -660,10 +682,11 @@ mod tests {
         let bytes = Frame::Trailer(Trailer {
             size: 1,
             sha256: [0; 32],
+            offer_sha256: [0; 32],
         })
         .encode();
         assert_eq!(bytes[0], 0x04);
-        assert_eq!(&bytes[1..5], &[0, 0, 0, 40]);
+        assert_eq!(&bytes[1..5], &[0, 0, 0, 72]);
         assert_eq!(&bytes[5..13], &[0, 0, 0, 0, 0, 0, 0, 1]);
     }
 
@@ -692,13 +715,20 @@ mod tests {
         want.extend([0; 4]);
         want.extend([0x00, 0x01, b'a']);
         assert_eq!(offer.encode(), want);
+        let Frame::Offer(o) = &offer else {
+            unreachable!()
+        };
+        assert_eq!(
+            crate::protocol::hex(&offer_digest(o)),
+            "befac112e237a516979d1361e226206d11e17d16cf0826f664cc0dbcf7cd8fab"
+        );
         assert_eq!(
             crate::protocol::Preamble::ours(crate::protocol::Transport::Plain).encode(),
-            [0x58, 0x46, 0x45, 0x52, 0, 1, 0, 0]
+            [0x58, 0x46, 0x45, 0x52, 0, 2, 0, 0]
         );
         assert_eq!(
             crate::protocol::Preamble::ours(crate::protocol::Transport::Key).encode(),
-            [0x58, 0x46, 0x45, 0x52, 0, 1, 2, 0]
+            [0x58, 0x46, 0x45, 0x52, 0, 2, 2, 0]
         );
         let mut confirm = vec![0x11, 0, 0, 0, 0x20];
         confirm.extend([7; 32]);

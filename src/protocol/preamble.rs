@@ -11,8 +11,9 @@ use super::{ProtocolError, read_exact_or_closed};
 
 /// The four bytes every xfer connection starts with: ASCII "XFER".
 pub const MAGIC: [u8; 4] = *b"XFER";
-/// The protocol version this implementation speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this implementation speaks. Version 2 added
+/// TRAILER.offer_sha256; version 1 peers are told apart by the preamble.
+pub const VERSION: u16 = 2;
 /// Size of the preamble on the wire.
 pub const PREAMBLE_LEN: usize = 8;
 
@@ -140,14 +141,15 @@ mod tests {
     #[test]
     fn other_version_is_reported_as_mismatch() {
         let mut bytes = Preamble::ours(Transport::Plain).encode();
-        bytes[5] = 2;
+        // A version 1 peer: its TRAILER lacks offer_sha256.
+        bytes[5] = 1;
         let p = read_preamble(&mut &bytes[..]).unwrap();
         let err = p.check_compatible().unwrap_err();
         assert!(matches!(
             err,
-            ProtocolError::VersionMismatch { theirs: 2, ours: 1 }
+            ProtocolError::VersionMismatch { theirs: 1, ours: 2 }
         ));
-        assert!(err.to_string().contains("version 2"));
+        assert!(err.to_string().contains("version 1"));
     }
 
     #[test]
