@@ -815,7 +815,7 @@ fn receive_pending<S: Link + ?Sized>(
     // The name, size, mode and times the data arrived under must be the
     // ones the sender offered: in plaintext nothing else would notice a
     // change in transit (a flipped bit in the mode, say).
-    if trailer.offer_sha256 != protocol::offer_digest(&offer) {
+    if trailer.offer_sha256 != protocol::offer_digest(offer) {
         session::send_frame(
             stream,
             &Frame::Ack(Ack {
