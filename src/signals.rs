@@ -79,7 +79,14 @@ pub fn install() -> std::io::Result<()> {
 fn shut_down_sockets() {
     let reg = registry();
     for fd in reg.sockets.iter().flat_map(|m| m.values()) {
-        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+        let socket = socket2::SockRef::from(fd);
+        // Abandoned, not finished: closing resets the connection, so a peer
+        // blocked writing to us fails at once. A plain close could leave it
+        // probing a zero window for a minute or more (the kernel keeps the
+        // closed socket in FIN-WAIT-2), found by stress/ (SIGTERM to a
+        // receiver mid-file made the sender time out after 90 s).
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        let _ = socket.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use rustix::process::Signal;
 use sha2::Digest as _;
@@ -940,6 +940,36 @@ fn a_sender_over_the_connection_limit_gets_a_busy_refusal_and_code_5() {
     r.signal(Signal::TERM);
     r.finish().assert_code(130);
     assert_eq!(entries(&env.dst()), vec!["late.bin"]);
+}
+
+#[test]
+fn a_receiver_stopped_mid_file_resets_the_connection_so_the_sender_fails_at_once() {
+    // Found by stress/ (kills): SIGTERM to a receiver mid-file could leave
+    // the sender probing a zero window until the kernel dropped the closed
+    // socket, 60-90 s later, and it exited 7, not 3. It took the right
+    // moment (about 2 tries in 5 here), so several moments are tried.
+    let env = TestEnv::new();
+    let file = env.random_file("big.bin", 256 * MIB, 3);
+    for attempt in 0..8u64 {
+        let mut r = env.recv(&[]);
+        let mut sender = env.spawn_send(
+            &file,
+            &r.addr(),
+            &["--retries", "0", "--no-resume", "--idle-timeout", "120s"],
+        );
+        r.wait_event("file-start");
+        std::thread::sleep(Duration::from_millis(100 + 40 * attempt));
+        let stopped_at = Instant::now();
+        r.signal(Signal::TERM);
+        r.finish().assert_code(130);
+        collect(&mut sender).assert_code(3);
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(20),
+            "attempt {attempt}: the sender took {:?} to notice",
+            stopped_at.elapsed()
+        );
+        assert!(!env.dst().join("big.bin").exists());
+    }
 }
 
 #[test]
