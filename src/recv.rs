@@ -467,6 +467,34 @@ enum Output {
     Stdout,
 }
 
+/// Answers a file that failed verification (ACK status 1, with our own
+/// digest) and drops what was written; says what became of the data.
+fn discard_mismatch<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    output: Output,
+    digest: protocol::Digest,
+    told: &str,
+) -> anyhow::Result<&'static str> {
+    session::send_frame(
+        stream,
+        &Frame::Ack(Ack {
+            status: AckStatus::DigestMismatch,
+            sha256: digest,
+            reason: Reason::Other(0),
+            message: told.into(),
+        }),
+        peer,
+    )?;
+    Ok(match output {
+        Output::File(p) => {
+            p.discard();
+            "nothing was kept"
+        }
+        Output::Stdout => "the data written to stdout is corrupt and must be discarded",
+    })
+}
+
 /// An accepted file whose data has not arrived yet (the sender may offer
 /// several files before sending the first one's data).
 struct Pending {
@@ -816,25 +844,13 @@ fn receive_pending<S: Link + ?Sized>(
     // ones the sender offered: in plaintext nothing else would notice a
     // change in transit (a flipped bit in the mode, say).
     if trailer.offer_sha256 != protocol::offer_digest(offer) {
-        session::send_frame(
+        let fate = discard_mismatch(
             stream,
-            &Frame::Ack(Ack {
-                status: AckStatus::DigestMismatch,
-                sha256: digest,
-                reason: Reason::Other(0),
-                message:
-                    "the offer (name, size, mode, times) changed in transit; the data was discarded"
-                        .into(),
-            }),
             peer,
+            output,
+            digest,
+            "the offer (name, size, mode, times) changed in transit; the data was discarded",
         )?;
-        let fate = match output {
-            Output::File(p) => {
-                p.discard();
-                "nothing was kept"
-            }
-            Output::Stdout => "the data written to stdout must be discarded",
-        };
         return Ok(Err(Failure::new(
             ExitCode::Integrity,
             format!("the offer of '{shown}' changed in transit; {fate}"),
@@ -842,23 +858,13 @@ fn receive_pending<S: Link + ?Sized>(
         .into()));
     }
     if trailer.sha256 != digest {
-        session::send_frame(
+        let fate = discard_mismatch(
             stream,
-            &Frame::Ack(Ack {
-                status: AckStatus::DigestMismatch,
-                sha256: digest,
-                reason: Reason::Other(0),
-                message: "SHA-256 mismatch; the data was discarded".into(),
-            }),
             peer,
+            output,
+            digest,
+            "SHA-256 mismatch; the data was discarded",
         )?;
-        let fate = match output {
-            Output::File(p) => {
-                p.discard();
-                "nothing was kept"
-            }
-            Output::Stdout => "the data written to stdout is corrupt and must be discarded",
-        };
         return Ok(Err(Failure::new(
             ExitCode::Integrity,
             format!(
