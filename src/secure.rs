@@ -472,6 +472,10 @@ impl<S: Link> Read for Encrypted<S> {
             if !self.broken {
                 if let Err(e) = self.seal().and_then(|()| self.inner.flush()) {
                     self.broken = true;
+                    // A peer that stalled will not have written either.
+                    if crate::exit_codes::is_timeout(&e) {
+                        return Err(e);
+                    }
                     unsent = Some(e);
                 }
             }

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::exit_codes::{ExitCode, Failure};
+use crate::exit_codes::{ExitCode, Failure, is_timeout};
 use crate::names::escape_for_terminal;
 use crate::protocol::{self, ErrorFrame, Frame, Preamble, ProtocolError, Reason, Transport};
 use crate::secure::{Keys, Role, Secret};
@@ -87,11 +87,16 @@ impl<S: Link> Read for Buffered<S> {
             // be waiting for. Even if that fails, the peer may have said
             // why it stopped reading (an ERROR) before it closed: read that
             // first, and report the failed write only if nothing came.
-            let unsent = if self.broken {
-                None
-            } else {
-                self.send_gathered().err()
-            };
+            let mut unsent = None;
+            if !self.broken {
+                if let Err(e) = self.send_gathered() {
+                    // A peer that stalled will not have written either.
+                    if is_timeout(&e) {
+                        return Err(e);
+                    }
+                    unsent = Some(e);
+                }
+            }
             let got = if out.len() >= self.read_buf.len() {
                 self.inner.read(out)
             } else {
