@@ -305,6 +305,18 @@ fn refuse<S: Link + ?Sized>(
     reason: Reason,
     message: String,
 ) -> anyhow::Error {
+    refuse_as(stream, peer, reason, message, None)
+}
+
+/// [`refuse`], with our own exit code `here` when the reason alone does not
+/// tell it.
+fn refuse_as<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    reason: Reason,
+    message: String,
+    here: Option<ExitCode>,
+) -> anyhow::Error {
     let _ = session::send_frame(
         stream,
         &Frame::Refuse(Refuse {
@@ -313,11 +325,11 @@ fn refuse<S: Link + ?Sized>(
         }),
         peer,
     );
-    let code = match reason {
+    let code = here.unwrap_or(match reason {
         // Our own disk or permissions: a local file error on this side.
         Reason::LocalIo => ExitCode::LocalFile,
         other => session::code_for_reason(other),
-    };
+    });
     Failure::new(code, message).into()
 }
 
@@ -586,15 +598,14 @@ fn answer_offer<S: Link + ?Sized>(
             Ok(Prepared::Directory(path)) => {
                 return directory_made(stream, peer, offer, path, reporter).map(Answer::Done);
             }
-            Err(r) if r.disk_full => {
+            Err(r) => {
                 // Refused for want of room: a full disk here, as when it
                 // fills while writing.
-                let told = refuse(stream, peer, r.reason, r.message);
-                return Ok(Answer::Refused(
-                    Failure::new(ExitCode::LocalFile, told.to_string()).into(),
-                ));
+                let here = r.disk_full.then_some(ExitCode::LocalFile);
+                return Ok(Answer::Refused(refuse_as(
+                    stream, peer, r.reason, r.message, here,
+                )));
             }
-            Err(r) => return Ok(Answer::Refused(refuse(stream, peer, r.reason, r.message))),
         },
     };
 

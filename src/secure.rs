@@ -468,24 +468,15 @@ impl<S: Link> Read for Encrypted<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.len {
             // About to wait on the peer: first send what it may wait for.
-            let mut unsent = None;
-            if !self.broken {
-                if let Err(e) = self.seal().and_then(|()| self.inner.flush()) {
-                    self.broken = true;
-                    // A peer that stalled will not have written either.
-                    if crate::exit_codes::is_timeout(&e) {
-                        return Err(e);
-                    }
-                    unsent = Some(e);
-                }
-            }
-            // Even if that failed, the peer may have said why it stopped
-            // reading (an ERROR) before it closed: read that first, and
-            // report the failed write only if nothing came.
-            match self.open_next() {
-                Ok(true) => {}
-                Ok(false) => return unsent.map_or(Ok(0), Err),
-                Err(e) => return Err(unsent.unwrap_or(e)),
+            let unsent = if self.broken {
+                None
+            } else {
+                let sent = self.seal().and_then(|()| self.inner.flush());
+                self.broken |= sent.is_err();
+                session::unsent(sent)?
+            };
+            if !session::last_words(unsent, self.open_next(), |more| !more)? {
+                return Ok(0);
             }
         }
         let n = buf.len().min(self.len - self.pos);

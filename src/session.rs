@@ -84,29 +84,18 @@ impl<S: Link> Read for Buffered<S> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.read_pos == self.read_len {
             // About to wait on the peer: first send it everything it may
-            // be waiting for. Even if that fails, the peer may have said
-            // why it stopped reading (an ERROR) before it closed: read that
-            // first, and report the failed write only if nothing came.
-            let mut unsent = None;
-            if !self.broken {
-                if let Err(e) = self.send_gathered() {
-                    // A peer that stalled will not have written either.
-                    if is_timeout(&e) {
-                        return Err(e);
-                    }
-                    unsent = Some(e);
-                }
-            }
+            // be waiting for.
+            let unsent = if self.broken {
+                None
+            } else {
+                unsent(self.send_gathered())?
+            };
             let got = if out.len() >= self.read_buf.len() {
                 self.inner.read(out)
             } else {
                 self.inner.read(&mut self.read_buf)
             };
-            let n = match (got, unsent) {
-                (Ok(0), Some(e)) | (Err(_), Some(e)) => return Err(e),
-                (Err(e), None) => return Err(e),
-                (Ok(n), _) => n,
-            };
+            let n = last_words(unsent, got, |n| *n == 0)?;
             if out.len() >= self.read_buf.len() {
                 return Ok(n);
             }
@@ -117,6 +106,31 @@ impl<S: Link> Read for Buffered<S> {
         out[..n].copy_from_slice(&self.read_buf[self.read_pos..self.read_pos + n]);
         self.read_pos += n;
         Ok(n)
+    }
+}
+
+/// A failed send before a read, kept to report after the read: the peer may
+/// have said why it stopped reading (an ERROR) before it closed. A timeout
+/// is reported at once, since a peer that stalled has written nothing.
+pub fn unsent(sent: io::Result<()>) -> io::Result<Option<io::Error>> {
+    match sent {
+        Ok(()) => Ok(None),
+        Err(e) if is_timeout(&e) => Err(e),
+        Err(e) => Ok(Some(e)),
+    }
+}
+
+/// The read that followed an [`unsent`] failure: what it got if it got
+/// something (`nothing` says when it did not), else the failed send.
+pub fn last_words<T>(
+    unsent: Option<io::Error>,
+    got: io::Result<T>,
+    nothing: impl FnOnce(&T) -> bool,
+) -> io::Result<T> {
+    match (got, unsent) {
+        (Ok(v), Some(e)) if nothing(&v) => Err(e),
+        (Err(_), Some(e)) => Err(e),
+        (got, _) => got,
     }
 }
 
