@@ -15,6 +15,7 @@ import os
 import pty
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -221,6 +222,19 @@ def send(env, paths, port, args=(), timeout=120, host="127.0.0.1", prefix=(), st
     except subprocess.TimeoutExpired as e:
         raise Check(f"sender still running after {timeout} s: {e.stderr!r}")
     return p.returncode, p.stderr.decode(errors="replace").strip()
+
+
+def rerun(env, src, final, want, what, recv_args=None, rcv=None, alone=True):
+    """The same transfer again, untouched (to a new receiver with
+    `recv_args`, or to `rcv`): both sides exit 0 and `final` holds the
+    source's bytes; with `alone`, nothing else is left beside it."""
+    rcv = rcv or Receiver(env, recv_args)
+    code, err = send(env, [src], rcv.port, ["--retries", "0"])
+    r_code = rcv.wait(60)
+    check((code, r_code) == (OK, OK), f"{what}: exit codes {code}, {r_code}: {err} | {rcv.err()}")
+    check(sha256(final) == want, f"{what}: the file differs from the source")
+    if alone:
+        check(listing(final.parent) == [final.name], f"after the {what}: {listing(final.parent)}")
 
 
 class Proxy:
@@ -431,12 +445,7 @@ def scenario_kills(work, rng, runs):
         kept = sum(os.path.getsize(dest / n) for n in partials)
         kept_bytes.append(kept)
         # Run it again, untouched: it must resume (or start over) and verify.
-        rcv = Receiver(env, recv_args)
-        code, err = send(env, [src], rcv.port, ["--retries", "0"])
-        r_code = rcv.wait(60)
-        check((code, r_code) == (OK, OK), f"re-run exit codes {code}, {r_code}: {err} | {rcv.err()}")
-        check(sha256(final) == want, "re-run left a file that differs from the source")
-        check(listing(dest) == [final.name], f"after the re-run: {listing(dest)}")
+        rerun(env, src, final, want, "re-run", recv_args)
 
     for i in range(runs * 2):
         sig = (signal.SIGKILL, signal.SIGTERM)[i % 2]
@@ -529,13 +538,10 @@ def scenario_corruption(work, rng, runs, mode):
             check(sha256(dest / src.name) == want_sha, "a flip in the reserved byte changed the file")
             return
         check(not only_partials(listing(dest)), f"a file appeared: {listing(dest)}")
-        # Whatever the failed run kept must not poison the next one.
-        if r_code is not None:
-            rcv = Receiver(env, ["--dir", str(dest)])
-        code, err = send(env, [src], rcv.port, ["--retries", "0"])
-        r_code = rcv.wait(60)
-        check((code, r_code) == (OK, OK), f"clean re-run: {code}, {r_code}: {err}")
-        check(sha256(dest / src.name) == want_sha, "clean re-run produced different bytes")
+        # Whatever the failed run kept must not poison the next one. (A
+        # changed name or time leaves its own partial file behind.)
+        waiting = rcv if r_code is None else None
+        rerun(env, src, dest / src.name, want_sha, "clean re-run", ["--dir", str(dest)], waiting, alone=False)
 
     for i in range(runs):
         header = i % 4 == 3
@@ -863,9 +869,9 @@ def scenario_diskfull(work, rng):
 # ------------------------------------------------------ 6. pipes and signals
 
 
-def pty_run(argv, until, interrupt, timeout=60):
-    """Runs argv on a new terminal; once `until()` is true, types Ctrl-C if
-    `interrupt`. Returns (exit code, what the terminal showed)."""
+def pty_run(argv, until, timeout=60):
+    """Runs argv on a new terminal; once `until()` is true, types Ctrl-C.
+    Returns (exit code, what the terminal showed)."""
     pid, fd = pty.fork()
     if pid == 0:
         try:
@@ -877,12 +883,10 @@ def pty_run(argv, until, interrupt, timeout=60):
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
-        if interrupt and not sent and until():
+        if not sent and until():
             os.write(fd, b"\x03")
             sent = True
         try:
-            import select
-
             r, _, _ = select.select([fd], [], [], 0.02)
             if r:
                 chunk = os.read(fd, 4096)
@@ -966,7 +970,7 @@ def scenario_signals(work, rng):
             rcv = Receiver(env, ["--dir", str(dest)])
             proxy = Proxy(rcv.port, trigger_at=rng.randrange(16 * MIB, 200 * MIB), at_offset=lambda: None)
             argv = [XFER, "send", str(src), f"127.0.0.1:{proxy.port}", "--retries", "0", *env.security()]
-            code, shown = pty_run(argv, lambda: proxy.trigger_at is None, True)
+            code, shown = pty_run(argv, lambda: proxy.trigger_at is None)
             r_code = rcv.wait(60)
             s_code = code
         else:
@@ -982,7 +986,7 @@ def scenario_signals(work, rng):
 
             t = threading.Thread(target=sender)
             t.start()
-            code, shown = pty_run(argv, lambda: "p" in proxy_box and proxy_box["p"].trigger_at is None, True)
+            code, shown = pty_run(argv, lambda: "p" in proxy_box and proxy_box["p"].trigger_at is None)
             t.join(120)
             r_code = code
             s_code = result["out"][0]
@@ -992,11 +996,7 @@ def scenario_signals(work, rng):
         check((s_code, r_code) == want_codes, f"Ctrl-C on the {side}: exit codes {s_code}, {r_code}; terminal: {shown[-300:]!r}")
         check("interrupted" in shown, f"the terminal did not say 'interrupted': {shown[-300:]!r}")
         check(not only_partials(listing(dest)), f"left behind: {listing(dest)}")
-        rcv = Receiver(env, ["--dir", str(dest)])
-        code, err = send(env, [src], rcv.port, ["--retries", "0"])
-        check((code, rcv.wait(60)) == (OK, OK), f"re-run after Ctrl-C: {code}: {err}")
-        check(sha256(dest / src.name) == want, "re-run bytes differ")
-        check(listing(dest) == [src.name], f"after the re-run: {listing(dest)}")
+        rerun(env, src, dest / src.name, want, "re-run after Ctrl-C", ["--dir", str(dest)])
 
     sc.run("recv --stdout | head -c 10", head)
     sc.run("SIGPIPE to both sides, sender stdout closed", sigpipe)
