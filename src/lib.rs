@@ -16,6 +16,7 @@ pub mod secure;
 pub mod send;
 pub mod session;
 pub mod signals;
+pub mod source;
 
 use std::io::Write;
 

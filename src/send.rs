@@ -8,8 +8,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -28,6 +26,7 @@ use crate::protocol::{
 use crate::secure::{Encrypted, Role, Secret};
 use crate::session::{self, Link};
 use crate::signals;
+use crate::source::{Identity, Kind, Opener, Plan};
 
 /// A file the receiver verified and kept.
 #[derive(Debug, Clone)]
@@ -727,158 +726,9 @@ fn send_stdin(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
     Ok(totals)
 }
 
-/// One thing to offer: a file or a directory, with its name on the wire.
-struct Entry {
-    local: PathBuf,
-    name: String,
-    meta: std::fs::Metadata,
-}
-
-/// Everything the command line names, walked (directories recursively,
-/// in name order, symbolic links never followed).
-#[derive(Default)]
-struct Plan {
-    entries: Vec<Entry>,
-    /// Passed over on purpose: (name, reason).
-    passed_over: Vec<(String, &'static str)>,
-    /// Could not be read or named: (name, error).
-    unreadable: Vec<(String, anyhow::Error)>,
-}
-
-impl Plan {
-    fn of(config: &SendConfig) -> Plan {
-        let mut plan = Plan::default();
-        for path in &config.paths {
-            let name = match &config.name {
-                Some(n) => Some(n.clone()),
-                None => top_name(path),
-            };
-            match name {
-                Some(name) => plan.walk(path, name, true),
-                None => plan.unreadable.push((
-                    path.display().to_string(),
-                    Failure::new(
-                        ExitCode::LocalFile,
-                        format!(
-                            "'{}' has no UTF-8 name to offer; give one with --name",
-                            escape_for_terminal(&path.display().to_string())
-                        ),
-                    )
-                    .into(),
-                )),
-            }
-        }
-        plan
-    }
-
-    /// Adds `path` (and below a directory, everything in it). A path named
-    /// on the command line (`top`) is followed if it is a link and must be
-    /// a file or directory; inside directories links and special files are
-    /// passed over.
-    fn walk(&mut self, path: &Path, name: String, top: bool) {
-        let shown = escape_for_terminal(&path.display().to_string());
-        let looked = if top {
-            std::fs::metadata(path)
-        } else {
-            std::fs::symlink_metadata(path)
-        };
-        let meta = match looked {
-            Ok(m) => m,
-            Err(e) => {
-                let err = Failure::local(format!("cannot open '{shown}'"), &e);
-                self.unreadable.push((name, err.into()));
-                return;
-            }
-        };
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            self.passed_over.push((name, "symbolic link, not followed"));
-            return;
-        }
-        if !kind.is_file() && !kind.is_dir() {
-            if top {
-                let err = Failure::new(
-                    ExitCode::LocalFile,
-                    format!("cannot send '{shown}': not a regular file (use '-' for a stream)"),
-                );
-                self.unreadable.push((name, err.into()));
-            } else {
-                self.passed_over
-                    .push((name, "not a regular file or directory"));
-            }
-            return;
-        }
-        let is_dir = kind.is_dir();
-        self.entries.push(Entry {
-            local: path.to_path_buf(),
-            name: name.clone(),
-            meta,
-        });
-        if !is_dir {
-            return;
-        }
-        let children = std::fs::read_dir(path).and_then(|rd| rd.collect::<Result<Vec<_>, _>>());
-        let mut children = match children {
-            Ok(c) => c,
-            Err(e) => {
-                let err = Failure::local(format!("cannot list '{shown}'"), &e);
-                self.unreadable.push((name, err.into()));
-                return;
-            }
-        };
-        children.sort_by_key(|c| c.file_name());
-        for child in children {
-            let child_path = child.path();
-            match child.file_name().to_str() {
-                Some(child_name) => self.walk(&child_path, format!("{name}/{child_name}"), false),
-                None => self.unreadable.push((
-                    child_path.display().to_string(),
-                    Failure::new(
-                        ExitCode::LocalFile,
-                        format!(
-                            "'{}' has a name that is not UTF-8",
-                            escape_for_terminal(&child_path.display().to_string())
-                        ),
-                    )
-                    .into(),
-                )),
-            }
-        }
-    }
-}
-
-/// The name a command-line path is offered under: its last component
-/// (`.` and `dir/` name the directory itself).
-fn top_name(path: &Path) -> Option<String> {
-    let named = match path.file_name() {
-        Some(n) => Some(n.to_os_string()),
-        None => std::fs::canonicalize(path)
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_os_string())),
-    };
-    named.and_then(|n| n.into_string().ok())
-}
-
-fn mtime_parts(meta: &std::fs::Metadata) -> (i64, u32) {
-    match meta.modified() {
-        Ok(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-            // Before 1970: floor to whole seconds, nanoseconds count up.
-            Err(before) => {
-                let d = before.duration();
-                match d.subsec_nanos() {
-                    0 => (-(d.as_secs() as i64), 0),
-                    n => (-(d.as_secs() as i64) - 1, 1_000_000_000 - n),
-                }
-            }
-        },
-        Err(_) => (0, 0),
-    }
-}
-
 /// `xfer send PATH... HOST:PORT`: every file and directory in one session.
 fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyhow::Result<Totals> {
-    let plan = Plan::of(config);
+    let mut plan = Plan::of(&config.paths, config.name.as_deref());
     let mut totals = Totals {
         passed_over: plan.passed_over.len(),
         ..Totals::default()
@@ -888,7 +738,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         reporter.event("file-skipped", || json!({ "name": name, "reason": reason }));
     }
     // One plain file goes as before; a tree or several paths as paths.
-    let as_paths = plan.entries.len() > 1 || plan.entries.iter().any(|e| e.meta.is_dir());
+    let as_paths = plan.entries.len() > 1 || plan.entries.iter().any(|e| e.kind == Kind::Dir);
     let several = plan.entries.len() + plan.unreadable.len() > 1;
     let report_failure = |e: &anyhow::Error| {
         // With one entry, its failure is the command's one error line.
@@ -896,7 +746,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
             report_failure(reporter, e);
         }
     };
-    for (name, e) in plan.unreadable {
+    for (name, e) in std::mem::take(&mut plan.unreadable) {
         report_failure(&e);
         totals.record_failure(&name, e, reporter);
     }
@@ -906,12 +756,13 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
     let total_bytes: u64 = plan
         .entries
         .iter()
-        .filter(|e| e.meta.is_file())
-        .map(|e| e.meta.len())
+        .filter(|e| e.kind == Kind::File)
+        .map(|e| e.id.size)
         .sum();
 
     let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
-    let files = plan.entries.iter().filter(|e| e.meta.is_file()).count();
+    let files = plan.entries.iter().filter(|e| e.kind == Kind::File).count();
+    let mut opener = Opener::default();
     reporter.info(|| {
         if as_paths {
             format!(
@@ -941,31 +792,32 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         while next < count && offered.len() < WINDOW && unacked.len() < 4 * WINDOW {
             let entry = &plan.entries[next];
             next += 1;
-            let (mtime_secs, mtime_nanos) = mtime_parts(&entry.meta);
             let mut offer = Offer {
                 flags: if as_paths { FLAG_PATH } else { 0 },
                 size: 0,
-                mode: entry.meta.mode(),
-                mtime_secs,
-                mtime_nanos,
+                mode: entry.id.mode,
+                mtime_secs: entry.id.mtime.0,
+                mtime_nanos: entry.id.mtime.1,
                 name: entry.name.clone(),
                 sha256: None,
             };
-            let opened = if entry.meta.is_dir() {
+            let opened = if entry.kind == Kind::Dir {
                 offer.flags |= FLAG_DIR;
                 None
             } else {
-                let shown_path = escape_for_terminal(&entry.local.display().to_string());
-                match open_file(&entry.local, &shown_path, config.checksum) {
-                    Ok((file, size, sha256)) => {
-                        offer.size = size;
+                let shown_path = plan.shown(next - 1);
+                match open_file(&mut opener, &plan, next - 1, &shown_path, config.checksum) {
+                    Ok((file, id, sha256)) => {
+                        offer.size = id.size;
+                        offer.mode = id.mode;
+                        (offer.mtime_secs, offer.mtime_nanos) = id.mtime;
                         offer.sha256 = sha256;
                         Some((file, shown_path))
                     }
                     Err(e) => {
                         report_failure(&e);
                         totals.record_failure(&entry.name, e, reporter);
-                        done_before += entry.meta.len();
+                        done_before += entry.id.size;
                         continue;
                     }
                 }
@@ -1103,32 +955,18 @@ fn report_failure(reporter: &Reporter, e: &anyhow::Error) {
     }
 }
 
-/// Opens a regular file to send: the file, its size, and with `checksum`
-/// its SHA-256.
+/// Opens entry `index` of `plan` to send (checked against the walk): the
+/// file, its identity now, and with `checksum` its SHA-256.
 fn open_file(
-    path: &Path,
+    opener: &mut Opener,
+    plan: &Plan,
+    index: usize,
     shown_path: &str,
     checksum: bool,
-) -> anyhow::Result<(File, u64, Option<Digest>)> {
-    // Non-blocking, so that a FIFO put where a file was cannot hang the
-    // open; for a regular file the flag changes nothing.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(|e| Failure::local(format!("cannot open '{shown_path}'"), &e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
-    if !meta.is_file() {
-        return Err(Failure::new(
-            ExitCode::LocalFile,
-            format!("cannot send '{shown_path}': not a regular file (use '-' for a stream)"),
-        )
-        .into());
-    }
+) -> anyhow::Result<(File, Identity, Option<Digest>)> {
+    let (file, id) = opener.open_file(plan, index)?;
     // Read-ahead hint for disks; not worth a system call for a small file.
-    if meta.len() >= 1 << 20 {
+    if id.size >= 1 << 20 {
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
     }
     let sha256 = if checksum {
@@ -1136,7 +974,7 @@ fn open_file(
     } else {
         None
     };
-    Ok((file, meta.len(), sha256))
+    Ok((file, id, sha256))
 }
 
 /// `--checksum`: the whole file's SHA-256 before offering it (the one case

@@ -1,0 +1,518 @@
+//! What the sender reads, and the guarantee that it reads what it listed.
+//!
+//! The command-line paths are walked through directory handles (each child
+//! looked at with `fstatat(AT_SYMLINK_NOFOLLOW)`, each subdirectory opened
+//! with `O_NOFOLLOW`), and every entry records its [`Identity`]. When an
+//! entry is sent, seconds later, it is opened again relative to its
+//! directory's handle, never through a symbolic link, and its device and
+//! inode must be the ones the walk saw. A local user who can write in the
+//! tree can make an entry fail, but never make xfer read another file in its
+//! place: the flaw of rsync's CVE-2024-12747.
+//!
+//! This module must never open anything below a command-line path by a path
+//! string, and never follow a link there.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+
+use crate::exit_codes::{ExitCode, Failure};
+use crate::names::escape_for_terminal;
+
+/// What identifies a file and its content at one moment: the object (device
+/// and inode) and what changes when it is written (size, mtime, ctime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// The whole `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+}
+
+impl Identity {
+    // The casts are for 32-bit targets, where these fields are narrower.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn of(st: &rfs::Stat) -> Identity {
+        Identity {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mode: st.st_mode as u32,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as u32),
+        }
+    }
+
+    /// The same file system object, whatever happened to its content.
+    pub fn same_object(&self, other: &Identity) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+
+    fn file_type(&self) -> FileType {
+        FileType::from_raw_mode(self.mode)
+    }
+}
+
+/// A file or a directory to offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// One thing to offer, as the walk saw it.
+#[derive(Debug)]
+pub struct Entry {
+    /// The name on the wire (`dir/sub/file` inside a tree).
+    pub name: String,
+    pub kind: Kind,
+    pub id: Identity,
+    /// The directory entry this one was found in; `None` for a path named on
+    /// the command line.
+    parent: Option<usize>,
+    /// A command-line path as given, or the name within `parent`.
+    local: OsString,
+}
+
+/// Everything the command line names, walked (directories recursively, in
+/// name order, symbolic links below the command line never followed).
+#[derive(Default)]
+pub struct Plan {
+    pub entries: Vec<Entry>,
+    /// Passed over on purpose: (name, reason).
+    pub passed_over: Vec<(String, &'static str)>,
+    /// Could not be read or named: (name, error).
+    pub unreadable: Vec<(String, anyhow::Error)>,
+}
+
+impl Plan {
+    /// Walks `paths`; with `rename`, each is offered under that name.
+    pub fn of(paths: &[PathBuf], rename: Option<&str>) -> Plan {
+        let mut plan = Plan::default();
+        for path in paths {
+            let name = match rename {
+                Some(n) => Some(n.to_string()),
+                None => top_name(path),
+            };
+            match name {
+                Some(name) => plan.walk_top(path, name),
+                None => plan.unreadable.push((
+                    path.display().to_string(),
+                    Failure::new(
+                        ExitCode::LocalFile,
+                        format!(
+                            "'{}' has no UTF-8 name to offer; give one with --name",
+                            shown(path.as_os_str())
+                        ),
+                    )
+                    .into(),
+                )),
+            }
+        }
+        plan
+    }
+
+    /// The local path of entry `index`, escaped for messages.
+    pub fn shown(&self, index: usize) -> String {
+        shown(self.local_path(index).as_os_str())
+    }
+
+    fn local_path(&self, index: usize) -> PathBuf {
+        let entry = &self.entries[index];
+        match entry.parent {
+            None => PathBuf::from(&entry.local),
+            Some(p) => self.local_path(p).join(&entry.local),
+        }
+    }
+
+    /// A path named on the command line: followed if it is a link (it is the
+    /// user's to choose), and it must be a file or a directory.
+    fn walk_top(&mut self, path: &Path, name: String) {
+        let fail = |e: rustix::io::Errno, what: &str| -> anyhow::Error {
+            Failure::local(format!("{what} '{}'", shown(path.as_os_str())), &e.into()).into()
+        };
+        let st = match rfs::stat(path) {
+            Ok(st) => st,
+            Err(e) => return self.unreadable.push((name, fail(e, "cannot open"))),
+        };
+        let id = Identity::of(&st);
+        match id.file_type() {
+            FileType::RegularFile => self.entries.push(Entry {
+                name,
+                kind: Kind::File,
+                id,
+                parent: None,
+                local: path.as_os_str().to_owned(),
+            }),
+            FileType::Directory => {
+                let fd = match open_dir_at(rfs::CWD, path.as_os_str(), &id, false) {
+                    Ok(fd) => fd,
+                    Err(e) => return self.unreadable.push((name, fail(e, "cannot list"))),
+                };
+                self.entries.push(Entry {
+                    name: name.clone(),
+                    kind: Kind::Dir,
+                    id,
+                    parent: None,
+                    local: path.as_os_str().to_owned(),
+                });
+                let index = self.entries.len() - 1;
+                self.walk_dir(&fd, index, &name);
+            }
+            _ => self.unreadable.push((
+                name,
+                Failure::new(
+                    ExitCode::LocalFile,
+                    format!(
+                        "cannot send '{}': not a regular file (use '-' for a stream)",
+                        shown(path.as_os_str())
+                    ),
+                )
+                .into(),
+            )),
+        }
+    }
+
+    /// Adds everything in the directory `fd` (entry `index`, named `name` on
+    /// the wire): files and directories, links and special files passed over.
+    fn walk_dir(&mut self, fd: &OwnedFd, index: usize, name: &str) {
+        let cannot_list = |plan: &Plan, e: rustix::io::Errno| -> anyhow::Error {
+            Failure::local(format!("cannot list '{}'", plan.shown(index)), &e.into()).into()
+        };
+        let listed: Result<Vec<OsString>, _> = rfs::Dir::read_from(fd).and_then(|dir| {
+            dir.filter_map(|entry| match entry {
+                Ok(e) if matches!(e.file_name().to_bytes(), b"." | b"..") => None,
+                Ok(e) => Some(Ok(OsStr::from_bytes(e.file_name().to_bytes()).to_owned())),
+                Err(e) => Some(Err(e)),
+            })
+            .collect()
+        });
+        let mut children = match listed {
+            Ok(c) => c,
+            Err(e) => {
+                let err = cannot_list(self, e);
+                return self.unreadable.push((name.to_string(), err));
+            }
+        };
+        children.sort();
+        for child in children {
+            let child_path = || self.local_path(index).join(&child);
+            let Some(child_name) = child.to_str().map(|c| format!("{name}/{c}")) else {
+                let err = Failure::new(
+                    ExitCode::LocalFile,
+                    format!(
+                        "'{}' has a name that is not UTF-8",
+                        shown(child_path().as_os_str())
+                    ),
+                );
+                self.unreadable
+                    .push((child_path().display().to_string(), err.into()));
+                continue;
+            };
+            let st = match rfs::statat(fd, &child, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(e) => {
+                    let err = Failure::local(
+                        format!("cannot open '{}'", shown(child_path().as_os_str())),
+                        &e.into(),
+                    );
+                    self.unreadable.push((child_name, err.into()));
+                    continue;
+                }
+            };
+            let id = Identity::of(&st);
+            let kind = match id.file_type() {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => {
+                    self.passed_over
+                        .push((child_name, "symbolic link, not followed"));
+                    continue;
+                }
+                _ => {
+                    self.passed_over
+                        .push((child_name, "not a regular file or directory"));
+                    continue;
+                }
+            };
+            self.entries.push(Entry {
+                name: child_name.clone(),
+                kind,
+                id,
+                parent: Some(index),
+                local: child.clone(),
+            });
+            let child_index = self.entries.len() - 1;
+            if kind == Kind::Dir {
+                match open_dir_at(fd, &child, &id, true) {
+                    Ok(child_fd) => self.walk_dir(&child_fd, child_index, &child_name),
+                    Err(e) => {
+                        let err = self.changed_or(child_index, e, "cannot list");
+                        self.unreadable.push((child_name, err));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The error for entry `index` that could not be opened: replaced since
+    /// it was listed, or the system's own reason.
+    fn changed_or(&self, index: usize, e: rustix::io::Errno, what: &str) -> anyhow::Error {
+        if e == REPLACED {
+            replaced(&self.shown(index))
+        } else {
+            Failure::local(format!("{what} '{}'", self.shown(index)), &e.into()).into()
+        }
+    }
+}
+
+/// Stands for "not the object the walk saw" in this module's results.
+const REPLACED: rustix::io::Errno = rustix::io::Errno::STALE;
+
+fn replaced(shown: &str) -> anyhow::Error {
+    Failure::new(
+        ExitCode::LocalFile,
+        format!("'{shown}' was replaced after it was listed (not sent; run again to send it)"),
+    )
+    .into()
+}
+
+/// Opens the directory `name` in `at` and checks it is the object `want`
+/// (`REPLACED` otherwise); `nofollow` below the command line.
+fn open_dir_at<Fd: std::os::fd::AsFd>(
+    at: Fd,
+    name: &OsStr,
+    want: &Identity,
+    nofollow: bool,
+) -> rustix::io::Result<OwnedFd> {
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if nofollow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = rfs::openat(at, name, flags, Mode::empty())?;
+    if !Identity::of(&rfs::fstat(&fd)?).same_object(want) {
+        return Err(REPLACED);
+    }
+    Ok(fd)
+}
+
+/// Opens a plan's entries for reading, keeping the handles of the
+/// directories on the way to the last one (a tree is sent directory by
+/// directory, so each directory is opened once).
+#[derive(Default)]
+pub struct Opener {
+    /// Entry index and handle of each directory from a command-line path
+    /// down to the directory of the last file opened.
+    chain: Vec<(usize, OwnedFd)>,
+}
+
+impl Opener {
+    /// Opens the file of entry `index` without following a link and
+    /// without blocking (a FIFO put in its place cannot hang the open), and
+    /// checks it is the object the walk saw. Returns it with its identity
+    /// now, which gives the size and times to offer.
+    pub fn open_file(&mut self, plan: &Plan, index: usize) -> anyhow::Result<(File, Identity)> {
+        let entry = &plan.entries[index];
+        let flags =
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let opened = match entry.parent {
+            // A command-line path may itself be a link: the user's choice.
+            None => rfs::open(
+                Path::new(&entry.local),
+                flags - OFlags::NOFOLLOW,
+                Mode::empty(),
+            ),
+            Some(parent) => match self.dir(plan, parent) {
+                Ok(dir) => rfs::openat(dir, &entry.local, flags, Mode::empty()),
+                Err(e) => Err(e),
+            },
+        };
+        let fd = opened
+            .and_then(|fd| {
+                let now = Identity::of(&rfs::fstat(&fd)?);
+                if !now.same_object(&entry.id) || now.file_type() != FileType::RegularFile {
+                    return Err(REPLACED);
+                }
+                Ok((fd, now))
+            })
+            .map_err(|e| match e {
+                // O_NOFOLLOW met a link: something was put in its place.
+                rustix::io::Errno::LOOP => replaced(&plan.shown(index)),
+                e => plan.changed_or(index, e, "cannot open"),
+            })?;
+        Ok((File::from(fd.0), fd.1))
+    }
+
+    /// The handle of directory entry `index`, opened along the chain from
+    /// its command-line path, each checked against the walk.
+    fn dir(&mut self, plan: &Plan, index: usize) -> rustix::io::Result<&OwnedFd> {
+        let mut wanted = vec![index];
+        while let Some(p) = plan.entries[*wanted.last().expect("not empty")].parent {
+            wanted.push(p);
+        }
+        wanted.reverse();
+        let kept = self
+            .chain
+            .iter()
+            .zip(&wanted)
+            .take_while(|((have, _), want)| have == *want)
+            .count();
+        self.chain.truncate(kept);
+        for &i in &wanted[kept..] {
+            let entry = &plan.entries[i];
+            let fd = match self.chain.last() {
+                None => open_dir_at(rfs::CWD, &entry.local, &entry.id, false),
+                Some((_, parent)) => open_dir_at(parent, &entry.local, &entry.id, true),
+            };
+            match fd {
+                Ok(fd) => self.chain.push((i, fd)),
+                Err(e) => {
+                    self.chain.clear();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(&self.chain.last().expect("at least the wanted directory").1)
+    }
+}
+
+/// The name a command-line path is offered under: its last component
+/// (`.` and `dir/` name the directory itself).
+fn top_name(path: &Path) -> Option<String> {
+    let named = match path.file_name() {
+        Some(n) => Some(n.to_os_string()),
+        None => std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_os_string())),
+    };
+    named.and_then(|n| n.into_string().ok())
+}
+
+fn shown(path: &OsStr) -> String {
+    escape_for_terminal(&Path::new(path).display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Read;
+    use std::os::unix::fs::symlink;
+
+    fn plan_of(dir: &Path) -> Plan {
+        Plan::of(&[dir.to_path_buf()], None)
+    }
+
+    fn index_of(plan: &Plan, name: &str) -> usize {
+        plan.entries.iter().position(|e| e.name == name).unwrap()
+    }
+
+    fn read(file: &mut File) -> Vec<u8> {
+        let mut v = Vec::new();
+        file.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn a_tree_is_walked_in_name_order_with_links_and_fifos_passed_over() {
+        let top = tempfile::tempdir().unwrap();
+        let t = top.path().join("t");
+        fs::create_dir_all(t.join("sub")).unwrap();
+        fs::write(t.join("b"), b"b").unwrap();
+        fs::write(t.join("a"), b"a").unwrap();
+        fs::write(t.join("sub/c"), b"c").unwrap();
+        symlink("/etc/passwd", t.join("link")).unwrap();
+        rustix::fs::mkfifoat(rfs::CWD, t.join("fifo"), Mode::from_raw_mode(0o600)).unwrap();
+        let plan = plan_of(&t);
+        let names: Vec<_> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["t", "t/a", "t/b", "t/sub", "t/sub/c"]);
+        let mut over: Vec<_> = plan.passed_over.iter().map(|p| p.0.as_str()).collect();
+        over.sort();
+        assert_eq!(over, ["t/fifo", "t/link"]);
+        let mut opener = Opener::default();
+        let (mut f, id) = opener.open_file(&plan, index_of(&plan, "t/sub/c")).unwrap();
+        assert_eq!((read(&mut f), id.size), (b"c".to_vec(), 1));
+        let (mut f, _) = opener.open_file(&plan, index_of(&plan, "t/a")).unwrap();
+        assert_eq!(read(&mut f), b"a");
+    }
+
+    /// Issue 12, hostile neighbours: a file swapped for a link to a file the
+    /// sender may read but the tree's owner may not, after the walk and
+    /// before the open, must not be sent.
+    #[test]
+    fn a_file_swapped_for_a_link_after_the_walk_is_not_read() {
+        let top = tempfile::tempdir().unwrap();
+        let t = top.path().join("t");
+        fs::create_dir(&t).unwrap();
+        let secret = top.path().join("secret");
+        fs::write(&secret, b"root only").unwrap();
+        fs::write(t.join("a"), b"harmless").unwrap();
+        let plan = plan_of(&t);
+        fs::remove_file(t.join("a")).unwrap();
+        symlink(&secret, t.join("a")).unwrap();
+        let err = Opener::default()
+            .open_file(&plan, index_of(&plan, "t/a"))
+            .unwrap_err();
+        assert_eq!(ExitCode::for_error(&err), ExitCode::LocalFile);
+        assert!(
+            format!("{err:#}").contains("was replaced after it was listed"),
+            "{err:#}"
+        );
+        // A hard link or a rename brings another inode: refused as well.
+        fs::remove_file(t.join("a")).unwrap();
+        fs::hard_link(&secret, t.join("a")).unwrap();
+        assert!(
+            Opener::default()
+                .open_file(&plan, index_of(&plan, "t/a"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_walk_is_not_entered() {
+        let top = tempfile::tempdir().unwrap();
+        let t = top.path().join("t");
+        fs::create_dir_all(t.join("sub")).unwrap();
+        fs::write(t.join("sub/key"), b"harmless").unwrap();
+        let private = top.path().join("private");
+        fs::create_dir(&private).unwrap();
+        fs::write(private.join("key"), b"root only").unwrap();
+        let plan = plan_of(&t);
+        fs::rename(t.join("sub"), top.path().join("moved")).unwrap();
+        symlink(&private, t.join("sub")).unwrap();
+        let err = Opener::default()
+            .open_file(&plan, index_of(&plan, "t/sub/key"))
+            .unwrap_err();
+        assert_eq!(ExitCode::for_error(&err), ExitCode::LocalFile);
+        // The same directory moved back in place is fine again.
+        fs::remove_file(t.join("sub")).unwrap();
+        fs::rename(top.path().join("moved"), t.join("sub")).unwrap();
+        let (mut f, _) = Opener::default()
+            .open_file(&plan, index_of(&plan, "t/sub/key"))
+            .unwrap();
+        assert_eq!(read(&mut f), b"harmless");
+    }
+
+    #[test]
+    fn a_fifo_put_in_place_of_a_file_fails_at_once() {
+        let top = tempfile::tempdir().unwrap();
+        let t = top.path().join("t");
+        fs::create_dir(&t).unwrap();
+        fs::write(t.join("a"), b"x").unwrap();
+        let plan = plan_of(&t);
+        fs::remove_file(t.join("a")).unwrap();
+        rustix::fs::mkfifoat(rfs::CWD, t.join("a"), Mode::from_raw_mode(0o600)).unwrap();
+        assert!(
+            Opener::default()
+                .open_file(&plan, index_of(&plan, "t/a"))
+                .is_err()
+        );
+    }
+}
