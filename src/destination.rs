@@ -267,23 +267,35 @@ impl Destination {
                 ),
             )
         };
-        let resumable = offer.flags & FLAG_STREAM == 0;
-        let (file, temp_name, held) = if resumable {
+        let mut resumable = offer.flags & FLAG_STREAM == 0;
+        let ours = if resumable {
             let name = partial_name(&final_path, offer);
-            let (file, held) = open_partial(&dir, &name).map_err(|e| match e {
-                PartialError::Busy => Refusal::new(
-                    Reason::Busy,
-                    format!(
-                        "'{}' is being received from another sender right now",
-                        shown_final()
-                    ),
-                ),
-                PartialError::Io(e) => cannot_create(&e),
-            })?;
-            (file, name, held)
+            match open_partial(&dir, &name) {
+                Ok(Some((file, held))) => Some((file, name, held)),
+                // Planted by someone else: never trusted, never touched;
+                // this attempt goes to a one-off temporary file instead.
+                Ok(None) => None,
+                Err(PartialError::Busy) => {
+                    return Err(Refusal::new(
+                        Reason::Busy,
+                        format!(
+                            "'{}' is being received from another sender right now",
+                            shown_final()
+                        ),
+                    ));
+                }
+                Err(PartialError::Io(e)) => return Err(cannot_create(&e)),
+            }
         } else {
-            let (file, name) = create_temp(&dir).map_err(|e| cannot_create(&e))?;
-            (file, name, 0)
+            None
+        };
+        let (file, temp_name, held) = match ours {
+            Some(partial) => partial,
+            None => {
+                resumable = false;
+                let (file, name) = create_temp(&dir).map_err(|e| cannot_create(&e))?;
+                (file, name, 0)
+            }
         };
         let path = dir_path.join(&temp_name);
         let watch = (!resumable).then(|| signals::watch_temp(&path));
@@ -488,24 +500,64 @@ enum PartialError {
 }
 
 /// Opens (creating if need be) the resumable partial file `name` in `dir`,
-/// locked against a second sender of the same file. A link planted in its
-/// place is never followed, and a hard link to some other file is refused.
-fn open_partial(dir: &OwnedFd, name: &OsStr) -> Result<(File, u64), PartialError> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rfs::openat(dir, name, flags, rfs::Mode::from_raw_mode(0o600))
-        .map_err(|e| PartialError::Io(e.into()))?;
+/// locked against a second sender of the same file. Only a file this
+/// process could have left is trusted: a regular file with one link, owned
+/// by this user. Anything else under that name (a link, a FIFO, another
+/// user's file planted in a shared directory) gives `Ok(None)` and is left
+/// alone. A new partial file is created exclusively.
+fn open_partial(dir: &OwnedFd, name: &OsStr) -> Result<Option<(File, u64)>, PartialError> {
+    use rustix::io::Errno;
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rfs::openat(dir, name, flags, rfs::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            let create = flags | OFlags::CREATE | OFlags::EXCL;
+            match rfs::openat(dir, name, create, rfs::Mode::from_raw_mode(0o600)) {
+                Ok(fd) => fd,
+                // Created meanwhile, by a concurrent session or someone else.
+                Err(Errno::EXIST) => return open_partial_existing(dir, name, flags),
+                Err(e) => return Err(PartialError::Io(e.into())),
+            }
+        }
+        Err(e) => return not_ours_or(e),
+    };
+    trust_partial(fd)
+}
+
+fn open_partial_existing(
+    dir: &OwnedFd,
+    name: &OsStr,
+    flags: OFlags,
+) -> Result<Option<(File, u64)>, PartialError> {
+    match rfs::openat(dir, name, flags, rfs::Mode::empty()) {
+        Ok(fd) => trust_partial(fd),
+        Err(e) => not_ours_or(e),
+    }
+}
+
+/// A partial name that cannot be opened as a plain file: a link (`ELOOP`),
+/// something not openable for writing, or a real error.
+fn not_ours_or(e: rustix::io::Errno) -> Result<Option<(File, u64)>, PartialError> {
+    use rustix::io::Errno;
+    match e {
+        Errno::LOOP | Errno::ISDIR | Errno::NXIO | Errno::ACCESS | Errno::PERM => Ok(None),
+        e => Err(PartialError::Io(e.into())),
+    }
+}
+
+fn trust_partial(fd: OwnedFd) -> Result<Option<(File, u64)>, PartialError> {
     let st = rfs::fstat(&fd).map_err(|e| PartialError::Io(e.into()))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink != 1 {
-        return Err(PartialError::Io(io::Error::other(format!(
-            "'{}' is not xfer's own partial file",
-            Path::new(name).display()
-        ))));
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_nlink != 1
+        || st.st_uid != rustix::process::geteuid().as_raw()
+    {
+        return Ok(None);
     }
     // Two senders of the same file must not write one partial file.
     if rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_err() {
         return Err(PartialError::Busy);
     }
-    Ok((File::from(fd), st.st_size as u64))
+    Ok(Some((File::from(fd), st.st_size as u64)))
 }
 
 /// Creates a new one-off temporary file in `dir` under a random name.
@@ -539,10 +591,18 @@ fn unchanged(dir: &OwnedFd, name: &OsStr, st: &rfs::Stat, offer: &Offer) -> bool
     }
     match &offer.sha256 {
         Some(theirs) => {
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            // Non-blocking and checked against `st`: a FIFO swapped in
+            // after the check must not hang this session.
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
             let Ok(fd) = rfs::openat(dir, name, flags, rfs::Mode::empty()) else {
                 return false;
             };
+            match rfs::fstat(&fd) {
+                Ok(now)
+                    if same_object(&now, st)
+                        && FileType::from_raw_mode(now.st_mode) == FileType::RegularFile => {}
+                _ => return false,
+            }
             match crate::pipeline::hash_prefix(&mut File::from(fd), None) {
                 Ok((hasher, total)) => {
                     let ours: [u8; 32] = hasher.finalize().into();
@@ -685,6 +745,22 @@ impl PartialFile {
         file.sync_all()
             .map_err(|e| io_refusal("cannot flush data for", &e))?;
 
+        // The name must still be this file: in a directory others can
+        // write to, a file renamed over it must never become the result.
+        let ours = rfs::fstat(file).map_err(|e| io_refusal("cannot check", &e.into()))?;
+        let replaced = || {
+            Refusal::new(
+                Reason::LocalIo,
+                format!(
+                    "the partial file for '{shown}' was replaced by another while receiving; \
+                     not kept"
+                ),
+            )
+        };
+        match rfs::statat(&*self.dir, &self.temp_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if same_object(&st, &ours) => {}
+            _ => return Err(replaced()),
+        }
         let renamed = if self.overwrite {
             rfs::renameat(&*self.dir, &self.temp_name, &*self.dir, &self.final_name)
                 .map_err(io::Error::from)
@@ -701,10 +777,28 @@ impl PartialFile {
                 io_refusal("cannot rename into", &e)
             }
         })?;
+        // Swapped between the check and the rename: what was renamed is
+        // not ours. Without --overwrite the final name was free, so the
+        // impostor is taken out again.
+        match rfs::statat(&*self.dir, &self.final_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if same_object(&st, &ours) => {}
+            Ok(_) => {
+                if !self.overwrite {
+                    let _ = rfs::unlinkat(&*self.dir, &self.final_name, AtFlags::empty());
+                }
+                return Err(replaced());
+            }
+            Err(e) => return Err(io_refusal("cannot check", &e.into())),
+        }
         // The rename is durable only once the directory is synced.
         let _ = rfs::fsync(&*self.dir);
         Ok(self.final_path.clone())
     }
+}
+
+/// Whether two stats are of one file system object.
+fn same_object(a: &rfs::Stat, b: &rfs::Stat) -> bool {
+    a.st_dev == b.st_dev && a.st_ino == b.st_ino
 }
 
 /// Renames `from` to `to` within `dir` only if `to` does not exist,
@@ -1042,19 +1136,110 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_name_planted_as_a_link_to_another_file_is_refused() {
+    fn a_partial_name_planted_as_a_link_to_another_file_is_never_written_through() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         fs::write(&victim, b"precious").unwrap();
         let t = Target::Dir(dir.path().into());
         let o = offer("a", 10);
         let name = partial_name(&dir.path().join("a"), &o);
-        fs::hard_link(&victim, dir.path().join(&name)).unwrap();
-        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::LocalIo);
-        fs::remove_file(dir.path().join(&name)).unwrap();
-        std::os::unix::fs::symlink(&victim, dir.path().join(&name)).unwrap();
-        assert_eq!(prepare(&t, false, &o).unwrap_err().reason, Reason::LocalIo);
-        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let plant = |how: &dyn Fn(&Path, &Path) -> io::Result<()>| {
+            let _ = fs::remove_file(dir.path().join(&name));
+            how(&victim, &dir.path().join(&name)).unwrap();
+            let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();
+            assert_eq!(p.held(), 0);
+            assert_ne!(p.temp_path(), dir.path().join(&name));
+            p.writer().write_all(b"0123456789").unwrap();
+            let path = p.commit(&o, o.size).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"0123456789");
+            fs::remove_file(path).unwrap();
+            assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        };
+        plant(&|from, to| fs::hard_link(from, to));
+        plant(&|from, to| std::os::unix::fs::symlink(from, to));
+    }
+
+    /// Issue 12, hostile neighbours: a partial file another user planted
+    /// under the predictable name (in a sticky or group-writable directory)
+    /// was resumed, so the received file ended up theirs, read and rewritten
+    /// by them. Only a partial of our own uid is resumed.
+    #[test]
+    fn a_partial_planted_by_another_user_is_not_resumed() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!(
+                "a_partial_planted_by_another_user_is_not_resumed needs root to chown; CI runs as root"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().into());
+        let o = offer("a", 10);
+        let planted = dir.path().join(partial_name(&dir.path().join("a"), &o));
+        fs::write(&planted, b"01234").unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();
+        assert_eq!(p.held(), 0, "another user's partial must not be resumed");
+        p.writer().write_all(b"abcdefghij").unwrap();
+        let path = p.commit(&o, o.size).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"abcdefghij");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&path).unwrap().uid(), 0);
+        // Theirs is left as it was, not deleted or written.
+        assert_eq!(fs::read(&planted).unwrap(), b"01234");
+    }
+
+    /// Issue 12, hostile neighbours: a file renamed over the partial file
+    /// mid-transfer became the "verified" final file.
+    #[test]
+    fn a_partial_file_replaced_mid_transfer_never_becomes_the_final_file() {
+        for overwrite in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let o = offer("a", 3);
+            if overwrite {
+                fs::write(dir.path().join("a"), b"old").unwrap();
+            }
+            let mut p = prepare(&Target::Dir(dir.path().into()), overwrite, &o)
+                .unwrap()
+                .partial()
+                .unwrap();
+            p.writer().write_all(b"new").unwrap();
+            let impostor = dir.path().join("impostor");
+            fs::write(&impostor, b"bad").unwrap();
+            fs::rename(&impostor, p.temp_path()).unwrap();
+            let err = p.commit(&o, o.size).unwrap_err();
+            assert_eq!(err.reason, Reason::LocalIo);
+            assert!(err.message.contains("replaced"), "{}", err.message);
+            if overwrite {
+                assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"old");
+            } else {
+                assert!(!dir.path().join("a").exists());
+            }
+        }
+    }
+
+    /// Issue 12, hostile neighbours: under --checksum a FIFO swapped in for
+    /// the existing file after its stat blocked the session forever.
+    #[test]
+    fn a_fifo_swapped_in_for_the_existing_file_does_not_block_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), b"abc").unwrap();
+        let fd = rfs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            rfs::Mode::empty(),
+        )
+        .unwrap();
+        let st = rfs::statat(&fd, "a", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        fs::remove_file(dir.path().join("a")).unwrap();
+        rfs::mkfifoat(&fd, "a", rfs::Mode::from_raw_mode(0o600)).unwrap();
+        let mut o = offer("a", 3);
+        o.sha256 = Some(Sha256::digest(b"abc").into());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(unchanged(&fd, OsStr::new("a"), &st, &o));
+        });
+        let answer = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(answer, Ok(false), "the check must not block on a FIFO");
     }
 
     #[test]
