@@ -374,8 +374,10 @@ pub struct Encrypted<S: Link> {
     record: Vec<u8>,
     pos: usize,
     len: usize,
-    /// A write failed: reads no longer try to send first (see `Buffered`).
-    broken: bool,
+    /// A write failed: the link is dead for writing (a sealed record may be
+    /// half sent and its nonce is spent, so nothing may be sealed or sent
+    /// again), and reads no longer try to send first (see `Buffered`).
+    broken: Option<io::ErrorKind>,
 }
 
 impl<S: Link> Encrypted<S> {
@@ -389,7 +391,7 @@ impl<S: Link> Encrypted<S> {
             record: Vec::new(),
             pos: 0,
             len: 0,
-            broken: false,
+            broken: None,
         }
     }
 
@@ -414,7 +416,9 @@ impl<S: Link> Encrypted<S> {
         // One write for the whole record: a large one passes the buffered
         // link below in one system call.
         let sent = self.inner.write_all(&self.out);
-        self.broken |= sent.is_err();
+        if let Err(e) = &sent {
+            self.broken = Some(e.kind());
+        }
         sent?;
         self.out.clear();
         self.out.extend_from_slice(&[0; HEADER_LEN]);
@@ -468,11 +472,13 @@ impl<S: Link> Read for Encrypted<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.len {
             // About to wait on the peer: first send what it may wait for.
-            let unsent = if self.broken {
+            let unsent = if self.broken.is_some() {
                 None
             } else {
                 let sent = self.seal().and_then(|()| self.inner.flush());
-                self.broken |= sent.is_err();
+                if let Err(e) = &sent {
+                    self.broken = Some(e.kind());
+                }
                 session::unsent(sent)?
             };
             if !session::last_words(unsent, self.open_next(), |more| !more)? {
@@ -488,6 +494,7 @@ impl<S: Link> Read for Encrypted<S> {
 
 impl<S: Link> Write for Encrypted<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        session::still_writable(self.broken)?;
         if self.out.is_empty() {
             self.out.reserve_exact(HEADER_LEN + RECORD_MAX + TAG_LEN);
             self.out.extend_from_slice(&[0; HEADER_LEN]);
@@ -501,15 +508,23 @@ impl<S: Link> Write for Encrypted<S> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        session::still_writable(self.broken)?;
         self.seal()?;
-        self.inner.flush()
+        let flushed = self.inner.flush();
+        if let Err(e) = &flushed {
+            self.broken = Some(e.kind());
+        }
+        flushed
     }
 }
 
 impl<S: Link> Drop for Encrypted<S> {
-    /// Like `BufWriter`: what was written goes out, if it still can.
+    /// Like `BufWriter`: what was written goes out, if it still can (never
+    /// after a failed write).
     fn drop(&mut self) {
-        let _ = self.flush();
+        if self.broken.is_none() {
+            let _ = self.flush();
+        }
     }
 }
 
@@ -572,6 +587,59 @@ mod tests {
         let mut got = Vec::new();
         rx.read_to_end(&mut got)?;
         Ok(got)
+    }
+
+    /// A link that takes `accept` bytes, fails one write with a timeout (a
+    /// stalled peer), then takes everything again (the peer woke up).
+    struct Stalls {
+        wire: Vec<u8>,
+        accept: usize,
+        failed: bool,
+    }
+    impl Read for Stalls {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+    }
+    impl Write for Stalls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.failed && self.wire.len() + buf.len() > self.accept {
+                let n = self.accept - self.wire.len();
+                if n == 0 {
+                    self.failed = true;
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "stalled"));
+                }
+                self.wire.extend_from_slice(&buf[..n]);
+                return Ok(n);
+            }
+            self.wire.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Link for Stalls {}
+
+    /// Issue 11, bug 2: after a write timed out, dropping the link sealed
+    /// the half-sent record again under the next nonce and sent it, so a
+    /// receiver that woke up read garbage and reported tampering (exit 4)
+    /// for what was a stall, and the sender waited a second timeout.
+    #[test]
+    fn after_a_failed_write_nothing_more_is_sealed_or_sent() {
+        let (ours, _) = keys_pair();
+        let mut link = Stalls {
+            wire: Vec::new(),
+            accept: 1000,
+            failed: false,
+        };
+        let mut tx = Encrypted::new(&mut link, ours);
+        let err = tx.write_all(&vec![7u8; 3 * RECORD_MAX]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(tx.write(b"more").unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(tx.flush().is_err());
+        drop(tx);
+        assert_eq!(link.wire.len(), 1000, "nothing may follow the failed write");
     }
 
     #[test]

@@ -52,9 +52,10 @@ pub struct Buffered<S: Link> {
     read_pos: usize,
     read_len: usize,
     write_buf: Vec<u8>,
-    /// A write failed: reads no longer try to send first, so the peer's
+    /// A write failed: the link is dead for writing (what was gathered may
+    /// be half sent), and reads no longer try to send first, so the peer's
     /// last words (an ERROR saying why it stopped reading) can be read.
-    broken: bool,
+    broken: Option<io::ErrorKind>,
 }
 
 impl<S: Link> Buffered<S> {
@@ -65,14 +66,17 @@ impl<S: Link> Buffered<S> {
             read_pos: 0,
             read_len: 0,
             write_buf: Vec::with_capacity(BUFFER),
-            broken: false,
+            broken: None,
         }
     }
 
     fn send_gathered(&mut self) -> io::Result<()> {
+        still_writable(self.broken)?;
         if !self.write_buf.is_empty() {
             let sent = self.inner.write_all(&self.write_buf);
-            self.broken |= sent.is_err();
+            if let Err(e) = &sent {
+                self.broken = Some(e.kind());
+            }
             sent?;
             self.write_buf.clear();
         }
@@ -85,7 +89,7 @@ impl<S: Link> Read for Buffered<S> {
         if self.read_pos == self.read_len {
             // About to wait on the peer: first send it everything it may
             // be waiting for.
-            let unsent = if self.broken {
+            let unsent = if self.broken.is_some() {
                 None
             } else {
                 unsent(self.send_gathered())?
@@ -106,6 +110,19 @@ impl<S: Link> Read for Buffered<S> {
         out[..n].copy_from_slice(&self.read_buf[self.read_pos..self.read_pos + n]);
         self.read_pos += n;
         Ok(n)
+    }
+}
+
+/// Refuses any write on a link whose earlier write failed (`broken`, with
+/// that failure's kind): part of it may have gone out, so anything sent now
+/// would be out of step with what the peer got.
+pub fn still_writable(broken: Option<io::ErrorKind>) -> io::Result<()> {
+    match broken {
+        None => Ok(()),
+        Some(kind) => Err(io::Error::new(
+            kind,
+            "the connection failed earlier; nothing more is sent on it",
+        )),
     }
 }
 
@@ -136,12 +153,15 @@ pub fn last_words<T>(
 
 impl<S: Link> Write for Buffered<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        still_writable(self.broken)?;
         if self.write_buf.len() + data.len() > BUFFER {
             self.send_gathered()?;
         }
         if data.len() >= BUFFER {
             let written = self.inner.write(data);
-            self.broken |= written.is_err();
+            if let Err(e) = &written {
+                self.broken = Some(e.kind());
+            }
             return written;
         }
         self.write_buf.extend_from_slice(data);
