@@ -17,7 +17,7 @@ use crate::protocol::{Offer, hex};
 use crate::recv::{self, Policy};
 use crate::secure::Secret;
 use crate::send;
-use crate::session::Buffered;
+use crate::link::Buffered;
 use crate::signals;
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

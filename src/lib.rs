@@ -14,7 +14,7 @@ pub mod protocol;
 pub mod recv;
 pub mod secure;
 pub mod send;
-pub mod session;
+pub mod link;
 pub mod signals;
 pub mod source;
 

@@ -26,7 +26,7 @@ use crate::protocol::{
     Offer, Reason, Refuse, hex,
 };
 use crate::secure::{Role, Secret};
-use crate::session::{self, Link};
+use crate::link::{self, Link};
 use crate::signals;
 
 /// What one connection may ask of the receiver; going over ends it (or
@@ -106,10 +106,10 @@ pub fn serve<S: Link + ?Sized>(
     let until = Instant::now() + policy.handshake_timeout;
     let keys = {
         let mut bounded = WithDeadline::new(stream, until);
-        session::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
+        link::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
     };
     on_authenticated();
-    let mut link = session::secured(stream, keys);
+    let mut link = link::secured(stream, keys);
     serve_session(&mut link, peer, policy, reporter, failures, until)
 }
 
@@ -125,7 +125,7 @@ fn serve_session<S: Link + ?Sized>(
     let cap = policy.limits.max_frame;
     let first = {
         let mut bounded = WithDeadline::new(stream, until);
-        match session::next_frame_capped(&mut bounded, peer, "an offer", cap)? {
+        match link::next_frame_capped(&mut bounded, peer, "an offer", cap)? {
             Some(frame) => frame,
             None => {
                 return Err(Failure::new(
@@ -137,7 +137,7 @@ fn serve_session<S: Link + ?Sized>(
         }
     };
     let mut entries = 0u64;
-    session::set_deadline(stream, policy.idle_timeout, peer)?;
+    link::set_deadline(stream, policy.idle_timeout, peer)?;
 
     let mut received = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
@@ -151,13 +151,13 @@ fn serve_session<S: Link + ?Sized>(
     let result = loop {
         let frame = match next.take() {
             Some(frame) => frame,
-            None => match session::next_frame_capped(stream, peer, "an offer or END", cap) {
+            None => match link::next_frame_capped(stream, peer, "an offer or END", cap) {
                 Ok(Some(frame)) => frame,
                 // Every file so far is settled; a close here loses nothing.
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     if ExitCode::for_error(&e) == ExitCode::Integrity {
-                        session::send_error(stream, Reason::Integrity, &format!("{e:#}"));
+                        link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
                     }
                     // A file that already failed says more than the stall after it.
                     break Err(failure.take().unwrap_or(e));
@@ -172,7 +172,7 @@ fn serve_session<S: Link + ?Sized>(
                         "more than {} entries in one session (the receiver's --max-entries)",
                         policy.limits.max_entries
                     );
-                    session::send_error(stream, Reason::TooLarge, &message);
+                    link::send_error(stream, Reason::TooLarge, &message);
                     break Err(
                         Failure::new(ExitCode::Refused, format!("{peer}: {message}")).into(),
                     );
@@ -187,7 +187,7 @@ fn serve_session<S: Link + ?Sized>(
                         "this receiver takes exactly one file (-o)".into(),
                     )))
                 } else if pending.len() >= MAX_PENDING {
-                    session::send_error(stream, Reason::Protocol, "too many offers awaiting data");
+                    link::send_error(stream, Reason::Protocol, "too many offers awaiting data");
                     Err(Failure::new(
                         ExitCode::Network,
                         format!("{peer}: more than {MAX_PENDING} offers awaiting data"),
@@ -222,12 +222,12 @@ fn serve_session<S: Link + ?Sized>(
             }
             Frame::Start { offset } => {
                 let Some(next_file) = pending.pop_front() else {
-                    session::send_error(
+                    link::send_error(
                         stream,
                         Reason::Protocol,
                         "START without an accepted offer",
                     );
-                    break Err(session::unexpected(
+                    break Err(link::unexpected(
                         &Frame::Start { offset },
                         "OFFER or END",
                         peer,
@@ -249,10 +249,10 @@ fn serve_session<S: Link + ?Sized>(
                 }
             }
             Frame::End => break Ok(()),
-            Frame::Error(e) => break Err(session::peer_aborted(&e, peer)),
+            Frame::Error(e) => break Err(link::peer_aborted(&e, peer)),
             other => {
-                session::send_error(stream, Reason::Protocol, "expected OFFER or END");
-                break Err(session::unexpected(&other, "OFFER or END", peer));
+                link::send_error(stream, Reason::Protocol, "expected OFFER or END");
+                break Err(link::unexpected(&other, "OFFER or END", peer));
             }
         }
     };
@@ -317,7 +317,7 @@ fn refuse_as<S: Link + ?Sized>(
     message: String,
     here: Option<ExitCode>,
 ) -> anyhow::Error {
-    let _ = session::send_frame(
+    let _ = link::send_frame(
         stream,
         &Frame::Refuse(Refuse {
             reason,
@@ -328,7 +328,7 @@ fn refuse_as<S: Link + ?Sized>(
     let code = here.unwrap_or(match reason {
         // Our own disk or permissions: a local file error on this side.
         Reason::LocalIo => ExitCode::LocalFile,
-        other => session::code_for_reason(other),
+        other => link::code_for_reason(other),
     });
     Failure::new(code, message).into()
 }
@@ -408,7 +408,7 @@ fn directory_made<S: Link + ?Sized>(
     path: PathBuf,
     reporter: &Reporter,
 ) -> anyhow::Result<Received> {
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Accept(Accept {
             offset: 0,
@@ -444,7 +444,7 @@ fn skip_unchanged<S: Link + ?Sized>(
     } else {
         "same size and modification time"
     };
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Skip {
             message: format!("unchanged ({how})"),
@@ -488,7 +488,7 @@ fn discard_mismatch<S: Link + ?Sized>(
     digest: protocol::Digest,
     told: &str,
 ) -> anyhow::Result<&'static str> {
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Ack(Ack {
             status: AckStatus::DigestMismatch,
@@ -628,7 +628,7 @@ fn answer_offer<S: Link + ?Sized>(
         },
         _ => (0, None),
     };
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Accept(Accept {
             offset: held,
@@ -674,7 +674,7 @@ fn receive_pending<S: Link + ?Sized>(
         (_, 0) => Sha256::new(),
         (Some(h), s) if s == held => h,
         (_, other) => {
-            session::send_error(
+            link::send_error(
                 stream,
                 Reason::Protocol,
                 "START must be 0 or the offset held",
@@ -689,7 +689,7 @@ fn receive_pending<S: Link + ?Sized>(
     if let Output::File(p) = &mut output {
         if let Err(e) = p.restart_at(start) {
             let failure = Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e);
-            session::send_error(stream, Reason::LocalIo, "receiver cannot prepare its file");
+            link::send_error(stream, Reason::LocalIo, "receiver cannot prepare its file");
             return Err(failure.into());
         }
     }
@@ -756,7 +756,7 @@ fn receive_pending<S: Link + ?Sized>(
     let (size, digest) = match copied {
         Ok(d) => d,
         Err(CopyError::Source(e)) if crate::secure::is_forged(&e) => {
-            session::send_error(stream, Reason::Integrity, &e.to_string());
+            link::send_error(stream, Reason::Integrity, &e.to_string());
             let what = match output {
                 Output::Stdout => {
                     "the data already written to standard output must be discarded".to_string()
@@ -770,7 +770,7 @@ fn receive_pending<S: Link + ?Sized>(
                 "the stream '{shown}' went past this receiver's --max-size ({})",
                 destination::human_bytes(max_size.unwrap_or(u64::MAX))
             );
-            session::send_error(stream, Reason::TooLarge, &message);
+            link::send_error(stream, Reason::TooLarge, &message);
             let what = match output {
                 Output::Stdout => "; the data written to standard output must be discarded",
                 Output::File(_) => "",
@@ -778,7 +778,7 @@ fn receive_pending<S: Link + ?Sized>(
             return Err(Failure::new(ExitCode::Refused, format!("{peer}: {message}{what}")).into());
         }
         Err(CopyError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            session::send_error(stream, Reason::Protocol, &e.to_string());
+            link::send_error(stream, Reason::Protocol, &e.to_string());
             return Err(Failure::new(ExitCode::Network, format!("{peer}: {e}")).into());
         }
         Err(CopyError::Source(e)) => {
@@ -819,7 +819,7 @@ fn receive_pending<S: Link + ?Sized>(
                     ),
                 ),
             };
-            session::send_error(stream, Reason::LocalIo, &told);
+            link::send_error(stream, Reason::LocalIo, &told);
             // A partial that cannot be written to cannot be resumed either.
             if let Output::File(p) = output {
                 p.discard();
@@ -828,16 +828,16 @@ fn receive_pending<S: Link + ?Sized>(
         }
     };
 
-    let trailer = match session::expect_frame(stream, peer, "the trailer")? {
+    let trailer = match link::expect_frame(stream, peer, "the trailer")? {
         Frame::Trailer(t) => t,
-        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
+        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
         other => {
-            session::send_error(stream, Reason::Protocol, "expected TRAILER");
-            return Err(session::unexpected(&other, "TRAILER", peer));
+            link::send_error(stream, Reason::Protocol, "expected TRAILER");
+            return Err(link::unexpected(&other, "TRAILER", peer));
         }
     };
     if trailer.size != size {
-        session::send_error(
+        link::send_error(
             stream,
             Reason::Protocol,
             "trailer size differs from the data",
@@ -892,7 +892,7 @@ fn receive_pending<S: Link + ?Sized>(
         Output::File(partial) => match partial.commit(offer, size) {
             Ok(p) => p,
             Err(r) => {
-                session::send_frame(
+                link::send_frame(
                     stream,
                     &Frame::Ack(Ack {
                         status: AckStatus::Failed,
@@ -910,7 +910,7 @@ fn receive_pending<S: Link + ?Sized>(
             }
         },
     };
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Ack(Ack {
             status: AckStatus::Ok,
@@ -1128,7 +1128,7 @@ fn refuse_busy(
     let _ = crate::net::set_deadline(&stream, quick);
     // Our usual preamble, so the sender reads on and finds the refusal.
     let _ = protocol::Preamble::ours(secret.transport()).write_to(&mut stream);
-    session::send_error(&mut stream, Reason::Busy, message);
+    link::send_error(&mut stream, Reason::Busy, message);
     close_gently(&mut stream, quick);
     reporter.info(|| format!("refused {peer}: {message}"));
     reporter.event("refused", || json!({ "peer": peer, "reason": "busy" }));
@@ -1157,7 +1157,7 @@ fn serve_connection(
     let started = Instant::now();
     let mut failures = Vec::new();
     let result = serve(
-        &mut session::Buffered::new(&mut stream),
+        &mut link::Buffered::new(&mut stream),
         peer,
         &policy,
         reporter,

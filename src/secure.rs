@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 
 use crate::exit_codes::{ExitCode, Failure};
 use crate::protocol::{Frame, Reason, Transport};
-use crate::session::{self, Link};
+use crate::link::{self, Link};
 
 /// Length of a key in a key file, and of each derived key.
 pub const KEY_LEN: usize = 32;
@@ -246,17 +246,17 @@ pub fn authenticate<S: Link + ?Sized>(
         Role::Sender => Spake2::<Ed25519Group>::start_a(&password, &a, &b),
         Role::Receiver => Spake2::<Ed25519Group>::start_b(&password, &a, &b),
     };
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Pake {
             message: ours.clone(),
         },
         peer,
     )?;
-    let theirs = match session::expect_frame(stream, peer, "the key exchange")? {
+    let theirs = match link::expect_frame(stream, peer, "the key exchange")? {
         Frame::Pake { message } => message,
-        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-        other => return Err(session::unexpected(&other, "PAKE", peer)),
+        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
+        other => return Err(link::unexpected(&other, "PAKE", peer)),
     };
     let shared = state
         .finish(&theirs)
@@ -275,22 +275,22 @@ pub fn authenticate<S: Link + ?Sized>(
     let matches = |mac: &[u8; 32], want: &[u8; 32]| bool::from(mac.ct_eq(want));
     match role {
         Role::Sender => {
-            session::send_frame(
+            link::send_frame(
                 stream,
                 &Frame::Confirm {
                     mac: keys.sender_confirm,
                 },
                 peer,
             )?;
-            match session::expect_frame(stream, peer, "the receiver's confirmation")? {
+            match link::expect_frame(stream, peer, "the receiver's confirmation")? {
                 Frame::Confirm { mac } if matches(&mac, &keys.receiver_confirm) => {}
                 Frame::Confirm { .. } => {
                     return Err(auth_failure(format!(
                         "{peer} does not know the code or key: it is not the receiver you meant"
                     )));
                 }
-                Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-                other => return Err(session::unexpected(&other, "CONFIRM", peer)),
+                Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
+                other => return Err(link::unexpected(&other, "CONFIRM", peer)),
             }
             Ok(Keys {
                 seal: Aes256Gcm::new(&keys.sender_to_receiver.into()),
@@ -298,18 +298,18 @@ pub fn authenticate<S: Link + ?Sized>(
             })
         }
         Role::Receiver => {
-            match session::expect_frame(stream, peer, "the sender's confirmation")? {
+            match link::expect_frame(stream, peer, "the sender's confirmation")? {
                 Frame::Confirm { mac } if matches(&mac, &keys.sender_confirm) => {}
                 Frame::Confirm { .. } => {
-                    session::send_error(stream, Reason::Auth, "wrong code or key");
+                    link::send_error(stream, Reason::Auth, "wrong code or key");
                     return Err(auth_failure(format!(
                         "{peer} failed to authenticate: wrong code or key"
                     )));
                 }
-                Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-                other => return Err(session::unexpected(&other, "CONFIRM", peer)),
+                Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
+                other => return Err(link::unexpected(&other, "CONFIRM", peer)),
             }
-            session::send_frame(
+            link::send_frame(
                 stream,
                 &Frame::Confirm {
                     mac: keys.receiver_confirm,
@@ -362,7 +362,7 @@ fn nonce(n: u64) -> aes_gcm::Nonce<aes_gcm::aead::consts::U12> {
 /// A link whose bytes travel as AES-256-GCM records: a big-endian u32
 /// length (authenticated as associated data), the ciphertext, the tag.
 /// Writes are gathered into records of up to [`RECORD_MAX`] bytes and sent
-/// before any read that would wait, like [`session::Buffered`].
+/// before any read that would wait, like [`link::Buffered`].
 pub struct Encrypted<S: Link> {
     inner: S,
     keys: Keys,
@@ -479,9 +479,9 @@ impl<S: Link> Read for Encrypted<S> {
                 if let Err(e) = &sent {
                     self.broken = Some(e.kind());
                 }
-                session::unsent(sent)?
+                link::unsent(sent)?
             };
-            if !session::last_words(unsent, self.open_next(), |more| !more)? {
+            if !link::last_words(unsent, self.open_next(), |more| !more)? {
                 return Ok(0);
             }
         }
@@ -494,7 +494,7 @@ impl<S: Link> Read for Encrypted<S> {
 
 impl<S: Link> Write for Encrypted<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        session::still_writable(self.broken)?;
+        link::still_writable(self.broken)?;
         if self.out.is_empty() {
             self.out.reserve_exact(HEADER_LEN + RECORD_MAX + TAG_LEN);
             self.out.extend_from_slice(&[0; HEADER_LEN]);
@@ -508,7 +508,7 @@ impl<S: Link> Write for Encrypted<S> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        session::still_writable(self.broken)?;
+        link::still_writable(self.broken)?;
         self.seal()?;
         let flushed = self.inner.flush();
         if let Err(e) = &flushed {

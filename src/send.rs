@@ -24,7 +24,7 @@ use crate::protocol::{
     Reason, Trailer, hex,
 };
 use crate::secure::{Encrypted, Role, Secret};
-use crate::session::{self, Link};
+use crate::link::{self, Link};
 use crate::signals;
 use crate::source::{Identity, Kind, Opener, Plan};
 
@@ -58,8 +58,8 @@ where
     S: Link + ?Sized,
     R: Source + ?Sized,
 {
-    let keys = session::handshake(stream, peer, secret, Role::Sender)?;
-    let stream = &mut session::secured(stream, keys);
+    let keys = link::handshake(stream, peer, secret, Role::Sender)?;
+    let stream = &mut link::secured(stream, keys);
     let streamed = offer.flags & FLAG_STREAM != 0;
     let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
     let sent = offer_file(
@@ -76,7 +76,7 @@ where
     drop(progress);
     let sent = sent??;
     // The file is verified and in place; a lost END changes nothing.
-    let _ = session::send_last_frame(stream, &Frame::End, peer);
+    let _ = link::send_last_frame(stream, &Frame::End, peer);
     Ok(sent)
 }
 
@@ -101,8 +101,8 @@ where
     S: Link + ?Sized,
     R: Source + ?Sized,
 {
-    session::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
-    let reply = session::expect_frame(stream, peer, "the receiver's answer to the offer")?;
+    link::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
+    let reply = link::expect_frame(stream, peer, "the receiver's answer to the offer")?;
     let (start, hasher) = match answer(
         stream,
         peer,
@@ -129,13 +129,13 @@ where
     )?;
     // Before its verdict the receiver fsyncs the whole file, which on a slow
     // disk takes longer than any sensible idle time; allow for that.
-    session::set_deadline(stream, ack_deadline(idle_timeout, in_flight.size), peer)?;
-    let verdict = match session::expect_frame(stream, peer, "the receiver's verdict")? {
+    link::set_deadline(stream, ack_deadline(idle_timeout, in_flight.size), peer)?;
+    let verdict = match link::expect_frame(stream, peer, "the receiver's verdict")? {
         Frame::Ack(ack) => judge(&ack, in_flight, offer, peer),
-        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-        other => return Err(session::unexpected(&other, "ACK", peer)),
+        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
+        other => return Err(link::unexpected(&other, "ACK", peer)),
     };
-    session::set_deadline(stream, idle_timeout, peer)?;
+    link::set_deadline(stream, idle_timeout, peer)?;
     Ok(verdict)
 }
 
@@ -169,7 +169,7 @@ where
     let (start, hasher) = match reply {
         Frame::Accept(a) if a.offset == 0 => (0, Sha256::new()),
         Frame::Accept(a) if streamed || a.offset > offer.size => {
-            session::send_error(stream, Reason::Protocol, "offset out of range");
+            link::send_error(stream, Reason::Protocol, "offset out of range");
             return Err(Failure::new(
                 ExitCode::Network,
                 format!(
@@ -220,7 +220,7 @@ where
         }
         Frame::Refuse(r) => {
             return Ok(Answer::Settled(Err(Failure::new(
-                session::code_for_reason(r.reason),
+                link::code_for_reason(r.reason),
                 format!(
                     "{peer} refused '{shown}': {}",
                     escape_for_terminal(&r.message)
@@ -228,11 +228,11 @@ where
             )
             .into())));
         }
-        Frame::Error(e) => return Err(session::peer_aborted(&e, peer)),
-        other => return Err(session::unexpected(&other, "ACCEPT or REFUSE", peer)),
+        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
+        other => return Err(link::unexpected(&other, "ACCEPT or REFUSE", peer)),
     };
     // Every accepted file's data follows a START saying where it begins.
-    session::send_frame(stream, &Frame::Start { offset: start }, peer)?;
+    link::send_frame(stream, &Frame::Start { offset: start }, peer)?;
     if start > 0 {
         reporter.info(|| {
             format!(
@@ -300,7 +300,7 @@ where
     let (size, digest) = match copied {
         Ok(d) => d,
         Err(CopyError::Source(e)) => {
-            session::send_error(
+            link::send_error(
                 stream,
                 Reason::LocalIo,
                 &format!("sender cannot read '{}'", offer.name),
@@ -311,7 +311,7 @@ where
             // The receiver may have said why it stopped reading.
             if !is_timeout(&e) {
                 if let Ok(Frame::Error(fe)) = protocol::read_frame(stream) {
-                    return Err(session::peer_aborted(&fe, peer));
+                    return Err(link::peer_aborted(&fe, peer));
                 }
             }
             let sent = done.load(Ordering::Relaxed);
@@ -328,7 +328,7 @@ where
         }
     };
 
-    session::send_frame(
+    link::send_frame(
         stream,
         &Frame::Trailer(Trailer {
             size,
@@ -375,7 +375,7 @@ fn judge(ack: &Ack, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::R
         }
         AckStatus::Failed => {
             return Err(Failure::new(
-                session::code_for_reason(ack.reason),
+                link::code_for_reason(ack.reason),
                 format!(
                     "{peer} could not keep '{shown}': {}",
                     escape_for_terminal(&ack.message)
@@ -674,8 +674,8 @@ fn open_session(
         .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
     reporter.event("connected", || json!({ "peer": peer }));
     // Small files and frames go out together, a few syscalls per file.
-    let mut stream = session::Buffered::new(stream);
-    let link: Box<dyn Link> = match session::handshake(&mut stream, &peer, secret, Role::Sender)? {
+    let mut stream = link::Buffered::new(stream);
+    let link: Box<dyn Link> = match link::handshake(&mut stream, &peer, secret, Role::Sender)? {
         Some(keys) => Box::new(Encrypted::new(stream, keys)),
         None => Box::new(stream),
     };
@@ -722,7 +722,7 @@ fn send_stdin(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         Ok(sent) => totals.record_sent(sent, reporter),
         Err(e) => totals.record_failure(&name, e, reporter),
     }
-    let _ = session::send_last_frame(&mut stream, &Frame::End, &peer);
+    let _ = link::send_last_frame(&mut stream, &Frame::End, &peer);
     Ok(totals)
 }
 
@@ -822,7 +822,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
                     }
                 }
             };
-            session::send_frame(&mut stream, &Frame::Offer(offer.clone()), &peer)?;
+            link::send_frame(&mut stream, &Frame::Offer(offer.clone()), &peer)?;
             offered.push_back((next - 1, opened, offer));
         }
         if offered.is_empty() && unacked.is_empty() {
@@ -836,14 +836,14 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         };
         // A syscall per change, not per frame.
         if wait != deadline {
-            session::set_deadline(&mut stream, wait, &peer)?;
+            link::set_deadline(&mut stream, wait, &peer)?;
             deadline = wait;
         }
-        let frame = session::expect_frame(&mut stream, &peer, "the receiver's answers")?;
+        let frame = link::expect_frame(&mut stream, &peer, "the receiver's answers")?;
         match frame {
             Frame::Ack(ack) => {
                 let Some((_, offer, in_flight)) = unacked.pop_front() else {
-                    return Err(session::unexpected(
+                    return Err(link::unexpected(
                         &Frame::Ack(ack),
                         "ACCEPT, REFUSE or SKIP",
                         &peer,
@@ -857,10 +857,10 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
                     }
                 }
             }
-            Frame::Error(e) => return Err(session::peer_aborted(&e, &peer)),
+            Frame::Error(e) => return Err(link::peer_aborted(&e, &peer)),
             reply => {
                 let Some((index, opened, offer)) = offered.pop_front() else {
-                    return Err(session::unexpected(&reply, "ACK", &peer));
+                    return Err(link::unexpected(&reply, "ACK", &peer));
                 };
                 progress.set_message(&format!("[{}/{count}] {}", index + 1, offer.name));
                 let Some((mut file, shown_path)) = opened else {
@@ -869,7 +869,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
                         Frame::Accept(a) if a.offset == 0 => totals.directories += 1,
                         Frame::Refuse(r) => {
                             let e = Failure::new(
-                                session::code_for_reason(r.reason),
+                                link::code_for_reason(r.reason),
                                 format!(
                                     "{peer} refused directory '{}': {}",
                                     escape_for_terminal(&offer.name),
@@ -881,7 +881,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
                             totals.record_failure(&offer.name, e, reporter);
                         }
                         other => {
-                            return Err(session::unexpected(&other, "ACCEPT or REFUSE", &peer));
+                            return Err(link::unexpected(&other, "ACCEPT or REFUSE", &peer));
                         }
                     }
                     continue;
@@ -904,7 +904,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
                     }
                     Answer::Go { start, hasher } => {
                         if deadline != config.idle_timeout {
-                            session::set_deadline(&mut stream, config.idle_timeout, &peer)?;
+                            link::set_deadline(&mut stream, config.idle_timeout, &peer)?;
                             deadline = config.idle_timeout;
                         }
                         let base = done_before;
@@ -930,7 +930,7 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
     drop(progress);
     // Everything is settled, each file verified or failed; a lost END
     // changes nothing.
-    let _ = session::send_last_frame(&mut stream, &Frame::End, &peer);
+    let _ = link::send_last_frame(&mut stream, &Frame::End, &peer);
     Ok(totals)
 }
 

@@ -308,7 +308,7 @@ fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_leaves_only_its_partial_fil
 fn raw_sender(addr: &str) -> Encrypted<TcpStream> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
-    let keys = xfer::session::handshake(&mut s, addr, &test_secret(), Role::Sender)
+    let keys = xfer::link::handshake(&mut s, addr, &test_secret(), Role::Sender)
         .unwrap()
         .expect("an authenticated transport");
     Encrypted::new(s, keys)
@@ -1866,7 +1866,7 @@ fn the_wire_shows_no_plaintext_names_or_data() {
 fn raw_after_handshake(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
-    xfer::session::handshake(&mut s, addr, &test_secret(), Role::Sender)
+    xfer::link::handshake(&mut s, addr, &test_secret(), Role::Sender)
         .unwrap()
         .expect("an authenticated transport");
     s

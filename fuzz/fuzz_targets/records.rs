@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 
 use libfuzzer_sys::fuzz_target;
 use xfer::secure::{Encrypted, Keys};
-use xfer::session::Link;
+use xfer::link::Link;
 
 struct Bytes<'a>(&'a [u8]);
 

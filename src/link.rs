@@ -1,6 +1,7 @@
-//! What both sides of a session share: the stream abstraction, the opening
-//! handshake, and how a peer's ERROR or REFUSE reason maps onto our exit
-//! codes.
+//! What both sides share below the session rules: the link (a byte stream
+//! with deadlines, buffered or encrypted), the opening handshake, reading
+//! and writing frames with messages that name the peer, and how a peer's
+//! ERROR or REFUSE reason maps onto our exit codes.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
