@@ -12,12 +12,12 @@ use serde_json::json;
 use crate::config::BenchConfig;
 use crate::destination::{Target, human_bytes};
 use crate::exit_codes::Failure;
+use crate::link::Buffered;
 use crate::output::{Reporter, rate};
 use crate::protocol::{Offer, hex};
 use crate::recv::{self, Policy};
 use crate::secure::Secret;
 use crate::send;
-use crate::link::Buffered;
 use crate::signals;
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod exit_codes;
+pub mod link;
 pub mod names;
 pub mod net;
 pub mod output;
@@ -14,7 +15,7 @@ pub mod protocol;
 pub mod recv;
 pub mod secure;
 pub mod send;
-pub mod link;
+pub mod session;
 pub mod signals;
 pub mod source;
 

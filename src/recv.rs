@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use crate::config::RecvConfig;
 use crate::destination::{self, Prepared, Target};
 use crate::exit_codes::{ExitCode, Failure};
+use crate::link::{self, Link};
 use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
@@ -26,7 +27,7 @@ use crate::protocol::{
     Offer, Reason, Refuse, hex,
 };
 use crate::secure::{Role, Secret};
-use crate::link::{self, Link};
+use crate::session::receiver::{Judged, Next, Receiver, Rules, Verdict};
 use crate::signals;
 
 /// What one connection may ask of the receiver; going over ends it (or
@@ -113,7 +114,9 @@ pub fn serve<S: Link + ?Sized>(
     serve_session(&mut link, peer, policy, reporter, failures, until)
 }
 
-/// The session after the handshake: offers until END.
+/// The session after the handshake: offers until END. The rules (which
+/// frame may come when, START offsets, the trailer, what END and a close
+/// mean) are [`session::receiver::Receiver`]'s; this loop does the I/O.
 fn serve_session<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
@@ -123,38 +126,45 @@ fn serve_session<S: Link + ?Sized>(
     until: Instant,
 ) -> anyhow::Result<Vec<Received>> {
     let cap = policy.limits.max_frame;
-    let first = {
-        let mut bounded = WithDeadline::new(stream, until);
-        match link::next_frame_capped(&mut bounded, peer, "an offer", cap)? {
-            Some(frame) => frame,
-            None => {
-                return Err(Failure::new(
-                    ExitCode::Network,
-                    format!("{peer} closed the connection before offering anything"),
-                )
-                .into());
-            }
-        }
-    };
-    let mut entries = 0u64;
-    link::set_deadline(stream, policy.idle_timeout, peer)?;
-
+    let mut rules = Receiver::new(Rules {
+        max_entries: policy.limits.max_entries,
+        one_file: policy.one_file(),
+    });
     let mut received = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
     let mut failed = 0usize;
     // Directory entries get their mode and mtime once their files are in.
     let mut directories: Vec<(PathBuf, Offer)> = Vec::new();
     let mut destination = destination::Destination::new(policy.target.clone(), policy.overwrite);
-    // Accepted files, in offer order, whose data comes after a START each.
+    // Accepted files, in offer order, with where their data goes.
     let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
-    let mut next = Some(first);
-    let result = loop {
-        let frame = match next.take() {
-            Some(frame) => frame,
-            None => match link::next_frame_capped(stream, peer, "an offer or END", cap) {
-                Ok(Some(frame)) => frame,
-                // Every file so far is settled; a close here loses nothing.
-                Ok(None) => break Ok(()),
+    let mut opening = true;
+    let mut next = Next::Read;
+    let result: anyhow::Result<()> = loop {
+        next = match next {
+            Next::Read if opening => {
+                // The first offer is still part of the opening's deadline.
+                let mut bounded = WithDeadline::new(stream, until);
+                let first = link::next_frame_capped(&mut bounded, peer, "an offer", cap);
+                opening = false;
+                match first {
+                    Ok(Some(frame)) => {
+                        link::set_deadline(stream, policy.idle_timeout, peer)?;
+                        rules.on_frame(frame)
+                    }
+                    Ok(None) => {
+                        break Err(Failure::new(
+                            ExitCode::Network,
+                            format!("{peer} closed the connection before offering anything"),
+                        )
+                        .into());
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            Next::Read => match link::next_frame_capped(stream, peer, "an offer or END", cap) {
+                Ok(Some(frame)) => rules.on_frame(frame),
+                Ok(None) => rules.on_closed(),
                 Err(e) => {
                     if ExitCode::for_error(&e) == ExitCode::Integrity {
                         link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
@@ -163,99 +173,118 @@ fn serve_session<S: Link + ?Sized>(
                     break Err(failure.take().unwrap_or(e));
                 }
             },
-        };
-        match frame {
-            Frame::Offer(offer) => {
-                entries += 1;
-                if entries > policy.limits.max_entries {
-                    let message = format!(
-                        "more than {} entries in one session (the receiver's --max-entries)",
-                        policy.limits.max_entries
-                    );
-                    link::send_error(stream, Reason::TooLarge, &message);
-                    break Err(
-                        Failure::new(ExitCode::Refused, format!("{peer}: {message}")).into(),
-                    );
-                }
-                let answer = if policy.one_file()
-                    && (failed > 0 || !received.is_empty() || !pending.is_empty())
-                {
-                    Ok(Answer::Refused(refuse(
-                        stream,
-                        peer,
-                        Reason::Unsupported,
-                        "this receiver takes exactly one file (-o)".into(),
-                    )))
-                } else if pending.len() >= MAX_PENDING {
-                    link::send_error(stream, Reason::Protocol, "too many offers awaiting data");
-                    Err(Failure::new(
-                        ExitCode::Network,
-                        format!("{peer}: more than {MAX_PENDING} offers awaiting data"),
-                    )
-                    .into())
-                } else {
-                    answer_offer(stream, peer, &offer, policy, &mut destination, reporter)
-                };
-                let file_failure = match answer {
+            Next::Judge { id, offer } => {
+                match answer_offer(stream, peer, &offer, policy, &mut destination, reporter) {
                     Ok(Answer::Pending(p)) => {
+                        let held = p.held;
                         pending.push_back(*p);
-                        None
+                        rules.judged(id, Judged::Accepted { held })
                     }
                     Ok(Answer::Done(file)) => {
                         if file.is_dir {
                             directories.push((file.path.clone(), offer.clone()));
                         }
                         received.push(file);
-                        None
+                        rules.judged(id, Judged::Done)
                     }
-                    Ok(Answer::Refused(e)) => Some((e, false)),
-                    Err(e) => Some((e, true)),
-                };
-                if let Some((e, fatal)) = file_failure {
-                    note_failure(reporter, failures, &offer.name, &e);
-                    if fatal {
+                    Ok(Answer::Refused(e)) => {
+                        note_failure(reporter, failures, &offer.name, &e);
+                        failed += 1;
+                        failure.get_or_insert(e);
+                        rules.judged(id, Judged::Refused)
+                    }
+                    Err(e) => {
+                        note_failure(reporter, failures, &offer.name, &e);
                         break Err(e);
                     }
+                }
+            }
+            Next::Refuse {
+                name,
+                reason,
+                message,
+                ..
+            } => {
+                let e = refuse(stream, peer, reason, message);
+                note_failure(reporter, failures, &name, &e);
+                failed += 1;
+                failure.get_or_insert(e);
+                Next::Read
+            }
+            Next::Receive { file, start } => {
+                let next_file = pending
+                    .pop_front()
+                    .expect("the rules hand out accepted files in order");
+                debug_assert_eq!(next_file.offer.name, file.name);
+                let max_size = policy.limits.max_size;
+                match receive_pending(
+                    stream, peer, next_file, start, max_size, reporter, &mut rules,
+                ) {
+                    Ok(Ok(file)) => {
+                        received.push(file);
+                        rules.settled()
+                    }
+                    Ok(Err(e)) => {
+                        note_failure(reporter, failures, &file.name, &e);
+                        failed += 1;
+                        failure.get_or_insert(e);
+                        rules.settled()
+                    }
+                    Err(e) => {
+                        note_failure(reporter, failures, &file.name, &e);
+                        rules.settled();
+                        break Err(e);
+                    }
+                }
+            }
+            Next::Violation { reason, message } => {
+                link::send_error(stream, reason, &message);
+                break Err(Failure::new(
+                    link::code_for_reason(reason),
+                    format!("{peer}: {message}"),
+                )
+                .into());
+            }
+            Next::PeerAborted(e) => break Err(link::peer_aborted(&e, peer)),
+            Next::Over(ending) if ending.complete() => break Ok(()),
+            Next::Over(ending) => {
+                let how = if ending.said_end {
+                    "ended the session"
+                } else {
+                    "closed the connection"
+                };
+                for file in &ending.unfinished {
+                    let e = Failure::new(
+                        ExitCode::Network,
+                        format!(
+                            "{peer} {how} before sending '{}', which was accepted",
+                            shown(&file.name)
+                        ),
+                    )
+                    .into();
+                    note_failure(reporter, failures, &file.name, &e);
                     failed += 1;
                     failure.get_or_insert(e);
                 }
+                break Ok(());
             }
-            Frame::Start { offset } => {
-                let Some(next_file) = pending.pop_front() else {
-                    link::send_error(
-                        stream,
-                        Reason::Protocol,
-                        "START without an accepted offer",
-                    );
-                    break Err(link::unexpected(
-                        &Frame::Start { offset },
-                        "OFFER or END",
-                        peer,
-                    ));
-                };
-                let name = next_file.offer.name.clone();
-                let max_size = policy.limits.max_size;
-                match receive_pending(stream, peer, next_file, offset, max_size, reporter) {
-                    Ok(Ok(file)) => received.push(file),
-                    Ok(Err(e)) => {
-                        note_failure(reporter, failures, &name, &e);
-                        failed += 1;
-                        failure.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        note_failure(reporter, failures, &name, &e);
-                        break Err(e);
-                    }
-                }
-            }
-            Frame::End => break Ok(()),
-            Frame::Error(e) => break Err(link::peer_aborted(&e, peer)),
-            other => {
-                link::send_error(stream, Reason::Protocol, "expected OFFER or END");
-                break Err(link::unexpected(&other, "OFFER or END", peer));
-            }
-        }
+        };
     };
+    // Accepted files the session ended without are failures too, listed in
+    // the summary: a broken session is never silent about what it lost.
+    if result.is_err() {
+        for file in rules.abandon().unfinished {
+            let e = Failure::new(
+                ExitCode::Network,
+                format!(
+                    "'{}' was accepted but not received: the session ended",
+                    shown(&file.name)
+                ),
+            )
+            .into();
+            note_failure(reporter, failures, &file.name, &e);
+        }
+    }
     // Deepest first, so setting a parent's mtime comes after its children.
     directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, offer) in &directories {
@@ -280,11 +309,6 @@ fn serve_session<S: Link + ?Sized>(
         None => Ok(received),
     }
 }
-
-/// Accepted files a sender may have outstanding before it sends their data.
-/// Each holds an open partial file, so this bounds a session's descriptors
-/// (the reference sender keeps at most 32 unanswered).
-const MAX_PENDING: usize = 64;
 
 fn note_failure(
     reporter: &Reporter,
@@ -538,22 +562,6 @@ fn answer_offer<S: Link + ?Sized>(
     reporter: &Reporter,
 ) -> anyhow::Result<Answer> {
     let shown = shown(&offer.name);
-    let streamed = offer.flags & FLAG_STREAM != 0;
-    let is_dir = offer.flags & FLAG_DIR != 0;
-    if offer.flags & !(FLAG_STREAM | FLAG_DIR | FLAG_PATH) != 0
-        || (streamed && offer.size != 0)
-        || (is_dir && (streamed || offer.size != 0))
-    {
-        return Ok(Answer::Refused(refuse(
-            stream,
-            peer,
-            Reason::Unsupported,
-            format!(
-                "offer of '{shown}' uses feature flags 0x{:x} (size {}) this receiver does not support",
-                offer.flags, offer.size
-            ),
-        )));
-    }
     if let Some(max) = policy.limits.max_size.filter(|max| offer.size > *max) {
         let message = format!(
             "'{shown}' is {}, more than this receiver takes (--max-size {})",
@@ -656,6 +664,7 @@ fn receive_pending<S: Link + ?Sized>(
     start: u64,
     max_size: Option<u64>,
     reporter: &Reporter,
+    rules: &mut Receiver,
 ) -> anyhow::Result<anyhow::Result<Received>> {
     let Pending {
         offer,
@@ -670,21 +679,10 @@ fn receive_pending<S: Link + ?Sized>(
         Output::File(p) => p.final_path().display().to_string(),
         Output::Stdout => "-".to_string(),
     };
+    // The rules allow only 0 (start over) or the offset held.
     let hasher = match (held_hasher, start) {
-        (_, 0) => Sha256::new(),
-        (Some(h), s) if s == held => h,
-        (_, other) => {
-            link::send_error(
-                stream,
-                Reason::Protocol,
-                "START must be 0 or the offset held",
-            );
-            return Err(Failure::new(
-                ExitCode::Network,
-                format!("{peer}: START at {other} for '{shown}', which holds {held} bytes"),
-            )
-            .into());
-        }
+        (Some(h), s) if s > 0 && s == held => h,
+        _ => Sha256::new(),
     };
     if let Output::File(p) = &mut output {
         if let Err(e) = p.restart_at(start) {
@@ -836,55 +834,48 @@ fn receive_pending<S: Link + ?Sized>(
             return Err(link::unexpected(&other, "TRAILER", peer));
         }
     };
-    if trailer.size != size {
-        link::send_error(
-            stream,
-            Reason::Protocol,
-            "trailer size differs from the data",
-        );
-        return Err(Failure::new(
-            ExitCode::Network,
-            format!(
-                "{peer}: trailer says {} bytes but {size} arrived",
-                trailer.size
-            ),
-        )
-        .into());
-    }
-    // The name, size, mode and times the data arrived under must be the
-    // ones the sender offered: in plaintext nothing else would notice a
-    // change in transit (a flipped bit in the mode, say).
-    if trailer.offer_sha256 != protocol::offer_digest(offer) {
-        let fate = discard_mismatch(
-            stream,
-            peer,
-            output,
-            digest,
-            "the offer (name, size, mode, times) changed in transit; the data was discarded",
-        )?;
-        return Ok(Err(Failure::new(
-            ExitCode::Integrity,
-            format!("the offer of '{shown}' changed in transit; {fate}"),
-        )
-        .into()));
-    }
-    if trailer.sha256 != digest {
-        let fate = discard_mismatch(
-            stream,
-            peer,
-            output,
-            digest,
-            "SHA-256 mismatch; the data was discarded",
-        )?;
-        return Ok(Err(Failure::new(
-            ExitCode::Integrity,
-            format!(
-                "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; {fate}",
-                hex(&trailer.sha256),
-                hex(&digest)
-            ),
-        )
-        .into()));
+    match rules.trailer(size, &digest, &trailer) {
+        Ok(Verdict::Keep) => {}
+        Ok(Verdict::OfferChanged) => {
+            // The name, size, mode and times the data arrived under must be
+            // the ones offered: in plaintext nothing else would notice a
+            // change in transit (a flipped bit in the mode, say).
+            let fate = discard_mismatch(
+                stream,
+                peer,
+                output,
+                digest,
+                "the offer (name, size, mode, times) changed in transit; the data was discarded",
+            )?;
+            return Ok(Err(Failure::new(
+                ExitCode::Integrity,
+                format!("the offer of '{shown}' changed in transit; {fate}"),
+            )
+            .into()));
+        }
+        Ok(Verdict::DigestMismatch) => {
+            let fate = discard_mismatch(
+                stream,
+                peer,
+                output,
+                digest,
+                "SHA-256 mismatch; the data was discarded",
+            )?;
+            return Ok(Err(Failure::new(
+                ExitCode::Integrity,
+                format!(
+                    "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; {fate}",
+                    hex(&trailer.sha256),
+                    hex(&digest)
+                ),
+            )
+            .into()));
+        }
+        Err(Next::Violation { reason, message }) => {
+            link::send_error(stream, reason, &message);
+            return Err(Failure::new(ExitCode::Network, format!("{peer}: {message}")).into());
+        }
+        Err(other) => unreachable!("a trailer is kept, discarded or a violation: {other:?}"),
     }
 
     let path = match output {

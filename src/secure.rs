@@ -27,8 +27,8 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 use subtle::ConstantTimeEq;
 
 use crate::exit_codes::{ExitCode, Failure};
-use crate::protocol::{Frame, Reason, Transport};
 use crate::link::{self, Link};
+use crate::protocol::{Frame, Reason, Transport};
 
 /// Length of a key in a key file, and of each derived key.
 pub const KEY_LEN: usize = 32;
@@ -636,7 +636,10 @@ mod tests {
         let mut tx = Encrypted::new(&mut link, ours);
         let err = tx.write_all(&vec![7u8; 3 * RECORD_MAX]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(tx.write(b"more").unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            tx.write(b"more").unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
         assert!(tx.flush().is_err());
         drop(tx);
         assert_eq!(link.wire.len(), 1000, "nothing may follow the failed write");

@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::config::SendConfig;
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
+use crate::link::{self, Link};
 use crate::names::escape_for_terminal;
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
@@ -24,7 +25,6 @@ use crate::protocol::{
     Reason, Trailer, hex,
 };
 use crate::secure::{Encrypted, Role, Secret};
-use crate::link::{self, Link};
 use crate::signals;
 use crate::source::{Identity, Kind, Opener, Plan};
 

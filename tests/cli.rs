@@ -808,6 +808,74 @@ fn output_path_takes_exactly_one_file_per_session() {
     assert_eq!(fs::read(&out).unwrap(), b"first");
 }
 
+/// Issue 11, bug 1: a sender that got ACCEPT and then closed (or said END)
+/// left the receiver at exit 0, `"ok":true,"files":0`, and no file.
+#[test]
+fn an_accepted_file_that_never_arrives_is_a_failure_on_the_receiver() {
+    for end_first in [false, true] {
+        let env = TestEnv::new();
+        let out = env.dst().join("exact.bin");
+        let mut r = env.recv_with(&["-o", out.to_str().unwrap()], false);
+        let mut s = raw_sender(&r.addr());
+        protocol::write_frame(&mut s, &offer("exact.bin", 5)).unwrap();
+        assert!(matches!(
+            protocol::read_frame(&mut s).unwrap(),
+            Frame::Accept(_)
+        ));
+        if end_first {
+            protocol::write_frame(&mut s, &Frame::End).unwrap();
+            s.flush().unwrap();
+        }
+        drop(s);
+        let outcome = r.finish();
+        outcome.assert_code(3).assert_stderr_contains("exact.bin");
+        let summary = outcome
+            .events()
+            .into_iter()
+            .find(|e| e["event"] == "summary")
+            .expect("a summary");
+        assert_eq!(summary["ok"], false, "{summary}");
+        assert_eq!(summary["failures"][0]["name"], "exact.bin", "{summary}");
+        assert!(!out.exists());
+    }
+}
+
+/// The same for a tree: entries accepted and never sent are listed, and the
+/// files that did arrive make it partial (8), not a success.
+#[test]
+fn accepted_entries_of_a_tree_never_sent_make_the_session_partial() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    assert!(matches!(
+        raw_send_file(&mut s, "one", b"first"),
+        Frame::Ack(_)
+    ));
+    for name in ["two", "three"] {
+        protocol::write_frame(&mut s, &offer(name, 3)).unwrap();
+        assert!(matches!(
+            protocol::read_frame(&mut s).unwrap(),
+            Frame::Accept(_)
+        ));
+    }
+    drop(s);
+    let outcome = r.finish();
+    outcome.assert_code(8);
+    let summary = outcome
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .expect("a summary");
+    let names: Vec<_> = summary["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["two", "three"], "{summary}");
+    assert_eq!(entries(&env.dst()), ["one"]);
+}
+
 #[test]
 fn a_session_goes_on_after_a_refused_offer() {
     let env = TestEnv::new();
