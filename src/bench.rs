@@ -69,17 +69,13 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         )
     });
 
-    let offer = Offer {
-        flags: 0,
+    let mtime = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut entries = Generated {
         size: config.size,
-        mode: 0o644,
-        mtime_secs: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-        mtime_nanos: 0,
-        name: "xfer-bench.bin".into(),
-        sha256: None,
+        mtime,
     };
     reporter.info(|| {
         format!(
@@ -92,17 +88,20 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(addr).context("bench sender cannot connect")?;
     let _watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, TIMEOUT)?;
-    let sent = send::send_one(
+    let options = send::Options {
+        resume: false,
+        idle_timeout: TIMEOUT,
+        report_each: false,
+    };
+    let sent = send::over_link(
         &mut Buffered::new(&mut stream),
         &addr.to_string(),
         &secret,
-        &mut Generator::new(config.size),
-        "generated data",
-        &offer,
-        false,
-        TIMEOUT,
+        &mut entries,
+        &options,
         &Reporter::new(config.quiet || config.json, false),
-    )?;
+    )?
+    .only_sent()?;
     let received = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("bench receiver panicked"))??;
@@ -137,6 +136,41 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The benchmark's one entry: `size` bytes of generated data.
+struct Generated {
+    size: u64,
+    mtime: i64,
+}
+
+impl send::Entries for Generated {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn open(&mut self, _index: usize) -> anyhow::Result<send::Opened> {
+        Ok(send::Opened {
+            offer: Offer {
+                flags: 0,
+                size: self.size,
+                mode: 0o644,
+                mtime_secs: self.mtime,
+                mtime_nanos: 0,
+                name: "xfer-bench.bin".into(),
+                sha256: None,
+            },
+            source: Some((Box::new(Generator::new(self.size)), "generated data".into())),
+        })
+    }
+
+    fn name(&self, _index: usize) -> String {
+        "xfer-bench.bin".into()
+    }
+
+    fn size_hint(&self, _index: usize) -> u64 {
+        self.size
+    }
 }
 
 /// Endless pseudo-random bytes (xorshift64*), fast enough never to be the

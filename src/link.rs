@@ -181,6 +181,50 @@ impl<S: Link> Link for Buffered<S> {
     }
 }
 
+/// A stream whose every read and write must finish before one instant.
+pub struct WithDeadline<'a, S: Link + ?Sized> {
+    inner: &'a mut S,
+    until: std::time::Instant,
+}
+
+impl<'a, S: Link + ?Sized> WithDeadline<'a, S> {
+    pub fn new(inner: &'a mut S, until: std::time::Instant) -> Self {
+        WithDeadline { inner, until }
+    }
+
+    fn arm(&mut self) -> std::io::Result<()> {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake deadline passed",
+            ));
+        }
+        self.inner.set_deadline(left)
+    }
+}
+
+impl<S: Link + ?Sized> std::io::Read for WithDeadline<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
+
 /// Sets the deadline for each following read and write on `stream`.
 pub fn set_deadline<S: Link + ?Sized>(
     stream: &mut S,

@@ -27,6 +27,7 @@ use crate::protocol::{
     Offer, Reason, Refuse, hex,
 };
 use crate::secure::{Role, Secret};
+use crate::session::allow_for_local_work;
 use crate::session::receiver::{Judged, Next, Receiver, Rules, Verdict};
 use crate::signals;
 
@@ -106,7 +107,7 @@ pub fn serve<S: Link + ?Sized>(
     // One deadline for the whole opening, however the peer trickles it.
     let until = Instant::now() + policy.handshake_timeout;
     let keys = {
-        let mut bounded = WithDeadline::new(stream, until);
+        let mut bounded = link::WithDeadline::new(stream, until);
         link::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
     };
     on_authenticated();
@@ -139,12 +140,13 @@ fn serve_session<S: Link + ?Sized>(
     // Accepted files, in offer order, with where their data goes.
     let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
     let mut opening = true;
+    let mut deadline = policy.idle_timeout;
     let mut next = Next::Read;
     let result: anyhow::Result<()> = loop {
         next = match next {
             Next::Read if opening => {
                 // The first offer is still part of the opening's deadline.
-                let mut bounded = WithDeadline::new(stream, until);
+                let mut bounded = link::WithDeadline::new(stream, until);
                 let first = link::next_frame_capped(&mut bounded, peer, "an offer", cap);
                 opening = false;
                 match first {
@@ -162,17 +164,29 @@ fn serve_session<S: Link + ?Sized>(
                     Err(e) => break Err(e),
                 }
             }
-            Next::Read => match link::next_frame_capped(stream, peer, "an offer or END", cap) {
-                Ok(Some(frame)) => rules.on_frame(frame),
-                Ok(None) => rules.on_closed(),
-                Err(e) => {
-                    if ExitCode::for_error(&e) == ExitCode::Integrity {
-                        link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
-                    }
-                    // A file that already failed says more than the stall after it.
-                    break Err(failure.take().unwrap_or(e));
+            Next::Read => {
+                // A file accepted for resuming: the sender hashes the prefix
+                // we hold before its START; allow for that local work.
+                let wait = match pending.front() {
+                    Some(p) if p.held > 0 => allow_for_local_work(policy.idle_timeout, p.held),
+                    _ => policy.idle_timeout,
+                };
+                if wait != deadline {
+                    link::set_deadline(stream, wait, peer)?;
+                    deadline = wait;
                 }
-            },
+                match link::next_frame_capped(stream, peer, "an offer or END", cap) {
+                    Ok(Some(frame)) => rules.on_frame(frame),
+                    Ok(None) => rules.on_closed(),
+                    Err(e) => {
+                        if ExitCode::for_error(&e) == ExitCode::Integrity {
+                            link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
+                        }
+                        // A file that already failed says more than the stall after it.
+                        break Err(failure.take().unwrap_or(e));
+                    }
+                }
+            }
             Next::Judge { id, offer } => {
                 match answer_offer(stream, peer, &offer, policy, &mut destination, reporter) {
                     Ok(Answer::Pending(p)) => {
@@ -381,48 +395,6 @@ impl<R: std::io::Read> std::io::Read for AtMost<R> {
         Ok(n)
     }
 }
-
-/// A stream whose every read and write must finish before one instant.
-struct WithDeadline<'a, S: Link + ?Sized> {
-    inner: &'a mut S,
-    until: Instant,
-}
-
-impl<'a, S: Link + ?Sized> WithDeadline<'a, S> {
-    fn new(inner: &'a mut S, until: Instant) -> Self {
-        WithDeadline { inner, until }
-    }
-
-    fn arm(&mut self) -> std::io::Result<()> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "handshake deadline passed",
-            ));
-        }
-        self.inner.set_deadline(left)
-    }
-}
-
-impl<S: Link + ?Sized> std::io::Read for WithDeadline<'_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        self.inner.read(buf)
-    }
-}
-
-impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
 
 /// A directory entry: it exists now; the sender sends nothing for it.
 fn directory_made<S: Link + ?Sized>(

@@ -1,11 +1,13 @@
-//! The sending side: offer a file, stream it while hashing, and succeed only
-//! when the receiver confirms the same SHA-256.
+//! The sending side: offer entries, stream each accepted file while
+//! hashing it, and succeed only when the receiver confirms the same SHA-256.
 //!
-//! The session runs over any [`Link`] and any reader, so the same code
-//! serves files, the in-process benchmark and tests. It must never report
-//! success without an ACK whose digest equals the one computed here.
+//! One loop, [`drive`], runs every session (a tree, one file, standard
+//! input, the benchmark) over any [`Link`] and any [`Entries`]; the rules
+//! it follows are [`session::sender::Sender`]'s. It must never report
+//! success without an ACK whose digest equals the one computed here, and
+//! every count and message says what crossed the wire.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,236 +20,294 @@ use crate::config::SendConfig;
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
 use crate::link::{self, Link};
 use crate::names::escape_for_terminal;
-use crate::output::{Reporter, rate};
+use crate::output::{Progress, Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
 use crate::protocol::{
-    self, Ack, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer,
-    Reason, Trailer, hex,
+    self, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
+    Trailer, hex,
 };
 use crate::secure::{Encrypted, Role, Secret};
+use crate::session::allow_for_local_work;
+use crate::session::sender::{Answer, Offered, Sender};
 use crate::signals;
 use crate::source::{Identity, Kind, Opener, Plan};
 
-/// A file the receiver verified and kept.
+/// A file the receiver verified and kept (or already had).
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub name: String,
+    /// The file's size: what is now verified at the receiver.
+    pub size: u64,
+    /// Bytes of it that crossed the wire in this session (not a resumed
+    /// prefix the receiver already held, nothing for an unchanged file).
     pub bytes: u64,
+    /// Where this session's data started (a resume), else 0.
+    pub resumed_at: u64,
     pub sha256: Digest,
     pub seconds: f64,
     /// The receiver already had it: nothing was sent.
     pub skipped: bool,
 }
 
-/// Runs one session that sends one file: `offer.size` bytes from
-/// `source`, or with the stream flag, everything `source` yields until its
-/// end. `source_name` names the source in local error messages.
-#[allow(clippy::too_many_arguments)]
-pub fn send_one<S, R>(
+/// What a session sends: entries offered in order, each opened when its
+/// turn comes (so a tree holds few files open at once).
+pub trait Entries {
+    fn count(&self) -> usize;
+    /// Entry `index`, ready to offer: the offer, and for a file or a stream
+    /// where its data comes from and how to name that in messages. An error
+    /// fails this entry only; the session goes on.
+    fn open(&mut self, index: usize) -> anyhow::Result<Opened>;
+    /// Entry `index`'s name, for a failure before it could be offered.
+    fn name(&self, index: usize) -> String;
+    /// Bytes of entry `index` for the progress bar when it cannot be opened.
+    fn size_hint(&self, index: usize) -> u64;
+}
+
+/// An entry ready to offer.
+pub struct Opened {
+    pub offer: Offer,
+    /// The data of a file or stream; `None` for a directory.
+    pub source: Option<(Box<dyn Source>, String)>,
+}
+
+/// How [`drive`] runs.
+pub struct Options {
+    pub resume: bool,
+    pub idle_timeout: Duration,
+    /// Say each entry's failure as it happens (several entries); with one,
+    /// its failure is the command's one error line.
+    pub report_each: bool,
+}
+
+/// Runs one session over `stream` after the handshake: offers every entry,
+/// sends what is accepted, reads every verdict, then says END. The error is
+/// for the session (the link or the protocol broke); each entry's own
+/// outcome is in `totals`.
+pub fn drive<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    entries: &mut dyn Entries,
+    options: &Options,
+    reporter: &Reporter,
+    progress: &Progress,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let count = entries.count();
+    let mut rules = Sender::new(count);
+    let fail = |totals: &mut Totals, name: &str, e: anyhow::Error| {
+        if options.report_each {
+            report_failure(reporter, &e);
+        }
+        totals.record_failure(name, e, reporter);
+    };
+    let mut done_before = 0u64;
+    // Offered and awaiting an answer; then sent and awaiting a verdict.
+    let mut offered: VecDeque<Opened> = VecDeque::new();
+    let mut unacked: VecDeque<(Offer, InFlight)> = VecDeque::new();
+    let mut deadline = options.idle_timeout;
+    loop {
+        // Keep the window full, so no entry waits a round trip.
+        while let Some(index) = rules.next_to_offer() {
+            let opened = match entries.open(index) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    fail(totals, &entries.name(index), e);
+                    done_before += entries.size_hint(index);
+                    continue;
+                }
+            };
+            let what = match (&opened.source, opened.offer.flags) {
+                (None, _) => Offered::Dir,
+                (Some(_), flags) if flags & FLAG_STREAM != 0 => Offered::Stream,
+                (Some(_), _) => Offered::File {
+                    size: opened.offer.size,
+                },
+            };
+            link::send_frame(stream, &Frame::Offer(opened.offer.clone()), peer)?;
+            rules.offered(index, what);
+            offered.push_back(opened);
+        }
+        if rules.done() {
+            break;
+        }
+        // The receiver may read back a partial file or hash its own copy
+        // before it answers, and fsyncs a file before its verdict: allow
+        // for that local work on its side.
+        let wait = offered
+            .front()
+            .map(|o| allow_for_local_work(options.idle_timeout, o.offer.size))
+            .into_iter()
+            .chain(
+                unacked
+                    .front()
+                    .map(|(_, f)| allow_for_local_work(options.idle_timeout, f.size)),
+            )
+            .max()
+            .unwrap_or(options.idle_timeout);
+        // A syscall per change, not per frame.
+        if wait != deadline {
+            link::set_deadline(stream, wait, peer)?;
+            deadline = wait;
+        }
+        let frame = link::expect_frame(stream, peer, "the receiver's answers")?;
+        let answer = match rules.on_frame(frame) {
+            Ok(answer) => answer,
+            Err(violation) => {
+                link::send_error(stream, Reason::Protocol, &violation.0);
+                return Err(Failure::new(ExitCode::Network, format!("{peer}: {violation}")).into());
+            }
+        };
+        match answer {
+            Answer::PeerAborted(e) => return Err(link::peer_aborted(&e, peer)),
+            Answer::Verdict { .. } => {
+                let (offer, in_flight) =
+                    unacked.pop_front().expect("the rules track each file sent");
+                match judge(&answer, in_flight, &offer, peer) {
+                    Ok(sent) => totals.record_sent(sent, reporter),
+                    Err(e) => fail(totals, &offer.name, e),
+                }
+            }
+            Answer::DirMade { index }
+            | Answer::Unchanged { index, .. }
+            | Answer::Refused { index, .. }
+            | Answer::Send { index, .. } => {
+                let Opened { offer, source } =
+                    offered.pop_front().expect("the rules track each offer");
+                if count > 1 {
+                    progress.set_message(&format!("[{}/{count}] {}", index + 1, offer.name));
+                }
+                let shown = escape_for_terminal(&offer.name);
+                match (answer, source) {
+                    (Answer::DirMade { .. }, _) => totals.directories += 1,
+                    (Answer::Refused { refuse, .. }, source) => {
+                        let what = if source.is_none() { "directory " } else { "" };
+                        let e = Failure::new(
+                            link::code_for_reason(refuse.reason),
+                            format!(
+                                "{peer} refused {what}'{shown}': {}",
+                                escape_for_terminal(&refuse.message)
+                            ),
+                        )
+                        .into();
+                        fail(totals, &offer.name, e);
+                    }
+                    (Answer::Unchanged { message, .. }, _) => {
+                        reporter.event(
+                            "file-skipped",
+                            || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
+                        );
+                        totals.record_sent(
+                            Sent {
+                                name: offer.name.clone(),
+                                size: offer.size,
+                                bytes: 0,
+                                resumed_at: 0,
+                                sha256: offer.sha256.unwrap_or([0; 32]),
+                                seconds: 0.0,
+                                skipped: true,
+                            },
+                            reporter,
+                        );
+                    }
+                    (Answer::Send { offset, prefix, .. }, Some((mut source, source_name))) => {
+                        let (start, hasher) = if offset > 0 && options.resume {
+                            // Continue after the receiver's prefix only if it
+                            // is really the start of this file.
+                            let resumed =
+                                prefix_matches(&mut *source, offset, &prefix).map_err(|e| {
+                                    Failure::local(format!("cannot read '{source_name}'"), &e)
+                                })?;
+                            match resumed {
+                                Some(hasher) => (offset, hasher),
+                                None => (0, Sha256::new()),
+                            }
+                        } else {
+                            (0, Sha256::new())
+                        };
+                        if offset > 0 && start == 0 {
+                            source.seek_to(0).map_err(|e| {
+                                Failure::local(format!("cannot read '{source_name}'"), &e)
+                            })?;
+                        }
+                        // Every accepted file's data follows a START saying
+                        // where it begins.
+                        link::send_frame(stream, &Frame::Start { offset: start }, peer)?;
+                        if start > 0 {
+                            reporter.info(|| {
+                                format!(
+                                    "resuming '{shown}' at {} of {}",
+                                    crate::destination::human_bytes(start),
+                                    crate::destination::human_bytes(offer.size)
+                                )
+                            });
+                        }
+                        if deadline != options.idle_timeout {
+                            link::set_deadline(stream, options.idle_timeout, peer)?;
+                            deadline = options.idle_timeout;
+                        }
+                        let base = done_before;
+                        let in_flight = send_data(
+                            stream,
+                            peer,
+                            &mut *source,
+                            &source_name,
+                            &offer,
+                            start,
+                            hasher,
+                            &|n| progress.set(base + n),
+                            reporter,
+                        )?;
+                        rules.data_sent(index);
+                        unacked.push_back((offer.clone(), in_flight));
+                    }
+                    (answer, None) => {
+                        unreachable!("the rules never ask to send a directory: {answer:?}")
+                    }
+                    (Answer::Verdict { .. } | Answer::PeerAborted(_), _) => {
+                        unreachable!("handled above")
+                    }
+                }
+                done_before += offer.size;
+                progress.set(done_before);
+            }
+        }
+    }
+    // Everything is settled, each file verified or failed; a lost END
+    // changes nothing.
+    let _ = link::send_last_frame(stream, &Frame::End, peer);
+    Ok(())
+}
+
+/// The handshake, then [`drive`]: a whole session over `stream`.
+pub fn over_link<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     secret: &Secret,
-    source: &mut R,
-    source_name: &str,
-    offer: &Offer,
-    resume: bool,
-    idle_timeout: Duration,
+    entries: &mut dyn Entries,
+    options: &Options,
     reporter: &Reporter,
-) -> anyhow::Result<Sent>
-where
-    S: Link + ?Sized,
-    R: Source + ?Sized,
-{
+) -> anyhow::Result<Totals> {
     let keys = link::handshake(stream, peer, secret, Role::Sender)?;
     let stream = &mut link::secured(stream, keys);
-    let streamed = offer.flags & FLAG_STREAM != 0;
-    let progress = reporter.progress(&offer.name, (!streamed).then_some(offer.size));
-    let sent = offer_file(
+    let mut totals = Totals::default();
+    let progress = reporter.progress("", None);
+    drive(
         stream,
         peer,
-        source,
-        source_name,
-        offer,
-        resume,
-        idle_timeout,
-        &|n| progress.set(n),
+        entries,
+        options,
         reporter,
-    );
-    drop(progress);
-    let sent = sent??;
-    // The file is verified and in place; a lost END changes nothing.
-    let _ = link::send_last_frame(stream, &Frame::End, peer);
-    Ok(sent)
-}
-
-/// Offers one file within a session and sends it if accepted. The outer
-/// error means the session cannot go on (the connection, the protocol);
-/// the inner one that this file failed while the session stays in step
-/// (refused, digest mismatch, not kept). `on_bytes` hears how many bytes of
-/// the file are done.
-#[allow(clippy::too_many_arguments)]
-pub fn offer_file<S, R>(
-    stream: &mut S,
-    peer: &str,
-    source: &mut R,
-    source_name: &str,
-    offer: &Offer,
-    resume: bool,
-    idle_timeout: Duration,
-    on_bytes: &(dyn Fn(u64) + Sync),
-    reporter: &Reporter,
-) -> anyhow::Result<anyhow::Result<Sent>>
-where
-    S: Link + ?Sized,
-    R: Source + ?Sized,
-{
-    link::send_frame(stream, &Frame::Offer(offer.clone()), peer)?;
-    let reply = link::expect_frame(stream, peer, "the receiver's answer to the offer")?;
-    let (start, hasher) = match answer(
-        stream,
-        peer,
-        source,
-        source_name,
-        offer,
-        resume,
-        reply,
-        reporter,
-    )? {
-        Answer::Go { start, hasher } => (start, hasher),
-        Answer::Settled(outcome) => return Ok(outcome),
-    };
-    let in_flight = send_data(
-        stream,
-        peer,
-        source,
-        source_name,
-        offer,
-        start,
-        hasher,
-        on_bytes,
-        reporter,
+        &progress,
+        &mut totals,
     )?;
-    // Before its verdict the receiver fsyncs the whole file, which on a slow
-    // disk takes longer than any sensible idle time; allow for that.
-    link::set_deadline(stream, ack_deadline(idle_timeout, in_flight.size), peer)?;
-    let verdict = match link::expect_frame(stream, peer, "the receiver's verdict")? {
-        Frame::Ack(ack) => judge(&ack, in_flight, offer, peer),
-        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
-        other => return Err(link::unexpected(&other, "ACK", peer)),
-    };
-    link::set_deadline(stream, idle_timeout, peer)?;
-    Ok(verdict)
-}
-
-/// The receiver's answer to a file's OFFER, as the sender acts on it.
-enum Answer {
-    /// Send the data from `start`, continuing `hasher`.
-    Go { start: u64, hasher: Sha256 },
-    /// Nothing to send: already there, or refused.
-    Settled(anyhow::Result<Sent>),
-}
-
-/// Acts on the answer to a file's OFFER: on ACCEPT, decides where to start
-/// (checking a held prefix against our own file) and sends START.
-#[allow(clippy::too_many_arguments)]
-fn answer<S, R>(
-    stream: &mut S,
-    peer: &str,
-    source: &mut R,
-    source_name: &str,
-    offer: &Offer,
-    resume: bool,
-    reply: Frame,
-    reporter: &Reporter,
-) -> anyhow::Result<Answer>
-where
-    S: Link + ?Sized,
-    R: Source + ?Sized,
-{
-    let shown = escape_for_terminal(&offer.name);
-    let streamed = offer.flags & FLAG_STREAM != 0;
-    let (start, hasher) = match reply {
-        Frame::Accept(a) if a.offset == 0 => (0, Sha256::new()),
-        Frame::Accept(a) if streamed || a.offset > offer.size => {
-            link::send_error(stream, Reason::Protocol, "offset out of range");
-            return Err(Failure::new(
-                ExitCode::Network,
-                format!(
-                    "{peer} offered to resume '{shown}' at byte {} of {}",
-                    a.offset,
-                    if streamed {
-                        "a stream".to_string()
-                    } else {
-                        offer.size.to_string()
-                    }
-                ),
-            )
-            .into());
-        }
-        Frame::Accept(a) => {
-            // The receiver holds a prefix from an earlier attempt: continue
-            // after it only if it is really the start of this file.
-            let resumed = if resume {
-                prefix_matches(source, a.offset, &a.prefix_sha256)
-                    .map_err(|e| Failure::local(format!("cannot read '{source_name}'"), &e))?
-            } else {
-                None
-            };
-            let (start, hasher) = match resumed {
-                Some(hasher) => (a.offset, hasher),
-                None => {
-                    source
-                        .seek_to(0)
-                        .map_err(|e| Failure::local(format!("cannot read '{source_name}'"), &e))?;
-                    (0, Sha256::new())
-                }
-            };
-            (start, hasher)
-        }
-        Frame::Skip { message } => {
-            // The receiver already has this very file.
-            reporter.event(
-                "file-skipped",
-                || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
-            );
-            return Ok(Answer::Settled(Ok(Sent {
-                name: offer.name.clone(),
-                bytes: 0,
-                sha256: offer.sha256.unwrap_or([0; 32]),
-                seconds: 0.0,
-                skipped: true,
-            })));
-        }
-        Frame::Refuse(r) => {
-            return Ok(Answer::Settled(Err(Failure::new(
-                link::code_for_reason(r.reason),
-                format!(
-                    "{peer} refused '{shown}': {}",
-                    escape_for_terminal(&r.message)
-                ),
-            )
-            .into())));
-        }
-        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
-        other => return Err(link::unexpected(&other, "ACCEPT or REFUSE", peer)),
-    };
-    // Every accepted file's data follows a START saying where it begins.
-    link::send_frame(stream, &Frame::Start { offset: start }, peer)?;
-    if start > 0 {
-        reporter.info(|| {
-            format!(
-                "resuming '{shown}' at {} of {}",
-                crate::destination::human_bytes(start),
-                crate::destination::human_bytes(offer.size)
-            )
-        });
-    }
-    Ok(Answer::Go { start, hasher })
+    Ok(totals)
 }
 
 /// A file whose data and TRAILER are sent and whose ACK is awaited.
 struct InFlight {
     size: u64,
+    /// Where this session's data started.
+    start: u64,
     digest: Digest,
     started: Instant,
 }
@@ -339,6 +399,7 @@ where
     )?;
     Ok(InFlight {
         size,
+        start,
         digest,
         started,
     })
@@ -346,7 +407,10 @@ where
 
 /// The receiver's ACK for a file in flight: success only with status ok and
 /// the digest we computed.
-fn judge(ack: &Ack, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::Result<Sent> {
+fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::Result<Sent> {
+    let Answer::Verdict { ack, .. } = answer else {
+        unreachable!("judged only on a verdict");
+    };
     let shown = escape_for_terminal(&offer.name);
     let digest = in_flight.digest;
     match ack.status {
@@ -386,7 +450,9 @@ fn judge(ack: &Ack, in_flight: InFlight, offer: &Offer, peer: &str) -> anyhow::R
     }
     Ok(Sent {
         name: offer.name.clone(),
-        bytes: in_flight.size,
+        size: in_flight.size,
+        bytes: in_flight.size - in_flight.start,
+        resumed_at: in_flight.start,
         sha256: digest,
         seconds: in_flight.started.elapsed().as_secs_f64(),
         skipped: false,
@@ -465,12 +531,6 @@ fn prefix_matches<R: Source + ?Sized>(
     Ok((ours == *theirs).then_some(hasher))
 }
 
-/// How long to wait for the ACK of `size` bytes: the idle timeout plus one
-/// second per 16 MiB, time for an fsync at a slow disk's pace.
-pub fn ack_deadline(idle: Duration, size: u64) -> Duration {
-    idle + Duration::from_secs(size / (16 << 20))
-}
-
 /// `xfer send FILE HOST:PORT`.
 pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     let reporter = Reporter::new(config.quiet, config.json);
@@ -480,11 +540,14 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut attempt = 0;
+    // Digests for --checksum, taken before connecting and kept across
+    // retries: hashing is never charged to the receiver's deadlines.
+    let mut checksums = Checksums::new(config.checksum);
     let result = loop {
         let result = if config.stdin() {
             send_stdin(config, &secret, &reporter)
         } else {
-            send_paths(config, &secret, &reporter)
+            send_paths(config, &secret, &reporter, &mut checksums)
         };
         match &result {
             Err(e) if attempt < config.retries && !config.stdin() && worth_retrying(e) => {
@@ -555,7 +618,7 @@ fn ask_for_code() -> anyhow::Result<Secret> {
 
 /// What a session achieved, file by file.
 #[derive(Default)]
-struct Totals {
+pub struct Totals {
     sent: Vec<Sent>,
     directories: usize,
     failures: Vec<(String, anyhow::Error)>,
@@ -568,10 +631,23 @@ impl Totals {
         if !sent.skipped {
             reporter.event(
                 "file-done",
-                || json!({ "name": sent.name, "bytes": sent.bytes, "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
+                || json!({ "name": sent.name, "bytes": sent.size, "sent": sent.bytes, "offset": sent.resumed_at,
+                           "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
             );
         }
         self.sent.push(sent);
+    }
+
+    /// The one file of a one-file session, or why it did not arrive.
+    pub fn only_sent(self) -> anyhow::Result<Sent> {
+        match (
+            self.sent.into_iter().next(),
+            self.failures.into_iter().next(),
+        ) {
+            (_, Some((_, e))) => Err(e),
+            (Some(sent), None) => Ok(sent),
+            (None, None) => Err(anyhow::anyhow!("the session sent nothing")),
+        }
     }
 
     fn record_failure(&mut self, name: &str, e: anyhow::Error, reporter: &Reporter) {
@@ -630,11 +706,22 @@ impl Totals {
                     escape_for_terminal(&one.name)
                 ));
             }
+            [one] if self.directories == 0 && failures.is_empty() && one.resumed_at > 0 => {
+                reporter.info(|| format!(
+                    "sent '{}' ({}; the receiver held the first {}, {} crossed the wire, {}), verified by the receiver: sha256 {}",
+                    escape_for_terminal(&one.name),
+                    crate::destination::human_bytes(one.size),
+                    crate::destination::human_bytes(one.resumed_at),
+                    crate::destination::human_bytes(one.bytes),
+                    rate(one.bytes, one.seconds),
+                    hex(&one.sha256)
+                ));
+            }
             [one] if self.directories == 0 && failures.is_empty() => {
                 reporter.info(|| format!(
                     "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
                     escape_for_terminal(&one.name),
-                    crate::destination::human_bytes(one.bytes),
+                    crate::destination::human_bytes(one.size),
                     rate(one.bytes, one.seconds),
                     hex(&one.sha256)
                 ));
@@ -662,12 +749,16 @@ impl Totals {
 }
 
 /// Connects, shakes hands and reports it; the stream is ready for offers.
+/// `--connect-timeout` covers the connection and the whole handshake, as
+/// OpenSSH's ConnectTimeout does: a peer that trickles bytes cannot hold a
+/// sender before it has proved it knows the secret.
 fn open_session(
     config: &SendConfig,
     secret: &Secret,
     reporter: &Reporter,
 ) -> anyhow::Result<(Box<dyn Link>, signals::Watch, String)> {
     let peer = config.target.to_string();
+    let until = Instant::now() + config.connect_timeout;
     let stream = crate::net::connect(&config.target, config.connect_timeout)?;
     let watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, config.idle_timeout)
@@ -675,28 +766,79 @@ fn open_session(
     reporter.event("connected", || json!({ "peer": peer }));
     // Small files and frames go out together, a few syscalls per file.
     let mut stream = link::Buffered::new(stream);
-    let link: Box<dyn Link> = match link::handshake(&mut stream, &peer, secret, Role::Sender)? {
+    let keys = {
+        let mut bounded = link::WithDeadline::new(&mut stream, until);
+        link::handshake(&mut bounded, &peer, secret, Role::Sender)
+    }
+    .map_err(|e| handshake_deadline(e, &peer, config.connect_timeout))?;
+    link::set_deadline(&mut stream, config.idle_timeout, &peer)?;
+    let link: Box<dyn Link> = match keys {
         Some(keys) => Box::new(Encrypted::new(stream, keys)),
         None => Box::new(stream),
     };
     Ok((link, watch, peer))
 }
 
+/// A handshake that ran out of `--connect-timeout` says so.
+fn handshake_deadline(e: anyhow::Error, peer: &str, limit: Duration) -> anyhow::Error {
+    if ExitCode::for_error(&e) == ExitCode::Timeout {
+        e.context(format!(
+            "{peer} did not complete the handshake within --connect-timeout ({})",
+            humantime(limit)
+        ))
+    } else {
+        e
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Standard input as the one entry of a session: a stream.
+struct StdinEntry {
+    name: String,
+}
+
+impl Entries for StdinEntry {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn open(&mut self, _index: usize) -> anyhow::Result<Opened> {
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Opened {
+            offer: Offer {
+                flags: FLAG_STREAM,
+                size: 0,
+                mode: 0o100644,
+                mtime_secs: now.as_secs() as i64,
+                mtime_nanos: now.subsec_nanos(),
+                name: self.name.clone(),
+                sha256: None,
+            },
+            source: Some((Box::new(std::io::stdin()), "standard input".into())),
+        })
+    }
+
+    fn name(&self, _index: usize) -> String {
+        self.name.clone()
+    }
+
+    fn size_hint(&self, _index: usize) -> u64 {
+        0
+    }
+}
+
 /// `xfer send - HOST:PORT --name NAME`: standard input as one stream.
 fn send_stdin(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyhow::Result<Totals> {
-    let now = std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
     let name = config.name.clone().unwrap_or_default();
-    let offer = Offer {
-        flags: FLAG_STREAM,
-        size: 0,
-        mode: 0o100644,
-        mtime_secs: now.as_secs() as i64,
-        mtime_nanos: now.subsec_nanos(),
-        name: name.clone(),
-        sha256: None,
-    };
     let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
     reporter.info(|| {
         format!(
@@ -705,29 +847,149 @@ fn send_stdin(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         )
     });
     let progress = reporter.progress(&name, None);
-    let outcome = offer_file(
+    let mut totals = Totals::default();
+    let options = Options {
+        resume: false,
+        idle_timeout: config.idle_timeout,
+        report_each: false,
+    };
+    drive(
         &mut stream,
         &peer,
-        &mut std::io::stdin(),
-        "standard input",
-        &offer,
-        false,
-        config.idle_timeout,
-        &|n| progress.set(n),
+        &mut StdinEntry { name },
+        &options,
         reporter,
-    );
-    drop(progress);
-    let mut totals = Totals::default();
-    match outcome? {
-        Ok(sent) => totals.record_sent(sent, reporter),
-        Err(e) => totals.record_failure(&name, e, reporter),
-    }
-    let _ = link::send_last_frame(&mut stream, &Frame::End, &peer);
+        &progress,
+        &mut totals,
+    )?;
     Ok(totals)
 }
 
+/// `--checksum` digests, taken before connecting and kept across retries,
+/// each valid while its file keeps the identity it was hashed at.
+struct Checksums {
+    enabled: bool,
+    known: HashMap<(u64, u64), (Identity, Digest)>,
+}
+
+impl Checksums {
+    fn new(enabled: bool) -> Self {
+        Checksums {
+            enabled,
+            known: HashMap::new(),
+        }
+    }
+
+    /// Hashes every file of `plan` not hashed yet. A file that cannot be
+    /// opened here fails again, with its reason, when its turn comes.
+    fn prepare(&mut self, plan: &Plan, reporter: &Reporter) {
+        if !self.enabled {
+            return;
+        }
+        let mut opener = Opener::default();
+        let mut announced = false;
+        for (index, entry) in plan.entries.iter().enumerate() {
+            if entry.kind != Kind::File || self.current(&entry.id).is_some() {
+                continue;
+            }
+            if !announced {
+                reporter.info(|| "computing SHA-256 digests for --checksum before connecting");
+                announced = true;
+            }
+            if let Ok((file, id)) = opener.open_file(plan, index) {
+                let _ = self.digest(&file, &id, &plan.shown(index));
+            }
+            if signals::interrupted() {
+                return;
+            }
+        }
+    }
+
+    fn current(&self, id: &Identity) -> Option<Digest> {
+        match self.known.get(&(id.dev, id.ino)) {
+            Some((then, digest)) if then == id => Some(*digest),
+            _ => None,
+        }
+    }
+
+    /// The digest of `file` as it is now (`id`): known, or hashed now (a
+    /// file that changed since it was hashed).
+    fn digest(&mut self, file: &File, id: &Identity, shown: &str) -> anyhow::Result<Digest> {
+        if let Some(digest) = self.current(id) {
+            return Ok(digest);
+        }
+        let digest = hash_file(file, shown)?;
+        self.known.insert((id.dev, id.ino), (*id, digest));
+        Ok(digest)
+    }
+}
+
+/// The walked paths of the command line as a session's entries.
+struct PathEntries<'a> {
+    plan: &'a Plan,
+    opener: Opener,
+    /// A tree or several paths: offered as paths.
+    as_paths: bool,
+    checksums: &'a mut Checksums,
+}
+
+impl Entries for PathEntries<'_> {
+    fn count(&self) -> usize {
+        self.plan.entries.len()
+    }
+
+    fn open(&mut self, index: usize) -> anyhow::Result<Opened> {
+        let entry = &self.plan.entries[index];
+        let mut offer = Offer {
+            flags: if self.as_paths { FLAG_PATH } else { 0 },
+            size: 0,
+            mode: entry.id.mode,
+            mtime_secs: entry.id.mtime.0,
+            mtime_nanos: entry.id.mtime.1,
+            name: entry.name.clone(),
+            sha256: None,
+        };
+        if entry.kind == Kind::Dir {
+            offer.flags |= FLAG_DIR;
+            return Ok(Opened {
+                offer,
+                source: None,
+            });
+        }
+        let shown = self.plan.shown(index);
+        let (file, id) = self.opener.open_file(self.plan, index)?;
+        // Read-ahead hint for disks; not worth a system call for a small file.
+        if id.size >= 1 << 20 {
+            let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+        }
+        if self.checksums.enabled {
+            offer.sha256 = Some(self.checksums.digest(&file, &id, &shown)?);
+        }
+        offer.size = id.size;
+        offer.mode = id.mode;
+        (offer.mtime_secs, offer.mtime_nanos) = id.mtime;
+        Ok(Opened {
+            offer,
+            source: Some((Box::new(file), shown)),
+        })
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.plan.entries[index].name.clone()
+    }
+
+    fn size_hint(&self, index: usize) -> u64 {
+        self.plan.entries[index].id.size
+    }
+}
+
 /// `xfer send PATH... HOST:PORT`: every file and directory in one session.
-fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyhow::Result<Totals> {
+fn send_paths(
+    config: &SendConfig,
+    secret: &Secret,
+    reporter: &Reporter,
+    checksums: &mut Checksums,
+) -> anyhow::Result<Totals> {
     let mut plan = Plan::of(&config.paths, config.name.as_deref());
     let mut totals = Totals {
         passed_over: plan.passed_over.len(),
@@ -739,15 +1001,11 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
     }
     // One plain file goes as before; a tree or several paths as paths.
     let as_paths = plan.entries.len() > 1 || plan.entries.iter().any(|e| e.kind == Kind::Dir);
-    let several = plan.entries.len() + plan.unreadable.len() > 1;
-    let report_failure = |e: &anyhow::Error| {
-        // With one entry, its failure is the command's one error line.
-        if several {
-            report_failure(reporter, e);
-        }
-    };
+    let report_each = plan.entries.len() + plan.unreadable.len() > 1;
     for (name, e) in std::mem::take(&mut plan.unreadable) {
-        report_failure(&e);
+        if report_each {
+            report_failure(reporter, &e);
+        }
         totals.record_failure(&name, e, reporter);
     }
     if plan.entries.is_empty() {
@@ -759,10 +1017,13 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         .filter(|e| e.kind == Kind::File)
         .map(|e| e.id.size)
         .sum();
+    checksums.prepare(&plan, reporter);
+    if signals::interrupted() {
+        return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+    }
 
     let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
     let files = plan.entries.iter().filter(|e| e.kind == Kind::File).count();
-    let mut opener = Opener::default();
     reporter.info(|| {
         if as_paths {
             format!(
@@ -779,173 +1040,30 @@ fn send_paths(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyh
         }
     });
     let progress = reporter.progress("", Some(total_bytes));
-    let mut done_before = 0u64;
-    // Entries offered and not yet answered, oldest first: their index and,
-    // for a file, the open file. Then files sent and awaiting their ACK.
-    let mut offered: VecDeque<Offered> = VecDeque::new();
-    let mut unacked: VecDeque<(usize, Offer, InFlight)> = VecDeque::new();
-    let mut next = 0;
-    let count = plan.entries.len();
-    let mut deadline = config.idle_timeout;
-    loop {
-        // Keep the window full, so no entry waits a round trip.
-        while next < count && offered.len() < WINDOW && unacked.len() < 4 * WINDOW {
-            let entry = &plan.entries[next];
-            next += 1;
-            let mut offer = Offer {
-                flags: if as_paths { FLAG_PATH } else { 0 },
-                size: 0,
-                mode: entry.id.mode,
-                mtime_secs: entry.id.mtime.0,
-                mtime_nanos: entry.id.mtime.1,
-                name: entry.name.clone(),
-                sha256: None,
-            };
-            let opened = if entry.kind == Kind::Dir {
-                offer.flags |= FLAG_DIR;
-                None
-            } else {
-                let shown_path = plan.shown(next - 1);
-                match open_file(&mut opener, &plan, next - 1, &shown_path, config.checksum) {
-                    Ok((file, id, sha256)) => {
-                        offer.size = id.size;
-                        offer.mode = id.mode;
-                        (offer.mtime_secs, offer.mtime_nanos) = id.mtime;
-                        offer.sha256 = sha256;
-                        Some((file, shown_path))
-                    }
-                    Err(e) => {
-                        report_failure(&e);
-                        totals.record_failure(&entry.name, e, reporter);
-                        done_before += entry.id.size;
-                        continue;
-                    }
-                }
-            };
-            link::send_frame(&mut stream, &Frame::Offer(offer.clone()), &peer)?;
-            offered.push_back((next - 1, opened, offer));
-        }
-        if offered.is_empty() && unacked.is_empty() {
-            break;
-        }
-        // The next frame answers the oldest offer or acknowledges the
-        // oldest file sent, whichever the receiver got to first.
-        let wait = match unacked.front() {
-            Some((_, _, in_flight)) => ack_deadline(config.idle_timeout, in_flight.size),
-            None => config.idle_timeout,
-        };
-        // A syscall per change, not per frame.
-        if wait != deadline {
-            link::set_deadline(&mut stream, wait, &peer)?;
-            deadline = wait;
-        }
-        let frame = link::expect_frame(&mut stream, &peer, "the receiver's answers")?;
-        match frame {
-            Frame::Ack(ack) => {
-                let Some((_, offer, in_flight)) = unacked.pop_front() else {
-                    return Err(link::unexpected(
-                        &Frame::Ack(ack),
-                        "ACCEPT, REFUSE or SKIP",
-                        &peer,
-                    ));
-                };
-                match judge(&ack, in_flight, &offer, &peer) {
-                    Ok(sent) => totals.record_sent(sent, reporter),
-                    Err(e) => {
-                        report_failure(&e);
-                        totals.record_failure(&offer.name, e, reporter);
-                    }
-                }
-            }
-            Frame::Error(e) => return Err(link::peer_aborted(&e, &peer)),
-            reply => {
-                let Some((index, opened, offer)) = offered.pop_front() else {
-                    return Err(link::unexpected(&reply, "ACK", &peer));
-                };
-                progress.set_message(&format!("[{}/{count}] {}", index + 1, offer.name));
-                let Some((mut file, shown_path)) = opened else {
-                    // A directory: ACCEPT means it exists now.
-                    match reply {
-                        Frame::Accept(a) if a.offset == 0 => totals.directories += 1,
-                        Frame::Refuse(r) => {
-                            let e = Failure::new(
-                                link::code_for_reason(r.reason),
-                                format!(
-                                    "{peer} refused directory '{}': {}",
-                                    escape_for_terminal(&offer.name),
-                                    escape_for_terminal(&r.message)
-                                ),
-                            )
-                            .into();
-                            report_failure(&e);
-                            totals.record_failure(&offer.name, e, reporter);
-                        }
-                        other => {
-                            return Err(link::unexpected(&other, "ACCEPT or REFUSE", &peer));
-                        }
-                    }
-                    continue;
-                };
-                let size = offer.size;
-                match answer(
-                    &mut stream,
-                    &peer,
-                    &mut file,
-                    &shown_path,
-                    &offer,
-                    config.resume,
-                    reply,
-                    reporter,
-                )? {
-                    Answer::Settled(Ok(sent)) => totals.record_sent(sent, reporter),
-                    Answer::Settled(Err(e)) => {
-                        report_failure(&e);
-                        totals.record_failure(&offer.name, e, reporter);
-                    }
-                    Answer::Go { start, hasher } => {
-                        if deadline != config.idle_timeout {
-                            link::set_deadline(&mut stream, config.idle_timeout, &peer)?;
-                            deadline = config.idle_timeout;
-                        }
-                        let base = done_before;
-                        let in_flight = send_data(
-                            &mut stream,
-                            &peer,
-                            &mut file,
-                            &shown_path,
-                            &offer,
-                            start,
-                            hasher,
-                            &|n| progress.set(base + n),
-                            reporter,
-                        )?;
-                        unacked.push_back((index, offer, in_flight));
-                    }
-                }
-                done_before += size;
-                progress.set(done_before);
-            }
-        }
-    }
-    drop(progress);
-    // Everything is settled, each file verified or failed; a lost END
-    // changes nothing.
-    let _ = link::send_last_frame(&mut stream, &Frame::End, &peer);
+    let options = Options {
+        resume: config.resume,
+        idle_timeout: config.idle_timeout,
+        report_each,
+    };
+    let mut entries = PathEntries {
+        plan: &plan,
+        opener: Opener::default(),
+        as_paths,
+        checksums,
+    };
+    drive(
+        &mut stream,
+        &peer,
+        &mut entries,
+        &options,
+        reporter,
+        &progress,
+        &mut totals,
+    )?;
     Ok(totals)
 }
 
-/// An entry offered and awaiting its answer: its index in the plan, for a
-/// file the open file and its name as shown, and the offer itself.
-type Offered = (usize, Option<(File, String)>, Offer);
-
-/// Entries a sender keeps offered but not yet answered: enough to hide the
-/// round trips behind data, few enough to bound the files both sides hold
-/// open. Files sent and awaiting their ACK may be four times as many, so
-/// new offers go out while earlier files are still being verified. (64 was
-/// measured too: no faster on 10,000 small files.)
-const WINDOW: usize = 32;
-
-/// One file's failure in a session of several, said as it happens.
+/// One entry's failure in a session of several, said as it happens.
 fn report_failure(reporter: &Reporter, e: &anyhow::Error) {
     if !reporter.json || !reporter.quiet {
         let _ = std::io::Write::write_all(
@@ -953,28 +1071,6 @@ fn report_failure(reporter: &Reporter, e: &anyhow::Error) {
             format!("xfer: error: {e:#}\n").as_bytes(),
         );
     }
-}
-
-/// Opens entry `index` of `plan` to send (checked against the walk): the
-/// file, its identity now, and with `checksum` its SHA-256.
-fn open_file(
-    opener: &mut Opener,
-    plan: &Plan,
-    index: usize,
-    shown_path: &str,
-    checksum: bool,
-) -> anyhow::Result<(File, Identity, Option<Digest>)> {
-    let (file, id) = opener.open_file(plan, index)?;
-    // Read-ahead hint for disks; not worth a system call for a small file.
-    if id.size >= 1 << 20 {
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-    }
-    let sha256 = if checksum {
-        Some(hash_file(&file, shown_path)?)
-    } else {
-        None
-    };
-    Ok((file, id, sha256))
 }
 
 /// `--checksum`: the whole file's SHA-256 before offering it (the one case

@@ -4,3 +4,15 @@
 //! directly, through whole sessions.
 
 pub mod receiver;
+pub mod sender;
+
+use std::time::Duration;
+
+/// How long one side waits for the other while the other may be doing
+/// local work on `bytes` of a file before it can answer (fsync before a
+/// verdict, reading back a partial file or hashing its copy before an
+/// answer, hashing a prefix before a START): the idle timeout plus one
+/// second per 16 MiB, a slow disk's pace.
+pub fn allow_for_local_work(idle: Duration, bytes: u64) -> Duration {
+    idle + Duration::from_secs(bytes / (16 << 20))
+}
