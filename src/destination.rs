@@ -269,7 +269,8 @@ impl Destination {
         };
         let mut resumable = offer.flags & FLAG_STREAM == 0;
         let ours = if resumable {
-            let name = partial_name(&final_path, offer);
+            let name =
+                partial_name(&dir, &final_name, offer).map_err(|e| cannot_create(&e.into()))?;
             match open_partial(&dir, &name) {
                 Ok(Some((file, held))) => Some((file, name, held)),
                 // Planted by someone else: never trusted, never touched;
@@ -628,18 +629,31 @@ fn bad_name(name: &str, e: crate::names::NameError) -> Refusal {
 }
 
 /// The resumable partial file's name: hidden, plainly xfer's, and the same
-/// for the same destination, size and mtime, so a retry finds it.
-fn partial_name(final_path: &Path, offer: &Offer) -> OsString {
-    let mut h = Sha256::new();
-    h.update(final_path.as_os_str().as_encoded_bytes());
-    h.update(offer.size.to_be_bytes());
-    h.update(offer.mtime_secs.to_be_bytes());
-    h.update(offer.mtime_nanos.to_be_bytes());
-    let digest: [u8; 32] = h.finalize().into();
-    OsString::from(format!(
-        "{TEMP_PREFIX}{}{PARTIAL_SUFFIX}",
-        &crate::protocol::hex(&digest)[..16]
-    ))
+/// for the same destination, size and mtime, so a retry finds it however
+/// the receiver's `--dir` was spelled. `.xfer-` + 16 hex digits naming the
+/// destination (the directory's device and inode, and the final name) +
+/// `-` + 8 naming the version (size and mtime) + `.partial`: every partial
+/// of one destination name shares the first part. (docs/PROTOCOL.md,
+/// "Resuming", gives the exact bytes hashed.)
+fn partial_name(dir: &OwnedFd, final_name: &OsStr, offer: &Offer) -> rustix::io::Result<OsString> {
+    let st = rfs::fstat(dir)?;
+    #[allow(clippy::unnecessary_cast)]
+    let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+    let mut place = Sha256::new();
+    place.update(dev.to_be_bytes());
+    place.update(ino.to_be_bytes());
+    place.update(final_name.as_encoded_bytes());
+    let place: [u8; 32] = place.finalize().into();
+    let mut version = Sha256::new();
+    version.update(offer.size.to_be_bytes());
+    version.update(offer.mtime_secs.to_be_bytes());
+    version.update(offer.mtime_nanos.to_be_bytes());
+    let version: [u8; 32] = version.finalize().into();
+    Ok(OsString::from(format!(
+        "{TEMP_PREFIX}{}-{}{PARTIAL_SUFFIX}",
+        &crate::protocol::hex(&place)[..16],
+        &crate::protocol::hex(&version)[..8]
+    )))
 }
 
 impl PartialFile {
@@ -912,6 +926,27 @@ mod tests {
         }
     }
 
+    fn open_dir(dir: &Path) -> OwnedFd {
+        rfs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, rfs::Mode::empty()).unwrap()
+    }
+
+    /// Issue 11, bug 4: the partial's name hashed the destination path as
+    /// typed, so a receiver restarted with `--dir ./d` instead of `/abs/d`
+    /// started from 0 and orphaned the old partial.
+    #[test]
+    fn a_partial_is_found_again_however_the_directory_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        let o = offer("a", 10);
+        let absolute = Target::Dir(dir.path().join("d"));
+        let mut p = prepare(&absolute, false, &o).unwrap().partial().unwrap();
+        p.writer().write_all(b"01234").unwrap();
+        drop(p);
+        let roundabout = Target::Dir(dir.path().join("d/../d/."));
+        let again = prepare(&roundabout, false, &o).unwrap().partial().unwrap();
+        assert_eq!(again.held(), 5);
+    }
+
     fn entries(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -1142,7 +1177,7 @@ mod tests {
         fs::write(&victim, b"precious").unwrap();
         let t = Target::Dir(dir.path().into());
         let o = offer("a", 10);
-        let name = partial_name(&dir.path().join("a"), &o);
+        let name = partial_name(&open_dir(dir.path()), OsStr::new("a"), &o).unwrap();
         let plant = |how: &dyn Fn(&Path, &Path) -> io::Result<()>| {
             let _ = fs::remove_file(dir.path().join(&name));
             how(&victim, &dir.path().join(&name)).unwrap();
@@ -1174,7 +1209,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Target::Dir(dir.path().into());
         let o = offer("a", 10);
-        let planted = dir.path().join(partial_name(&dir.path().join("a"), &o));
+        let planted = dir
+            .path()
+            .join(partial_name(&open_dir(dir.path()), OsStr::new("a"), &o).unwrap());
         fs::write(&planted, b"01234").unwrap();
         std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
         let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();

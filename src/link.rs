@@ -436,9 +436,17 @@ pub fn code_for_reason(reason: Reason) -> ExitCode {
 
 /// An ERROR frame from the peer as our failure.
 pub fn peer_aborted(e: &ErrorFrame, peer: &str) -> anyhow::Error {
+    // A code this xfer does not know is shown as its number.
+    let unknown = match e.reason {
+        Reason::Other(code) => format!(" (reason code {code})"),
+        _ => String::new(),
+    };
     let failure = Failure::new(
         code_for_reason(e.reason),
-        format!("{peer} aborted: {}", escape_for_terminal(&e.message)),
+        format!(
+            "{peer} aborted: {}{unknown}",
+            escape_for_terminal(&e.message)
+        ),
     );
     // A busy receiver turns us away now, not for good.
     if e.reason == Reason::Busy {
@@ -461,4 +469,22 @@ pub fn unexpected(got: &Frame, expected: &'static str, peer: &str) -> anyhow::Er
         ),
     )
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, bug 8: an unknown reason code was not shown as a number,
+    /// as docs/PROTOCOL.md requires.
+    #[test]
+    fn an_unknown_reason_code_is_shown_as_its_number() {
+        let e = ErrorFrame {
+            reason: Reason::from_code(4242),
+            message: "new trouble".into(),
+        };
+        let err = peer_aborted(&e, "peer");
+        assert!(format!("{err:#}").contains("reason code 4242"), "{err:#}");
+        assert_eq!(ExitCode::for_error(&err), ExitCode::Network);
+    }
 }

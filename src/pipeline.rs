@@ -50,7 +50,12 @@ where
     if len <= CHUNK_SIZE as u64 {
         // One chunk: a thread would cost more than it overlaps.
         let mut buf = vec![0u8; len as usize];
-        fill(source, &mut buf).map_err(CopyError::Source)?;
+        let (filled, read) = fill(source, &mut buf);
+        if let Err(e) = read {
+            // What did arrive is kept: a resume continues after it.
+            sink.write_all(&buf[..filled]).map_err(CopyError::Sink)?;
+            return Err(CopyError::Source(e));
+        }
         hasher.update(&buf);
         sink.write_all(&buf).map_err(CopyError::Sink)?;
         progress(len);
@@ -125,7 +130,14 @@ fn read_and_hash<R: Read + ?Sized>(
             return Ok(total); // the writer stopped; it reports why
         };
         let n = if len.is_some() {
-            fill(source, &mut buf[..want])?;
+            let (filled, read) = fill(source, &mut buf[..want]);
+            if let Err(e) = read {
+                // What did arrive is kept: a resume continues after it.
+                if filled > 0 {
+                    let _ = to_write.send((buf, filled));
+                }
+                return Err(e);
+            }
             want
         } else {
             fill_to_end(source, &mut buf[..want])?
@@ -204,23 +216,22 @@ fn fill_to_end<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<u
     Ok(filled)
 }
 
-/// Fills `buf` completely, or fails with `UnexpectedEof` naming how short.
-fn fill<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<()> {
+/// Fills `buf` completely, or fails (with `UnexpectedEof` when the source
+/// ends early); says how much it filled either way.
+fn fill<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> (usize, io::Result<()>) {
     let mut filled = 0;
     while filled < buf.len() {
         match source.read(&mut buf[filled..]) {
             Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "data ended early",
-                ));
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "data ended early");
+                return (filled, Err(e));
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return (filled, Err(e)),
         }
     }
-    Ok(())
+    (filled, Ok(()))
 }
 
 #[cfg(test)]
@@ -234,6 +245,26 @@ mod tests {
 
     fn sha(data: &[u8]) -> Digest {
         Sha256::digest(data).into()
+    }
+
+    /// Issue 11, bug 5: a cut kept only whole 1 MiB chunks (nothing of a
+    /// cut at 400,000 bytes, 3,145,728 of a cut at 3.3 MB).
+    #[test]
+    fn every_byte_that_arrived_before_a_cut_is_written() {
+        for (cut, len) in [
+            (400_000usize, 1_000_000u64),
+            (400_000, 5_000_000),
+            (3_300_000, 5_000_000),
+            (CHUNK_SIZE, 5_000_000),
+        ] {
+            let data = pattern(cut);
+            let mut out = Vec::new();
+            let err =
+                copy_hashed(&mut &data[..], &mut out, len, Sha256::new(), &|_| {}).unwrap_err();
+            assert!(matches!(err, CopyError::Source(_)), "{err}");
+            assert_eq!(out.len(), cut);
+            assert_eq!(out, data);
+        }
     }
 
     #[test]

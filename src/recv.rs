@@ -161,7 +161,14 @@ fn serve_session<S: Link + ?Sized>(
                         )
                         .into());
                     }
-                    Err(e) => break Err(e),
+                    Err(e) => {
+                        // A first record that does not open: tell the
+                        // sender why, as for any later one.
+                        if ExitCode::for_error(&e) == ExitCode::Integrity {
+                            link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
+                        }
+                        break Err(e);
+                    }
                 }
             }
             Next::Read => {

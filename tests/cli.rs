@@ -2194,3 +2194,253 @@ fn limits_on_size_entries_and_handshakes_refuse_clearly() {
     r.signal(Signal::TERM);
     r.finish();
 }
+
+/// A hand-driven receiver on an ephemeral loopback port: it shakes hands
+/// with the test key as the real receiver would, then `script` plays the
+/// rest of the session.
+fn fake_receiver(
+    script: impl FnOnce(&mut Encrypted<TcpStream>) + Send + 'static,
+) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peer = addr.clone();
+    let handle = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let keys = xfer::link::handshake(&mut s, &peer, &test_secret(), Role::Receiver)
+            .unwrap()
+            .expect("an authenticated transport");
+        let mut link = Encrypted::new(s, keys);
+        script(&mut link);
+    });
+    (addr, handle)
+}
+
+/// Issue 11, bug 6: a receiver that answered SKIP to a stream made the
+/// sender exit 0 ("already at the receiver, unchanged; nothing sent")
+/// without reading its input; the protocol never skips a stream.
+#[test]
+fn a_skip_for_a_stream_is_refused_by_the_sender() {
+    let (addr, fake) = fake_receiver(|s| {
+        assert!(matches!(protocol::read_frame(s).unwrap(), Frame::Offer(_)));
+        protocol::write_frame(
+            s,
+            &Frame::Skip {
+                message: "unchanged".into(),
+            },
+        )
+        .unwrap();
+        s.flush().unwrap();
+        let _ = protocol::read_frame(s);
+    });
+    let mut cmd = xfer();
+    cmd.args(["send", "-", &addr, "--name", "s.bin", "--retries", "0"]);
+    let out = run_bounded(cmd);
+    out.assert_code(3)
+        .assert_stderr_contains("SKIP to a stream");
+    assert!(
+        !out.stderr.contains("already at the receiver"),
+        "{}",
+        out.stderr
+    );
+    fake.join().unwrap();
+}
+
+/// Issue 11, bug 6: with `--checksum`, an ACCEPT whose prefix was the whole
+/// file made the sender print "sent 195.3 KiB ... verified" and count the
+/// bytes in JSON, though nothing moved.
+#[test]
+fn a_resume_that_moves_nothing_is_not_counted_as_sent() {
+    let env = TestEnv::new();
+    let data = random_bytes(200_000, 4);
+    let file = env.src().join("held.bin");
+    fs::write(&file, &data).unwrap();
+    let digest: [u8; 32] = sha2::Sha256::digest(&data).into();
+    let (addr, fake) = fake_receiver(move |s| {
+        let Frame::Offer(o) = protocol::read_frame(s).unwrap() else {
+            panic!("no offer")
+        };
+        let accept = protocol::Accept {
+            offset: o.size,
+            prefix_sha256: digest,
+        };
+        protocol::write_frame(s, &Frame::Accept(accept)).unwrap();
+        s.flush().unwrap();
+        assert_eq!(
+            protocol::read_frame(s).unwrap(),
+            Frame::Start { offset: o.size }
+        );
+        let Frame::Trailer(t) = protocol::read_frame(s).unwrap() else {
+            panic!("no trailer")
+        };
+        assert_eq!(t.sha256, digest);
+        let ack = protocol::Ack {
+            status: protocol::AckStatus::Ok,
+            sha256: digest,
+            reason: Reason::Other(0),
+            message: String::new(),
+        };
+        protocol::write_frame(s, &Frame::Ack(ack)).unwrap();
+        s.flush().unwrap();
+        let _ = protocol::read_frame(s);
+    });
+    let out = env.send(&file, &addr, &["--checksum", "--json"]);
+    out.assert_code(0);
+    let summary = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap();
+    assert_eq!(summary["bytes"], 0, "{summary}");
+    let done = out
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "file-done")
+        .unwrap();
+    assert_eq!(
+        (done["bytes"].clone(), done["sent"].clone()),
+        (200_000.into(), 0.into())
+    );
+    fake.join().unwrap();
+    // And said in words, without --json.
+    let (addr, fake) = fake_receiver(move |s| {
+        let Frame::Offer(o) = protocol::read_frame(s).unwrap() else {
+            panic!("no offer")
+        };
+        let accept = protocol::Accept {
+            offset: o.size,
+            prefix_sha256: digest,
+        };
+        protocol::write_frame(s, &Frame::Accept(accept)).unwrap();
+        s.flush().unwrap();
+        let _ = protocol::read_frame(s);
+        let _ = protocol::read_frame(s);
+        let ack = protocol::Ack {
+            status: protocol::AckStatus::Ok,
+            sha256: digest,
+            reason: Reason::Other(0),
+            message: String::new(),
+        };
+        protocol::write_frame(s, &Frame::Ack(ack)).unwrap();
+        s.flush().unwrap();
+        let _ = protocol::read_frame(s);
+    });
+    env.send(&file, &addr, &["--checksum"])
+        .assert_code(0)
+        .assert_stderr_contains("0 B crossed the wire");
+    fake.join().unwrap();
+}
+
+/// Issue 11, bug 7: `--connect-timeout` covered only the TCP connect, so a
+/// fake receiver trickling a byte just inside `--idle-timeout` held the
+/// sender before authentication for as long as it liked.
+#[test]
+fn the_connect_timeout_covers_the_whole_handshake() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let trickler = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut wire = Preamble::ours(Transport::Key).encode().to_vec();
+        protocol::write_frame(
+            &mut wire,
+            &Frame::Pake {
+                message: vec![7; 32],
+            },
+        )
+        .unwrap();
+        // 40 bytes at one every 300 ms: 12 s at the most.
+        for b in wire.iter().take(40) {
+            if s.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let env = TestEnv::new();
+    let file = env.random_file("t.bin", 10, 1);
+    let started = Instant::now();
+    let out = env.send(
+        &file,
+        &addr,
+        &[
+            "--connect-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--retries",
+            "0",
+        ],
+    );
+    let took = started.elapsed();
+    out.assert_code(7)
+        .assert_stderr_contains("--connect-timeout");
+    assert!(
+        took < Duration::from_secs(6),
+        "the sender was held {took:?}"
+    );
+    trickler.join().unwrap();
+}
+
+/// Issue 11, bug 8: a first encrypted record that failed to open made the
+/// receiver close without a word, and the sender exited 3 instead of 4.
+#[test]
+fn a_forged_first_record_gets_an_integrity_error_back() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = TcpStream::connect(r.addr()).unwrap();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let keys = xfer::link::handshake(&mut s, &r.addr(), &test_secret(), Role::Sender)
+        .unwrap()
+        .expect("an authenticated transport");
+    // A record of a plausible length whose tag cannot be right.
+    let mut record = 48u32.to_be_bytes().to_vec();
+    record.extend_from_slice(&[0x5a; 48]);
+    s.write_all(&record).unwrap();
+    let mut link = Encrypted::new(s, keys);
+    match protocol::read_frame(&mut link) {
+        Ok(Frame::Error(e)) => assert_eq!(e.reason, Reason::Integrity),
+        other => panic!("no integrity error: {other:?}"),
+    }
+    r.finish().assert_code(4);
+}
+
+/// Issue 11, bug 8: `xfer bench | true` panicked (exit 101) writing its
+/// line to a closed pipe.
+#[test]
+fn bench_into_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = xfer();
+    cmd.args(["bench", "--size", "1MiB", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let mut stderr = child.stderr.take().unwrap();
+    let status = wait_bounded(&mut child);
+    let stderr = stderr_of(&mut stderr);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Issue 11, bug 3: `--checksum` hashed the file after connecting, so the
+/// receiver's `--connect-timeout` ran out first; and the receiver hashing
+/// its own copy made the sender time out after `--idle-timeout`. A 2 GiB
+/// sparse file takes a few seconds to hash on either side.
+#[test]
+fn checksum_hashing_is_never_charged_to_the_peer() {
+    let env = TestEnv::new();
+    let size = 2u64 << 30;
+    let file = env.src().join("sparse.bin");
+    fs::File::create(&file).unwrap().set_len(size).unwrap();
+    let copy = env.dst().join("sparse.bin");
+    fs::File::create(&copy).unwrap().set_len(size).unwrap();
+    let mut r = env.recv(&["--connect-timeout", "500ms", "--idle-timeout", "500ms"]);
+    let out = env.send(
+        &file,
+        &r.addr(),
+        &["--checksum", "--idle-timeout", "1s", "--retries", "0"],
+    );
+    out.assert_code(0).assert_stderr_contains("unchanged");
+    r.finish().assert_code(0);
+}
