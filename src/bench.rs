@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use crate::config::BenchConfig;
-use crate::destination::{Target, human_bytes};
+use crate::destination::Target;
 use crate::exit_codes::Failure;
 use crate::link::Buffered;
 use crate::output::{Reporter, rate};
@@ -19,6 +19,7 @@ use crate::recv::{self, Policy};
 use crate::secure::Secret;
 use crate::send;
 use crate::signals;
+use crate::units::human_bytes;
 
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -50,7 +51,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         target: Target::Dir(workdir.path().to_path_buf()),
         overwrite: false,
         secret: secret.clone(),
-        limits: recv::Limits::default(),
+        limits: crate::config::Limits::default(),
         handshake_timeout: TIMEOUT,
         idle_timeout: TIMEOUT,
     };

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_duration, parse_size};
 use crate::exit_codes::ExitCode;
+use crate::units::{parse_duration, parse_size};
 
 fn after_help(examples: &str) -> String {
     format!("Examples:\n{examples}\n{}", ExitCode::table())

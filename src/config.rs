@@ -12,6 +12,28 @@ use crate::names::escape_for_terminal;
 use crate::net;
 use crate::secure::Secret;
 
+/// What one connection may ask of the receiver; going over ends it (or
+/// refuses that file) with a clear refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest file or stream, if limited.
+    pub max_size: Option<u64>,
+    /// Most entries one session may offer.
+    pub max_entries: u64,
+    /// Largest control frame read.
+    pub max_frame: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_size: None,
+            max_entries: 1_000_000,
+            max_frame: crate::protocol::MAX_CONTROL_FRAME,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SendConfig {
     /// Files and directories to send; `-` alone is standard input.
@@ -44,7 +66,7 @@ pub struct RecvConfig {
     pub max_connections: usize,
     /// With `keep_running`: connections in their handshake at once.
     pub max_handshakes: usize,
-    pub limits: crate::recv::Limits,
+    pub limits: Limits,
     /// What senders must know; `None`: a code made up for this run.
     pub secret: Option<Secret>,
     pub quiet: bool,
@@ -186,7 +208,7 @@ impl RecvConfig {
                 }
                 n => n,
             },
-            limits: crate::recv::Limits {
+            limits: Limits {
                 max_size: args.max_size,
                 max_entries: args.max_entries.max(1),
                 max_frame: match args.max_frame {
@@ -257,73 +279,5 @@ fn positive(d: Duration, flag: &str) -> Result<Duration, Failure> {
         ))
     } else {
         Ok(d)
-    }
-}
-
-/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("'{s}': unknown unit '{other}' (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{s}' is out of range"))
-}
-
-/// Parses `256MiB`, `1GiB`, `16M`, `4k` (binary multiples) or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (try 256MiB, 1GiB, 4096)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("'{s}': unknown unit '{other}' (use KiB, MiB, GiB)")),
-    };
-    value
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_in_common_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_in_binary_units() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("16M"), Ok(16 << 20));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -21,15 +21,12 @@ use rustix::fs::{self as rfs, AtFlags, FileType, OFlags};
 use sha2::{Digest as _, Sha256};
 
 use crate::exit_codes::io_reason;
-use crate::names::{escape_for_terminal, shown, validate_name};
+use crate::names::{
+    PARTIAL_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, escape_for_terminal, shown, validate_name,
+};
 use crate::protocol::{FLAG_DIR, FLAG_PATH, FLAG_STREAM, Offer, Reason};
 use crate::signals::{self, Watch};
-
-/// Prefix of every temporary file xfer creates; the suffix is `.part`.
-pub const TEMP_PREFIX: &str = ".xfer-";
-pub const TEMP_SUFFIX: &str = ".part";
-/// Suffix of a resumable partial file, kept after an interrupted transfer.
-pub const PARTIAL_SUFFIX: &str = ".partial";
+use crate::units::human_bytes;
 
 /// Where the receiver puts files, from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -888,22 +885,6 @@ fn umask() -> u32 {
     })
 }
 
-/// `1.5 GiB`-style sizes for messages.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1277,12 +1258,5 @@ mod tests {
         });
         let answer = rx.recv_timeout(Duration::from_secs(10));
         assert_eq!(answer, Ok(false), "the check must not block on a FIFO");
-    }
-
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
     }
 }

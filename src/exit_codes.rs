@@ -87,7 +87,7 @@ impl ExitCode {
     /// timeout errors are recognised by type.
     pub fn for_error(err: &anyhow::Error) -> ExitCode {
         // Whatever broke after a signal broke because of it.
-        if crate::signals::interrupted() {
+        if interrupted() {
             return ExitCode::Interrupted;
         }
         for cause in err.chain() {
@@ -96,13 +96,13 @@ impl ExitCode {
             }
             if let Some(p) = cause.downcast_ref::<ProtocolError>() {
                 return match p {
-                    ProtocolError::Io(e) if crate::secure::is_forged(e) => ExitCode::Integrity,
+                    ProtocolError::Io(e) if is_forged(e) => ExitCode::Integrity,
                     ProtocolError::Io(e) if is_timeout(e) => ExitCode::Timeout,
                     _ => ExitCode::Network,
                 };
             }
             if let Some(e) = cause.downcast_ref::<io::Error>() {
-                if crate::secure::is_forged(e) {
+                if is_forged(e) {
                     return ExitCode::Integrity;
                 }
                 if is_timeout(e) {
@@ -118,6 +118,37 @@ impl fmt::Display for ExitCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.code())
     }
+}
+
+/// A record that failed to open: altered, replayed, reordered, cut short or
+/// of an impossible length. Carried inside an `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Forged(&'static str);
+
+impl Forged {
+    pub fn new(why: &'static str) -> Self {
+        Forged(why)
+    }
+}
+
+/// Whether `e` is an encrypted record that failed to open (the data was
+/// tampered with), as opposed to a connection lost.
+pub fn is_forged(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Forged>())
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once SIGINT, SIGTERM, SIGHUP or SIGQUIT has arrived: from then on
+/// every error is the interruption's (exit 130).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Records the interruption (the signal watcher calls this).
+pub fn mark_interrupted() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// A socket read or write deadline passing shows up as one of these kinds.
@@ -164,7 +195,7 @@ impl Failure {
     /// A network problem; deadlines become timeouts, and an encrypted
     /// record that failed to open is an integrity failure.
     pub fn network(what: impl fmt::Display, err: &io::Error) -> Self {
-        if crate::secure::is_forged(err) {
+        if is_forged(err) {
             return Failure::new(ExitCode::Integrity, format!("{what}: {err}"));
         }
         let code = if is_timeout(err) {

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
 use crate::names::escape_for_terminal;
-use crate::protocol::{self, ErrorFrame, Frame, Preamble, ProtocolError, Reason, Transport};
-use crate::secure::{Keys, Role, Secret};
+use crate::protocol::{self, ErrorFrame, Frame, ProtocolError, Reason};
 
 /// A byte stream to a peer. Sessions run over any such stream, so tests can
 /// use in-memory pipes or a corrupting proxy instead of a socket.
@@ -234,84 +233,6 @@ pub fn set_deadline<S: Link + ?Sized>(
     stream
         .set_deadline(timeout)
         .map_err(|e| Failure::network(format!("cannot set a deadline on {peer}"), &e).into())
-}
-
-/// Sends our preamble, reads the peer's, and checks we can talk.
-pub fn handshake<S: Link + ?Sized>(
-    stream: &mut S,
-    peer: &str,
-    secret: &Secret,
-    role: Role,
-) -> anyhow::Result<Option<Keys>> {
-    let ours = Preamble::ours(secret.transport());
-    ours.write_to(stream)
-        .and_then(|()| stream.flush())
-        .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
-    let theirs = protocol::read_preamble(stream).map_err(|e| describe(e, peer))?;
-    theirs
-        .check_compatible()
-        .map_err(|e| Failure::new(ExitCode::Network, format!("{peer}: {e}")))?;
-    if theirs.transport != ours.transport {
-        let (mine, peers) = (ours.transport, theirs.transport);
-        if role == Role::Receiver {
-            // For a peer that sends before it reads our preamble.
-            send_error(
-                stream,
-                Reason::Auth,
-                &transport_mismatch(role.other(), peers, mine),
-            );
-        }
-        return Err(Failure::new(
-            ExitCode::Auth,
-            format!("{peer}: {}", transport_mismatch(role, mine, peers)),
-        )
-        .into());
-    }
-    if ours.transport == Transport::Plain {
-        return Ok(None);
-    }
-    let (sender, receiver) = match role {
-        Role::Sender => (ours.encode(), theirs.encode()),
-        Role::Receiver => (theirs.encode(), ours.encode()),
-    };
-    crate::secure::authenticate(stream, role, secret, [&sender, &receiver], peer).map(Some)
-}
-
-/// The link a session runs over after [`handshake`]: encrypted records
-/// when it agreed on keys, else the stream itself (plaintext).
-pub fn secured<'a, S: Link + ?Sized + 'a>(
-    stream: &'a mut S,
-    keys: Option<Keys>,
-) -> Box<dyn Link + 'a> {
-    match keys {
-        Some(keys) => Box::new(crate::secure::Encrypted::new(stream, keys)),
-        None => Box::new(stream),
-    }
-}
-
-/// Why two ends that asked for different transports cannot talk, in the
-/// words of the end `role` that asked for `mine`.
-fn transport_mismatch(role: Role, mine: Transport, theirs: Transport) -> String {
-    let other = match role {
-        Role::Sender => "the receiver",
-        Role::Receiver => "the sender",
-    };
-    match (mine, theirs) {
-        (_, Transport::Plain) => format!(
-            "{other} uses plaintext (--insecure), but this end requires a code or key; \
-             plaintext needs --insecure on both ends"
-        ),
-        (Transport::Plain, _) => format!(
-            "{other} requires an authenticated, encrypted connection (a code or --key-file); \
-             plaintext needs --insecure on both ends"
-        ),
-        (Transport::Code, _) => {
-            format!(
-                "{other} uses a key file (--key-file), not a code: give this end the same key file"
-            )
-        }
-        _ => format!("{other} uses a code, not a key file: drop --key-file and give the code"),
-    }
 }
 
 /// Reads the next frame, turning a read failure into a message that names

@@ -7,6 +7,12 @@
 
 use crate::protocol::{MAX_NAME_LEN, MAX_PATH_LEN};
 
+/// Prefix of every temporary file xfer creates; the suffix is `.part`.
+pub const TEMP_PREFIX: &str = ".xfer-";
+pub const TEMP_SUFFIX: &str = ".part";
+/// Suffix of a resumable partial file, kept after an interrupted transfer.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
 /// Why a name from a peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -75,7 +81,6 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 /// files there, and the names of xfer's own partial and temporary files,
 /// which a peer must not be able to plant or replace.
 fn is_reserved(name: &str) -> bool {
-    use crate::destination::{PARTIAL_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX};
     if name.starts_with(TEMP_PREFIX)
         && (name.ends_with(PARTIAL_SUFFIX) || name.ends_with(TEMP_SUFFIX))
     {

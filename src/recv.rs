@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::RecvConfig;
+use crate::config::{Limits, RecvConfig};
 use crate::destination::{self, Prepared, Target};
 use crate::exit_codes::{ExitCode, Failure};
 use crate::link::{self, Link};
@@ -30,28 +30,6 @@ use crate::secure::{Role, Secret};
 use crate::session::allow_for_local_work;
 use crate::session::receiver::{Judged, Next, Receiver, Rules, Verdict};
 use crate::signals;
-
-/// What one connection may ask of the receiver; going over ends it (or
-/// refuses that file) with a clear refusal.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest file or stream, if limited.
-    pub max_size: Option<u64>,
-    /// Most entries one session may offer.
-    pub max_entries: u64,
-    /// Largest control frame read.
-    pub max_frame: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_size: None,
-            max_entries: 1_000_000,
-            max_frame: protocol::MAX_CONTROL_FRAME,
-        }
-    }
-}
 
 /// What the receiver allows, from the command line.
 #[derive(Debug, Clone)]
@@ -108,10 +86,10 @@ pub fn serve<S: Link + ?Sized>(
     let until = Instant::now() + policy.handshake_timeout;
     let keys = {
         let mut bounded = link::WithDeadline::new(stream, until);
-        link::handshake(&mut bounded, peer, &policy.secret, Role::Receiver)?
+        crate::handshake::exchange(&mut bounded, peer, &policy.secret, Role::Receiver)?
     };
     on_authenticated();
-    let mut link = link::secured(stream, keys);
+    let mut link = crate::handshake::secured(stream, keys);
     serve_session(&mut link, peer, policy, reporter, failures, until)
 }
 
@@ -544,8 +522,8 @@ fn answer_offer<S: Link + ?Sized>(
     if let Some(max) = policy.limits.max_size.filter(|max| offer.size > *max) {
         let message = format!(
             "'{shown}' is {}, more than this receiver takes (--max-size {})",
-            destination::human_bytes(offer.size),
-            destination::human_bytes(max)
+            crate::units::human_bytes(offer.size),
+            crate::units::human_bytes(max)
         );
         return Ok(Answer::Refused(refuse(
             stream,
@@ -676,11 +654,11 @@ fn receive_pending<S: Link + ?Sized>(
     } else if start > 0 {
         format!(
             "{}, resuming at {}",
-            destination::human_bytes(offer.size),
-            destination::human_bytes(start)
+            crate::units::human_bytes(offer.size),
+            crate::units::human_bytes(start)
         )
     } else {
-        destination::human_bytes(offer.size)
+        crate::units::human_bytes(offer.size)
     };
     reporter.info(|| format!("receiving '{shown}' ({size_text}) from {peer}"));
     reporter.event(
@@ -732,7 +710,7 @@ fn receive_pending<S: Link + ?Sized>(
     let got = done.load(Ordering::Relaxed);
     let (size, digest) = match copied {
         Ok(d) => d,
-        Err(CopyError::Source(e)) if crate::secure::is_forged(&e) => {
+        Err(CopyError::Source(e)) if crate::exit_codes::is_forged(&e) => {
             link::send_error(stream, Reason::Integrity, &e.to_string());
             let what = match output {
                 Output::Stdout => {
@@ -745,7 +723,7 @@ fn receive_pending<S: Link + ?Sized>(
         Err(CopyError::Source(e)) if e.get_ref().is_some_and(|i| i.is::<OverLimit>()) => {
             let message = format!(
                 "the stream '{shown}' went past this receiver's --max-size ({})",
-                destination::human_bytes(max_size.unwrap_or(u64::MAX))
+                crate::units::human_bytes(max_size.unwrap_or(u64::MAX))
             );
             link::send_error(stream, Reason::TooLarge, &message);
             let what = match output {
@@ -901,7 +879,7 @@ fn receive_pending<S: Link + ?Sized>(
             } else {
                 format!("'{}'", escape_for_terminal(&path.display().to_string()))
             },
-            destination::human_bytes(size),
+            crate::units::human_bytes(size),
             rate(size, seconds),
             hex(&digest)
         )

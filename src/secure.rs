@@ -26,7 +26,9 @@ use sha2::{Digest as _, Sha256};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use subtle::ConstantTimeEq;
 
-use crate::exit_codes::{ExitCode, Failure};
+#[cfg(test)]
+use crate::exit_codes::is_forged;
+use crate::exit_codes::{ExitCode, Failure, Forged};
 use crate::link::{self, Link};
 use crate::protocol::{Frame, Reason, Transport};
 
@@ -324,20 +326,8 @@ pub fn authenticate<S: Link + ?Sized>(
     }
 }
 
-/// A record that failed to open: altered, replayed, reordered, cut short or
-/// of an impossible length. Carried inside an `io::Error`.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Forged(&'static str);
-
-/// Whether `e` is an encrypted record that failed to open (the data was
-/// tampered with), as opposed to a connection lost.
-pub fn is_forged(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Forged>())
-}
-
 fn forged(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, Forged(why))
+    io::Error::new(io::ErrorKind::InvalidData, Forged::new(why))
 }
 
 /// The connection ended inside a record. A peer that was killed and an

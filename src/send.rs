@@ -26,7 +26,7 @@ use crate::protocol::{
     self, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
     Trailer, hex,
 };
-use crate::secure::{Encrypted, Role, Secret};
+use crate::secure::{Role, Secret};
 use crate::session::allow_for_local_work;
 use crate::session::sender::{Answer, Offered, Sender};
 use crate::signals;
@@ -236,8 +236,8 @@ pub fn drive<S: Link + ?Sized>(
                             reporter.info(|| {
                                 format!(
                                     "resuming '{shown}' at {} of {}",
-                                    crate::destination::human_bytes(start),
-                                    crate::destination::human_bytes(offer.size)
+                                    crate::units::human_bytes(start),
+                                    crate::units::human_bytes(offer.size)
                                 )
                             });
                         }
@@ -287,8 +287,8 @@ pub fn over_link<S: Link + ?Sized>(
     options: &Options,
     reporter: &Reporter,
 ) -> anyhow::Result<Totals> {
-    let keys = link::handshake(stream, peer, secret, Role::Sender)?;
-    let stream = &mut link::secured(stream, keys);
+    let keys = crate::handshake::exchange(stream, peer, secret, Role::Sender)?;
+    let stream = &mut crate::handshake::secured(stream, keys);
     let mut totals = Totals::default();
     let progress = reporter.progress("", None);
     drive(
@@ -710,9 +710,9 @@ impl Totals {
                 reporter.info(|| format!(
                     "sent '{}' ({}; the receiver held the first {}, {} crossed the wire, {}), verified by the receiver: sha256 {}",
                     escape_for_terminal(&one.name),
-                    crate::destination::human_bytes(one.size),
-                    crate::destination::human_bytes(one.resumed_at),
-                    crate::destination::human_bytes(one.bytes),
+                    crate::units::human_bytes(one.size),
+                    crate::units::human_bytes(one.resumed_at),
+                    crate::units::human_bytes(one.bytes),
                     rate(one.bytes, one.seconds),
                     hex(&one.sha256)
                 ));
@@ -721,7 +721,7 @@ impl Totals {
                 reporter.info(|| format!(
                     "sent '{}' ({}, {}), verified by the receiver: sha256 {}",
                     escape_for_terminal(&one.name),
-                    crate::destination::human_bytes(one.size),
+                    crate::units::human_bytes(one.size),
                     rate(one.bytes, one.seconds),
                     hex(&one.sha256)
                 ));
@@ -732,7 +732,7 @@ impl Totals {
                 self.sent.len() - skipped,
                 self.directories,
                 if self.directories == 1 { "y" } else { "ies" },
-                crate::destination::human_bytes(bytes),
+                crate::units::human_bytes(bytes),
                 rate(bytes, seconds),
                 skipped,
                 failures.len(),
@@ -768,15 +768,11 @@ fn open_session(
     let mut stream = link::Buffered::new(stream);
     let keys = {
         let mut bounded = link::WithDeadline::new(&mut stream, until);
-        link::handshake(&mut bounded, &peer, secret, Role::Sender)
+        crate::handshake::exchange(&mut bounded, &peer, secret, Role::Sender)
     }
     .map_err(|e| handshake_deadline(e, &peer, config.connect_timeout))?;
     link::set_deadline(&mut stream, config.idle_timeout, &peer)?;
-    let link: Box<dyn Link> = match keys {
-        Some(keys) => Box::new(Encrypted::new(stream, keys)),
-        None => Box::new(stream),
-    };
-    Ok((link, watch, peer))
+    Ok((crate::handshake::secured(stream, keys), watch, peer))
 }
 
 /// A handshake that ran out of `--connect-timeout` says so.
@@ -1029,13 +1025,13 @@ fn send_paths(
             format!(
                 "sending {files} file(s) in {} entries ({}) to {peer}",
                 plan.entries.len(),
-                crate::destination::human_bytes(total_bytes)
+                crate::units::human_bytes(total_bytes)
             )
         } else {
             format!(
                 "sending '{}' ({}) to {peer}",
                 escape_for_terminal(&plan.entries[0].name),
-                crate::destination::human_bytes(total_bytes)
+                crate::units::human_bytes(total_bytes)
             )
         }
     });

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +20,6 @@ use signal_hook::iterator::Signals;
 
 use crate::exit_codes::ExitCode;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     sockets: None,
@@ -41,10 +40,7 @@ fn registry() -> MutexGuard<'static, Registry> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// True once SIGINT, SIGTERM, SIGHUP or SIGQUIT has arrived.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub use crate::exit_codes::interrupted;
 
 /// Starts the watcher thread. Call once, from `main`.
 pub fn install() -> std::io::Result<()> {
@@ -55,7 +51,7 @@ pub fn install() -> std::io::Result<()> {
             if signals.forever().next().is_none() {
                 return;
             }
-            INTERRUPTED.store(true, Ordering::SeqCst);
+            crate::exit_codes::mark_interrupted();
             shut_down_sockets();
             // Either the main thread exits within the grace period, or a
             // second signal or the deadline makes us finish the job.

@@ -308,7 +308,7 @@ fn ctrl_c_on_the_receiver_mid_transfer_exits_130_and_leaves_only_its_partial_fil
 fn raw_sender(addr: &str) -> Encrypted<TcpStream> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
-    let keys = xfer::link::handshake(&mut s, addr, &test_secret(), Role::Sender)
+    let keys = xfer::handshake::exchange(&mut s, addr, &test_secret(), Role::Sender)
         .unwrap()
         .expect("an authenticated transport");
     Encrypted::new(s, keys)
@@ -1934,7 +1934,7 @@ fn the_wire_shows_no_plaintext_names_or_data() {
 fn raw_after_handshake(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
-    xfer::link::handshake(&mut s, addr, &test_secret(), Role::Sender)
+    xfer::handshake::exchange(&mut s, addr, &test_secret(), Role::Sender)
         .unwrap()
         .expect("an authenticated transport");
     s
@@ -2207,7 +2207,7 @@ fn fake_receiver(
     let handle = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(STEP)).unwrap();
-        let keys = xfer::link::handshake(&mut s, &peer, &test_secret(), Role::Receiver)
+        let keys = xfer::handshake::exchange(&mut s, &peer, &test_secret(), Role::Receiver)
             .unwrap()
             .expect("an authenticated transport");
         let mut link = Encrypted::new(s, keys);
@@ -2389,7 +2389,7 @@ fn a_forged_first_record_gets_an_integrity_error_back() {
     let mut r = env.recv(&[]);
     let mut s = TcpStream::connect(r.addr()).unwrap();
     s.set_read_timeout(Some(STEP)).unwrap();
-    let keys = xfer::link::handshake(&mut s, &r.addr(), &test_secret(), Role::Sender)
+    let keys = xfer::handshake::exchange(&mut s, &r.addr(), &test_secret(), Role::Sender)
         .unwrap()
         .expect("an authenticated transport");
     // A record of a plausible length whose tag cannot be right.
