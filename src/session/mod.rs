@@ -3,6 +3,8 @@
 //! link, files and these machines; tests and the fuzzer drive the machines
 //! directly, through whole sessions.
 
+#[doc(hidden)]
+pub mod drill;
 pub mod receiver;
 pub mod sender;
 
