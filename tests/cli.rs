@@ -2444,3 +2444,258 @@ fn checksum_hashing_is_never_charged_to_the_peer() {
     out.assert_code(0).assert_stderr_contains("unchanged");
     r.finish().assert_code(0);
 }
+
+fn fixture(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(path)
+}
+
+/// The rows of docs/PROTOCOL.md §8's table: fixture file name and the hex
+/// the document prints.
+fn documented_vectors() -> Vec<(String, Vec<u8>)> {
+    let doc = fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/PROTOCOL.md"),
+    )
+    .unwrap();
+    let section = &doc[doc.find("## 8. Test vectors").expect("section 8")..];
+    section
+        .lines()
+        .filter(|l| l.starts_with('|') && l.contains(".bin`"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(|c| c.trim().trim_matches('`')).collect();
+            let bytes = cells[3]
+                .split_whitespace()
+                .map(|h| u8::from_str_radix(h, 16).unwrap())
+                .collect();
+            (cells[2].to_string(), bytes)
+        })
+        .collect()
+}
+
+/// §8's OFFER of the empty file `a`.
+fn the_documented_offer() -> Frame {
+    Frame::Offer(Offer {
+        mode: 0o100644,
+        ..match offer("a", 0) {
+            Frame::Offer(o) => o,
+            _ => unreachable!(),
+        }
+    })
+}
+
+/// Each §8 vector is checked three ways: the bytes the document prints,
+/// the file in fixtures/vectors, and what this implementation encodes.
+#[test]
+fn the_documented_test_vectors_match_the_fixtures_and_the_encoder() {
+    use xfer::protocol::{Accept, Ack, AckStatus, ChunkWriter, ErrorFrame, Refuse};
+    let vectors = documented_vectors();
+    assert!(
+        vectors.len() >= 14,
+        "{} vectors in the document",
+        vectors.len()
+    );
+    for (file, documented) in vectors {
+        let on_disk = fs::read(fixture("vectors").join(&file)).unwrap();
+        assert_eq!(on_disk, documented, "{file}: fixture and document differ");
+        let frame = |f: Frame| {
+            let mut v = Vec::new();
+            protocol::write_frame(&mut v, &f).unwrap();
+            v
+        };
+        let ours = match file.as_str() {
+            "preamble-plain.bin" => Preamble::ours(Transport::Plain).encode().to_vec(),
+            "preamble-key.bin" => Preamble::ours(Transport::Key).encode().to_vec(),
+            "confirm.bin" => frame(Frame::Confirm { mac: [7; 32] }),
+            "pake.bin" => frame(Frame::Pake {
+                message: vec![0x42; 33],
+            }),
+            "end.bin" => frame(Frame::End),
+            "trailer.bin" => frame(Frame::Trailer(Trailer {
+                size: 1,
+                sha256: [0; 32],
+                offer_sha256: [0; 32],
+            })),
+            "offer.bin" => frame(the_documented_offer()),
+            "start.bin" => frame(Frame::Start { offset: 5 }),
+            "stream-ab.bin" => {
+                let mut v = Vec::new();
+                let mut w = ChunkWriter::new(&mut v);
+                w.write_all(b"ab").unwrap();
+                w.finish().unwrap();
+                v
+            }
+            "accept-resume.bin" => frame(Frame::Accept(Accept {
+                offset: 5,
+                prefix_sha256: sha2::Sha256::digest(b"hello").into(),
+            })),
+            "ack-ok.bin" => frame(Frame::Ack(Ack {
+                status: AckStatus::Ok,
+                sha256: sha2::Sha256::digest(b"").into(),
+                reason: Reason::Other(0),
+                message: String::new(),
+            })),
+            "error-busy.bin" => frame(Frame::Error(ErrorFrame {
+                reason: Reason::Busy,
+                message: "busy".into(),
+            })),
+            "skip.bin" => frame(Frame::Skip {
+                message: "unchanged".into(),
+            }),
+            "refuse-exists.bin" => frame(Frame::Refuse(Refuse {
+                reason: Reason::Exists,
+                message: "exists".into(),
+            })),
+            other => panic!("a vector the test does not know: {other}"),
+        };
+        assert_eq!(ours, documented, "{file}: encoder and document differ");
+    }
+    // The OFFER's offer_sha256, as the document gives it.
+    let doc = fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/PROTOCOL.md"),
+    )
+    .unwrap();
+    let Frame::Offer(o) = the_documented_offer() else {
+        unreachable!()
+    };
+    assert!(doc.contains(&protocol::hex(&protocol::offer_digest(&o))));
+}
+
+#[test]
+fn every_hostile_frame_in_the_fixtures_is_rejected_without_a_panic() {
+    let mut seen = 0;
+    for entry in fs::read_dir(fixture("hostile/frames")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        let got = protocol::read_frame(&mut &bytes[..]);
+        assert!(got.is_err(), "{path:?} decoded: {got:?}");
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} hostile frames");
+}
+
+#[test]
+fn every_hostile_name_in_the_fixtures_is_refused() {
+    let corpus: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture("hostile/names.json")).unwrap()).unwrap();
+    for case in corpus["names"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        assert!(
+            xfer::names::validate_name(name).is_err(),
+            "name {name:?} ({}) accepted",
+            case["why"]
+        );
+    }
+    for case in corpus["paths"].as_array().unwrap() {
+        let path = case["name"].as_str().unwrap();
+        assert!(
+            xfer::names::validate_path(path).is_err(),
+            "path {path:?} ({}) accepted",
+            case["why"]
+        );
+    }
+}
+
+/// Plays a recorded sender-to-receiver byte stream (plaintext, as captured
+/// between the real binaries) against the receiver's session rules, the
+/// destination accepting every offer: the verdicts and how it ended.
+fn replay(to_receiver: &[u8]) -> (Vec<xfer::session::receiver::Verdict>, String) {
+    use xfer::session::receiver::{Judged, Next, Receiver, Rules};
+    let (preamble, mut rest) = to_receiver.split_at(8);
+    assert_eq!(&preamble[..6], b"XFER\x00\x02");
+    let mut rules = Receiver::new(Rules {
+        max_entries: 1000,
+        one_file: false,
+    });
+    let mut verdicts = Vec::new();
+    let mut next = Next::Read;
+    loop {
+        next = match next {
+            Next::Read => match protocol::read_frame(&mut rest) {
+                Ok(frame) => rules.on_frame(frame),
+                Err(protocol::ProtocolError::Closed) => rules.on_closed(),
+                Err(e) => panic!("the recording breaks off: {e}"),
+            },
+            Next::Judge { id, offer } => {
+                let judged = if offer.flags & protocol::FLAG_DIR != 0 {
+                    Judged::Done
+                } else {
+                    Judged::Accepted { held: 0 }
+                };
+                rules.judged(id, judged)
+            }
+            Next::Refuse { .. } => Next::Read,
+            Next::Receive { file, start } => {
+                let mut hasher = sha2::Sha256::new();
+                let size = if file.stream {
+                    let mut data = Vec::new();
+                    protocol::ChunkReader::new(&mut rest)
+                        .read_to_end(&mut data)
+                        .unwrap();
+                    hasher.update(&data);
+                    data.len() as u64
+                } else {
+                    let (data, after) = rest.split_at((file.size - start) as usize);
+                    hasher.update(data);
+                    rest = after;
+                    file.size
+                };
+                let Frame::Trailer(t) = protocol::read_frame(&mut rest).unwrap() else {
+                    panic!("no trailer after the data")
+                };
+                let digest: [u8; 32] = hasher.finalize().into();
+                match rules.trailer(size, &digest, &t) {
+                    Ok(verdict) => {
+                        verdicts.push(verdict);
+                        rules.settled()
+                    }
+                    Err(next) => next,
+                }
+            }
+            Next::Over(ending) if ending.complete() => return (verdicts, "complete".into()),
+            Next::Over(ending) => {
+                let names: Vec<_> = ending.unfinished.iter().map(|f| f.name.clone()).collect();
+                return (verdicts, format!("incomplete {names:?}"));
+            }
+            Next::Violation { message, .. } => return (verdicts, format!("violation: {message}")),
+            Next::PeerAborted(e) => return (verdicts, format!("aborted: {}", e.message)),
+        };
+    }
+}
+
+#[test]
+fn recorded_sessions_replay_against_the_receiver_rules() {
+    use xfer::session::receiver::Verdict;
+    let read = |name: &str| fs::read(fixture("sessions").join(name)).unwrap();
+    let (verdicts, end) = replay(&read("plain-tree.to-receiver.bin"));
+    assert_eq!(verdicts, [Verdict::Keep; 3]);
+    assert_eq!(end, "complete");
+    let (verdicts, end) = replay(&read("hostile-accepted-then-close.to-receiver.bin"));
+    assert!(verdicts.is_empty());
+    assert_eq!(end, r#"incomplete ["exact.bin"]"#);
+    let (_, end) = replay(&read("hostile-accepted-then-end.to-receiver.bin"));
+    assert!(
+        end.starts_with("violation: END with 1 accepted file(s) never sent"),
+        "{end}"
+    );
+    // What the real receiver answered, as recorded: an ACK ok per file in
+    // the tree, and ERROR reason 6 to the hostile END.
+    let mut answers = &read("plain-tree.to-sender.bin")[8..];
+    let mut acks = 0;
+    while let Ok(frame) = protocol::read_frame(&mut answers) {
+        if let Frame::Ack(ack) = frame {
+            assert_eq!(ack.status, protocol::AckStatus::Ok);
+            acks += 1;
+        }
+    }
+    assert_eq!(acks, 3);
+    let mut answers = &read("hostile-accepted-then-end.to-sender.bin")[8..];
+    assert!(matches!(
+        protocol::read_frame(&mut answers),
+        Ok(Frame::Accept(_))
+    ));
+    match protocol::read_frame(&mut answers) {
+        Ok(Frame::Error(e)) => assert_eq!(e.reason, Reason::Protocol),
+        other => panic!("{other:?}"),
+    }
+}
