@@ -38,6 +38,86 @@ impl<S: Link + ?Sized> Link for Box<S> {
     }
 }
 
+/// One end of an in-memory duplex link: both sides of a session in one
+/// process, with no socket (tests, and anything else that wants a session
+/// without a network). Each write is handed over whole; the deadline
+/// bounds each read. Dropping an end closes that direction.
+pub struct MemoryLink {
+    to_peer: std::sync::mpsc::SyncSender<Vec<u8>>,
+    from_peer: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    pos: usize,
+    deadline: Option<Duration>,
+}
+
+/// Two connected [`MemoryLink`]s; each holds at most `depth` unread writes.
+pub fn memory_pair(depth: usize) -> (MemoryLink, MemoryLink) {
+    let (a_tx, b_rx) = std::sync::mpsc::sync_channel(depth);
+    let (b_tx, a_rx) = std::sync::mpsc::sync_channel(depth);
+    let end = |to_peer, from_peer| MemoryLink {
+        to_peer,
+        from_peer,
+        pending: Vec::new(),
+        pos: 0,
+        deadline: None,
+    };
+    (end(a_tx, a_rx), end(b_tx, b_rx))
+}
+
+impl Read for MemoryLink {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.pending.len() {
+            let got = match self.deadline {
+                Some(d) => self.from_peer.recv_timeout(d).map_err(|e| match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => {
+                        io::Error::new(io::ErrorKind::TimedOut, "no data before the deadline")
+                    }
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                        io::Error::from(io::ErrorKind::UnexpectedEof)
+                    }
+                }),
+                None => self
+                    .from_peer
+                    .recv()
+                    .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof)),
+            };
+            match got {
+                Ok(bytes) => {
+                    self.pending = bytes;
+                    self.pos = 0;
+                }
+                // The peer's end is gone: the end of the stream.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        let n = out.len().min(self.pending.len() - self.pos);
+        out[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for MemoryLink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.to_peer
+            .send(data.to_vec())
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Link for MemoryLink {
+    fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
+        self.deadline = Some(timeout);
+        Ok(())
+    }
+}
+
 /// Capacity of each of [`Buffered`]'s buffers.
 const BUFFER: usize = 64 * 1024;
 

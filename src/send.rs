@@ -506,6 +506,15 @@ impl Source for File {
     }
 }
 
+/// Bytes in memory: a session with no file behind it (tests, generated
+/// data).
+impl Source for std::io::Cursor<Vec<u8>> {
+    fn seek_to(&mut self, offset: u64) -> std::io::Result<bool> {
+        self.set_position(offset);
+        Ok(true)
+    }
+}
+
 impl Source for std::io::Stdin {
     fn seek_to(&mut self, _offset: u64) -> std::io::Result<bool> {
         Ok(false)

@@ -2699,3 +2699,93 @@ fn recorded_sessions_replay_against_the_receiver_rules() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A session's data: `len` seeded bytes under `name`.
+struct InMemory {
+    name: String,
+    data: Vec<u8>,
+}
+
+impl xfer::send::Entries for InMemory {
+    fn count(&self) -> usize {
+        1
+    }
+
+    fn open(&mut self, _index: usize) -> anyhow::Result<xfer::send::Opened> {
+        Ok(xfer::send::Opened {
+            offer: Offer {
+                flags: 0,
+                size: self.data.len() as u64,
+                mode: 0o100600,
+                mtime_secs: 1_700_000_000,
+                mtime_nanos: 0,
+                name: self.name.clone(),
+                sha256: None,
+            },
+            source: Some((
+                Box::new(std::io::Cursor::new(self.data.clone())),
+                "memory".into(),
+            )),
+        })
+    }
+
+    fn name(&self, _index: usize) -> String {
+        self.name.clone()
+    }
+
+    fn size_hint(&self, _index: usize) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+/// Both sides in one process over an in-memory link, encrypted: the whole
+/// session (handshake, offer, data, verdict, END) with no socket.
+#[test]
+fn both_sides_run_in_one_process_over_an_in_memory_link() {
+    let env = TestEnv::new();
+    let (mut sender_end, mut receiver_end) = xfer::link::memory_pair(64);
+    let policy = xfer::recv::Policy {
+        target: xfer::destination::Target::Dir(env.dst()),
+        overwrite: false,
+        secret: test_secret(),
+        limits: xfer::config::Limits::default(),
+        handshake_timeout: STEP,
+        idle_timeout: STEP,
+    };
+    let quiet = xfer::output::Reporter::new(true, false);
+    let receiver = std::thread::spawn(move || {
+        xfer::recv::serve(
+            &mut receiver_end,
+            "memory",
+            &policy,
+            &quiet,
+            &mut Vec::new(),
+            &mut || {},
+        )
+    });
+    let data = random_bytes(3 * MIB + 17, 21);
+    let sent = xfer::send::over_link(
+        &mut sender_end,
+        "memory",
+        &test_secret(),
+        &mut InMemory {
+            name: "m.bin".into(),
+            data: data.clone(),
+        },
+        &xfer::send::Options {
+            resume: true,
+            idle_timeout: STEP,
+            report_each: false,
+        },
+        &xfer::output::Reporter::new(true, false),
+    )
+    .unwrap()
+    .only_sent()
+    .unwrap();
+    drop(sender_end);
+    let received = receiver.join().unwrap().unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].sha256, sent.sha256);
+    assert_eq!(sent.bytes, data.len() as u64);
+    assert_eq!(fs::read(env.dst().join("m.bin")).unwrap(), data);
+}
