@@ -138,7 +138,7 @@ fn secret_from(args: &SecurityArgs, quiet: bool) -> Result<Option<Secret>, Failu
                 .unwrap_or_else(|e| Failure::new(ExitCode::LocalFile, format!("{e:#}")))
         })?;
         if let (Some(warning), false) = (warning, quiet) {
-            eprintln!("xfer: warning: {warning}");
+            crate::output::warning_line(&warning);
         }
         return Ok(Some(Secret::Key(key)));
     }

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 
-use crate::protocol::ProtocolError;
+use crate::protocol::{ProtocolError, Reason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
@@ -70,6 +70,34 @@ impl ExitCode {
                 "authentication: wrong or missing code or key, or only one end is --insecure"
             }
             ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT)",
+        }
+    }
+
+    /// Our code for a failure the peer reported with `reason` (a REFUSE,
+    /// an ACK that failed, an ERROR).
+    pub fn for_peer_reason(reason: Reason) -> ExitCode {
+        match reason {
+            Reason::Exists
+            | Reason::BadName
+            | Reason::TooLarge
+            | Reason::Unsupported
+            | Reason::LocalIo
+            | Reason::Busy => ExitCode::Refused,
+            Reason::Timeout => ExitCode::Timeout,
+            Reason::Auth => ExitCode::Auth,
+            Reason::Integrity => ExitCode::Integrity,
+            Reason::Protocol | Reason::Interrupted | Reason::Other(_) => ExitCode::Network,
+        }
+    }
+
+    /// Our code for an entry this receiver refused or could not keep with
+    /// `reason`: its own disk or permissions (`LocalIo`), or a full disk,
+    /// are a local file error here, whatever the sender is told.
+    pub fn for_own_refusal(reason: Reason, disk_full: bool) -> ExitCode {
+        match reason {
+            _ if disk_full => ExitCode::LocalFile,
+            Reason::LocalIo => ExitCode::LocalFile,
+            other => ExitCode::for_peer_reason(other),
         }
     }
 

@@ -419,22 +419,6 @@ pub fn describe(err: ProtocolError, peer: &str) -> anyhow::Error {
     }
 }
 
-/// The exit code for a failure the peer reported with `reason`.
-pub fn code_for_reason(reason: Reason) -> ExitCode {
-    match reason {
-        Reason::Exists
-        | Reason::BadName
-        | Reason::TooLarge
-        | Reason::Unsupported
-        | Reason::LocalIo
-        | Reason::Busy => ExitCode::Refused,
-        Reason::Timeout => ExitCode::Timeout,
-        Reason::Auth => ExitCode::Auth,
-        Reason::Integrity => ExitCode::Integrity,
-        Reason::Protocol | Reason::Interrupted | Reason::Other(_) => ExitCode::Network,
-    }
-}
-
 /// An ERROR frame from the peer as our failure.
 pub fn peer_aborted(e: &ErrorFrame, peer: &str) -> anyhow::Error {
     // A code this xfer does not know is shown as its number.
@@ -443,7 +427,7 @@ pub fn peer_aborted(e: &ErrorFrame, peer: &str) -> anyhow::Error {
         _ => String::new(),
     };
     let failure = Failure::new(
-        code_for_reason(e.reason),
+        ExitCode::for_peer_reason(e.reason),
         format!(
             "{peer} aborted: {}{unknown}",
             escape_for_terminal(&e.message)

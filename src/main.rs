@@ -1,7 +1,6 @@
 //! The `xfer` binary: parse arguments, run, turn the result into an exit
 //! code. Nothing else.
 
-use std::io::Write;
 use std::process;
 
 use clap::Parser;
@@ -34,7 +33,10 @@ fn main() {
     }
     match xfer::run(cli) {
         Ok(()) => process::exit(ExitCode::Success.code()),
-        Err(_) if xfer::signals::interrupted() => fail(ExitCode::Interrupted, "interrupted"),
+        // After a signal, every error is the interruption's.
+        Err(e) if ExitCode::for_error(&e) == ExitCode::Interrupted => {
+            fail(ExitCode::Interrupted, "interrupted")
+        }
         Err(e) => fail(ExitCode::for_error(&e), &format!("{e:#}")),
     }
 }
@@ -53,6 +55,6 @@ fn one_line(rendered: &str) -> String {
 }
 
 fn fail(code: ExitCode, message: &str) -> ! {
-    let _ = writeln!(std::io::stderr().lock(), "xfer: error: {message}");
+    xfer::output::error_line(message);
     process::exit(code.code());
 }

@@ -124,6 +124,23 @@ impl Drop for Progress {
     }
 }
 
+/// The one way xfer says an error: one line on stderr, `xfer: error: `
+/// and the message (an error's whole context chain, with `{:#}`).
+pub fn error_line(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "xfer: error: {message}");
+}
+
+/// [`error_line`] for an error and its context chain.
+pub fn print_error(e: &anyhow::Error) {
+    error_line(&format!("{e:#}"));
+}
+
+/// The one way xfer warns: one line on stderr, shown even with `--quiet`
+/// (a warning is about something the user should fix).
+pub fn warning_line(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "xfer: warning: {message}");
+}
+
 /// `123.4 MB/s` from a byte count and a duration (decimal megabytes, as
 /// network tools report them).
 pub fn rate(bytes: u64, seconds: f64) -> String {

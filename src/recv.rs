@@ -239,7 +239,7 @@ fn serve_session<S: Link + ?Sized>(
             Next::Violation { reason, message } => {
                 link::send_error(stream, reason, &message);
                 break Err(Failure::new(
-                    link::code_for_reason(reason),
+                    ExitCode::for_peer_reason(reason),
                     format!("{peer}: {message}"),
                 )
                 .into());
@@ -328,17 +328,17 @@ fn refuse<S: Link + ?Sized>(
     reason: Reason,
     message: String,
 ) -> anyhow::Error {
-    refuse_as(stream, peer, reason, message, None)
+    refuse_as(stream, peer, reason, message, false)
 }
 
-/// [`refuse`], with our own exit code `here` when the reason alone does not
+/// [`refuse`], for a refusal that may be for want of room (`disk_full`):
 /// tell it.
 fn refuse_as<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     reason: Reason,
     message: String,
-    here: Option<ExitCode>,
+    disk_full: bool,
 ) -> anyhow::Error {
     let _ = link::send_frame(
         stream,
@@ -348,11 +348,7 @@ fn refuse_as<S: Link + ?Sized>(
         }),
         peer,
     );
-    let code = here.unwrap_or(match reason {
-        // Our own disk or permissions: a local file error on this side.
-        Reason::LocalIo => ExitCode::LocalFile,
-        other => link::code_for_reason(other),
-    });
+    let code = ExitCode::for_own_refusal(reason, disk_full);
     Failure::new(code, message).into()
 }
 
@@ -566,9 +562,12 @@ fn answer_offer<S: Link + ?Sized>(
             Err(r) => {
                 // Refused for want of room: a full disk here, as when it
                 // fills while writing.
-                let here = r.disk_full.then_some(ExitCode::LocalFile);
                 return Ok(Answer::Refused(refuse_as(
-                    stream, peer, r.reason, r.message, here,
+                    stream,
+                    peer,
+                    r.reason,
+                    r.message,
+                    r.disk_full,
                 )));
             }
         },
@@ -850,10 +849,7 @@ fn receive_pending<S: Link + ?Sized>(
                     }),
                     peer,
                 )?;
-                let code = match r.reason {
-                    Reason::Exists => ExitCode::Refused,
-                    _ => ExitCode::LocalFile,
-                };
+                let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
                 return Ok(Err(Failure::new(code, r.message).into()));
             }
         },
@@ -966,7 +962,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             }
             match result {
                 Err(e) if !authenticated && secret != Secret::Insecure => {
-                    report_error(&e.context("still waiting for the sender"));
+                    crate::output::print_error(&e.context("still waiting for the sender"));
                 }
                 other => return other,
             }
@@ -981,7 +977,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     if !signals::interrupted() {
-                        report_error(&e);
+                        crate::output::print_error(&e);
                         // Out of descriptors or memory: let the load pass.
                         std::thread::sleep(std::time::Duration::from_millis(100));
                     }
@@ -1016,13 +1012,15 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                             slot.take();
                         });
                     if let Err(e) = served {
-                        report_error(&e);
+                        crate::output::print_error(&e);
                     }
                     active.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
                 active.fetch_sub(1, Ordering::SeqCst);
-                report_error(&anyhow::Error::new(e).context("cannot start a session thread"));
+                crate::output::print_error(
+                    &anyhow::Error::new(e).context("cannot start a session thread"),
+                );
             }
         }
     });
@@ -1043,13 +1041,6 @@ impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-fn report_error(e: &anyhow::Error) {
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr().lock(),
-        format!("xfer: error: {e:#}\n").as_bytes(),
-    );
 }
 
 /// Accepts one connection; the peer as shown in messages.

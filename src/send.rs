@@ -182,7 +182,7 @@ pub fn drive<S: Link + ?Sized>(
                     (Answer::Refused { refuse, .. }, source) => {
                         let what = if source.is_none() { "directory " } else { "" };
                         let e = Failure::new(
-                            link::code_for_reason(refuse.reason),
+                            ExitCode::for_peer_reason(refuse.reason),
                             format!(
                                 "{peer} refused {what}'{shown}': {}",
                                 escape_for_terminal(&refuse.message)
@@ -439,7 +439,7 @@ fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> any
         }
         AckStatus::Failed => {
             return Err(Failure::new(
-                link::code_for_reason(ack.reason),
+                ExitCode::for_peer_reason(ack.reason),
                 format!(
                     "{peer} could not keep '{shown}': {}",
                     escape_for_terminal(&ack.message)
@@ -1071,10 +1071,7 @@ fn send_paths(
 /// One entry's failure in a session of several, said as it happens.
 fn report_failure(reporter: &Reporter, e: &anyhow::Error) {
     if !reporter.json || !reporter.quiet {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr().lock(),
-            format!("xfer: error: {e:#}\n").as_bytes(),
-        );
+        crate::output::print_error(e);
     }
 }
 

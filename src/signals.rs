@@ -63,10 +63,7 @@ pub fn install() -> std::io::Result<()> {
             });
             let _ = rx.recv_timeout(GRACE);
             remove_temps();
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr().lock(),
-                b"xfer: error: interrupted\n",
-            );
+            crate::output::error_line("interrupted");
             std::process::exit(ExitCode::Interrupted.code());
         })?;
     Ok(())
