@@ -40,7 +40,7 @@ pub struct SendConfig {
     pub paths: Vec<PathBuf>,
     /// The name offered for the one path (required for standard input).
     pub name: Option<String>,
-    pub target: net::Target,
+    pub target: net::PeerAddress,
     /// Continue from what the receiver already holds of this file.
     pub resume: bool,
     /// Further attempts after a network failure or timeout.
@@ -87,7 +87,7 @@ pub struct BenchConfig {
 
 impl SendConfig {
     pub fn from_args(args: SendArgs) -> Result<Self, Failure> {
-        let target: net::Target = args
+        let target: net::PeerAddress = args
             .target
             .parse()
             .map_err(|e: String| Failure::new(ExitCode::Usage, e))?;

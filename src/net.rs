@@ -13,14 +13,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::exit_codes::{ExitCode, Failure};
 
-/// Where the sender connects: a host name or address, and a port.
+/// Where the sender connects (`HOST:PORT`): a host name or address, and a
+/// port. (Where the receiver puts files is `destination::Target`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct PeerAddress {
     pub host: String,
     pub port: u16,
 }
 
-impl fmt::Display for Target {
+impl fmt::Display for PeerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
@@ -30,7 +31,7 @@ impl fmt::Display for Target {
     }
 }
 
-impl std::str::FromStr for Target {
+impl std::str::FromStr for PeerAddress {
     type Err = String;
 
     /// Accepts `name:port`, `1.2.3.4:port` and `[v6addr]:port`.
@@ -66,7 +67,7 @@ impl std::str::FromStr for Target {
         if port == 0 {
             return Err(format!("'{s}': port 0 cannot be connected to"));
         }
-        Ok(Target {
+        Ok(PeerAddress {
             host: host.to_string(),
             port,
         })
@@ -74,7 +75,7 @@ impl std::str::FromStr for Target {
 }
 
 /// Connects to the first address of `target` that answers within `timeout`.
-pub fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, Failure> {
+pub fn connect(target: &PeerAddress, timeout: Duration) -> Result<TcpStream, Failure> {
     let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
         .to_socket_addrs()
         .map_err(|e| Failure::network(format!("cannot resolve '{}'", target.host), &e))?
@@ -153,7 +154,7 @@ pub fn set_deadline(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> Result<Target, String> {
+    fn t(s: &str) -> Result<PeerAddress, String> {
         s.parse()
     }
 
@@ -161,7 +162,7 @@ mod tests {
     fn parses_names_ipv4_and_bracketed_ipv6() {
         assert_eq!(
             t("example.org:9000").unwrap(),
-            Target {
+            PeerAddress {
                 host: "example.org".into(),
                 port: 9000
             }
