@@ -169,11 +169,7 @@ impl<S: Link> Read for Buffered<S> {
         if self.read_pos == self.read_len {
             // About to wait on the peer: first send it everything it may
             // be waiting for.
-            let unsent = if self.broken.is_some() {
-                None
-            } else {
-                unsent(self.send_gathered())?
-            };
+            let unsent = flush_before_wait(self.broken, || self.send_gathered())?;
             let got = if out.len() >= self.read_buf.len() {
                 self.inner.read(out)
             } else {
@@ -204,6 +200,19 @@ pub fn still_writable(broken: Option<io::ErrorKind>) -> io::Result<()> {
             "the connection failed earlier; nothing more is sent on it",
         )),
     }
+}
+
+/// The rule every buffering link keeps: before it waits on the peer, it
+/// sends what it gathered (unless the link is already dead for writing),
+/// keeping a failure to report after the read (see [`unsent`]).
+pub fn flush_before_wait(
+    broken: Option<io::ErrorKind>,
+    send: impl FnOnce() -> io::Result<()>,
+) -> io::Result<Option<io::Error>> {
+    if broken.is_some() {
+        return Ok(None);
+    }
+    unsent(send())
 }
 
 /// A failed send before a read, kept to report after the read: the peer may

@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::protocol::Digest;
+use crate::protocol::{Digest, read_full};
 
 /// Size of each buffer in the ring.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
@@ -189,14 +189,12 @@ pub fn hash_prefix<R: Read + ?Sized>(
         if want == 0 {
             break;
         }
-        match reader.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let (n, read) = read_full(reader, &mut buf[..want]);
+        read?;
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        if n < want {
+            break;
         }
     }
     Ok((hasher, total))
@@ -204,34 +202,23 @@ pub fn hash_prefix<R: Read + ?Sized>(
 
 /// Fills `buf` as far as the source goes; returns how much (0 at the end).
 fn fill_to_end<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+    let (filled, read) = read_full(source, buf);
+    read.map(|()| filled)
 }
 
 /// Fills `buf` completely, or fails (with `UnexpectedEof` when the source
 /// ends early); says how much it filled either way.
 fn fill<R: Read + ?Sized>(source: &mut R, buf: &mut [u8]) -> (usize, io::Result<()>) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
-            Ok(0) => {
-                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "data ended early");
-                return (filled, Err(e));
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (filled, Err(e)),
-        }
+    match read_full(source, buf) {
+        (filled, Ok(())) if filled < buf.len() => (
+            filled,
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "data ended early",
+            )),
+        ),
+        done => done,
     }
-    (filled, Ok(()))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use crate::exit_codes::is_forged;
 use crate::exit_codes::{ExitCode, Failure, Forged};
 use crate::link::{self, Link};
-use crate::protocol::{Frame, Reason, Transport};
+use crate::protocol::{Frame, ProtocolError, Reason, Transport};
 
 /// Length of a key in a key file, and of each derived key.
 pub const KEY_LEN: usize = 32;
@@ -419,15 +419,14 @@ impl<S: Link> Encrypted<S> {
     /// between records.
     fn open_next(&mut self) -> io::Result<bool> {
         let mut header = [0u8; 4];
-        let mut got = 0;
-        while got < header.len() {
-            match self.inner.read(&mut header[got..]) {
-                Ok(0) if got == 0 => return Ok(false),
-                Ok(0) => return Err(cut_short()),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        match crate::protocol::read_exact_or_closed(&mut self.inner, &mut header) {
+            Ok(()) => {}
+            Err(ProtocolError::Closed) => return Ok(false),
+            Err(ProtocolError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(cut_short());
             }
+            Err(ProtocolError::Io(e)) => return Err(e),
+            Err(other) => return Err(io::Error::other(other.to_string())),
         }
         let len = BigEndian::read_u32(&header) as usize;
         if !(TAG_LEN..=RECORD_MAX + TAG_LEN).contains(&len) {
@@ -462,15 +461,7 @@ impl<S: Link> Read for Encrypted<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.len {
             // About to wait on the peer: first send what it may wait for.
-            let unsent = if self.broken.is_some() {
-                None
-            } else {
-                let sent = self.seal().and_then(|()| self.inner.flush());
-                if let Err(e) = &sent {
-                    self.broken = Some(e.kind());
-                }
-                link::unsent(sent)?
-            };
+            let unsent = link::flush_before_wait(self.broken, || self.flush())?;
             if !link::last_words(unsent, self.open_next(), |more| !more)? {
                 return Ok(0);
             }

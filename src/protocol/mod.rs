@@ -62,27 +62,40 @@ pub fn hex(digest: &[u8]) -> String {
     })
 }
 
-/// Reads exactly `buf.len()` bytes, telling a clean close before the first
-/// byte (`Closed`) apart from a truncation mid-way (an `UnexpectedEof` I/O
-/// error), so callers can word the two differently.
-pub(crate) fn read_exact_or_closed<R: std::io::Read + ?Sized>(
+/// The one read loop: fills `buf` from `reader` until it is full or the
+/// reader ends, retrying interrupted reads. Returns how much it filled, and
+/// the error that stopped it early if one did (an end is not an error
+/// here: `filled < buf.len()` with `Ok` says the reader ended).
+pub fn read_full<R: std::io::Read + ?Sized>(
     reader: &mut R,
     buf: &mut [u8],
-) -> Result<(), ProtocolError> {
+) -> (usize, std::io::Result<()>) {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
-            Ok(0) if filled == 0 => return Err(ProtocolError::Closed),
-            Ok(0) => {
-                return Err(ProtocolError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed in the middle of a frame",
-                )));
-            }
+            Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ProtocolError::Io(e)),
+            Err(e) => return (filled, Err(e)),
         }
     }
-    Ok(())
+    (filled, Ok(()))
+}
+
+/// Reads exactly `buf.len()` bytes, telling a clean close before the first
+/// byte (`Closed`) apart from a truncation mid-way (an `UnexpectedEof` I/O
+/// error), so callers can word the two differently.
+pub fn read_exact_or_closed<R: std::io::Read + ?Sized>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
+    match read_full(reader, buf) {
+        (_, Err(e)) => Err(ProtocolError::Io(e)),
+        (n, Ok(())) if n == buf.len() => Ok(()),
+        (0, Ok(())) => Err(ProtocolError::Closed),
+        (_, Ok(())) => Err(ProtocolError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed in the middle of a frame",
+        ))),
+    }
 }
