@@ -2789,3 +2789,54 @@ fn both_sides_run_in_one_process_over_an_in_memory_link() {
     assert_eq!(sent.bytes, data.len() as u64);
     assert_eq!(fs::read(env.dst().join("m.bin")).unwrap(), data);
 }
+
+/// As a second local user: a file that user cannot read fails with exit 6
+/// on the sender, and nothing is left at the receiver.
+#[test]
+fn a_file_the_sender_cannot_read_fails_with_6_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("needs root, to run the sender as another user; CI runs as root");
+        return;
+    }
+    let env = TestEnv::new();
+    let shared = shared_dir();
+    let file = shared.path().join("private.bin");
+    fs::write(&file, b"root only").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut r = env.recv(&["--insecure"]);
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE");
+    cmd.arg("send")
+        .arg(&file)
+        .arg(r.addr())
+        .args(["--insecure", "--retries", "0"]);
+    as_other_user(&mut cmd);
+    run_bounded(cmd)
+        .assert_code(6)
+        .assert_stderr_contains("permission denied");
+    // The receiver saw only a sender that never offered anything.
+    let _ = r.child.kill();
+    r.finish();
+    assert!(entries(&env.dst()).is_empty());
+}
+
+/// A receiver whose destination is a read-only file system refuses each
+/// file with its reason; the sender exits 5 and nothing is written.
+#[test]
+fn a_read_only_destination_refuses_files_with_a_reason() {
+    if !is_root() {
+        eprintln!("needs root, to mount the destination read-only; CI runs as root");
+        return;
+    }
+    let env = TestEnv::new();
+    let file = env.random_file("a.bin", 1000, 3);
+    let mut recv = xfer();
+    recv.args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(env.dst());
+    let mut r = RecvProcess::spawn(with_read_only(&env.dst(), &recv));
+    env.send(&file, &r.addr(), &["--retries", "0"])
+        .assert_code(5)
+        .assert_stderr_contains("read-only file system");
+    r.finish().assert_code(6);
+    assert!(entries(&env.dst()).is_empty());
+}

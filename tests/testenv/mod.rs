@@ -453,3 +453,51 @@ pub fn entries(dir: &Path) -> Vec<String> {
 pub fn put(w: &mut impl Write, data: &[u8]) {
     w.write_all(data).unwrap();
 }
+
+/// Whether the tests run as root (CI does): tests that act as a second
+/// local user or mount a file system need it.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The uid and gid of an unprivileged second user ("nobody").
+pub const OTHER_USER: u32 = 65534;
+
+/// Runs `cmd` as [`OTHER_USER`] (for "a file this user cannot read" and
+/// "another local user" tests; the tests themselves run as root).
+pub fn as_other_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.uid(OTHER_USER).gid(OTHER_USER)
+}
+
+/// `cmd` run in a mount namespace of its own where `dir` is mounted
+/// read-only (a bind mount over itself), for "read-only destination" tests.
+/// Needs root and util-linux's `unshare`; the mount vanishes with the process.
+pub fn with_read_only(dir: &Path, cmd: &Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .arg("-m")
+        .arg("--propagation")
+        .arg("private")
+        .arg("sh")
+        .arg("-c");
+    wrapped.arg(r#"mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@""#);
+    wrapped.arg(dir).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped.stdin(Stdio::null());
+    wrapped
+}
+
+/// A directory every user may enter and read (a test's own temporary
+/// directories are private to root), removed with the guard.
+pub fn shared_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
