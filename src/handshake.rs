@@ -2,51 +2,334 @@
 //! said `--insecure`) SPAKE2 and key confirmation, and the link the session
 //! then runs over. It sits above both the link and the secure transport, so
 //! neither needs the other's insides.
+//!
+//! [`Opening`] is the exchange as a state machine with no I/O: it says how
+//! many bytes it needs next and what to send, so a blocking loop
+//! ([`exchange`]) and a non-blocking one can both drive it, and it never
+//! reads past the handshake (the first encrypted record follows at once).
 
 use crate::exit_codes::{ExitCode, Failure};
-use crate::link::{Link, describe, send_error};
-use crate::protocol::{self, Preamble, Reason, Transport};
-use crate::secure::{Keys, Role, Secret};
+use crate::link::{Link, describe};
+use crate::protocol::{
+    self, ErrorFrame, Frame, PREAMBLE_LEN, Preamble, ProtocolError, Reason, Transport,
+};
+use crate::secure::{Agreed, Keys, Pake, Role, Secret};
 
-/// Sends our preamble, reads the peer's, and checks we can talk.
+/// Bytes of a frame header: type and length.
+const FRAME_HEADER: usize = 5;
+
+/// Where the exchange stands.
+enum State {
+    /// Waiting for the peer's preamble.
+    Preamble,
+    /// Waiting for the peer's PAKE frame.
+    Pake {
+        pake: Box<Pake>,
+        preambles: [Vec<u8>; 2],
+    },
+    /// Waiting for the peer's CONFIRM.
+    Confirm {
+        agreed: Box<Agreed>,
+    },
+    Done,
+}
+
+/// Starts SPAKE2 with injected randomness.
+type PakeStart = Box<dyn FnOnce(Role, &Secret) -> Pake + Send>;
+
+/// One side's opening exchange, fed the peer's bytes as they come.
+pub struct Opening {
+    role: Role,
+    secret: Secret,
+    peer: String,
+    ours: Preamble,
+    state: State,
+    /// Set once the keys (or plaintext) are agreed.
+    result: Option<Option<Keys>>,
+    /// Bytes of the unit being read (a preamble, or a frame).
+    unit: Vec<u8>,
+    /// Bytes waiting to be sent to the peer.
+    out: Vec<u8>,
+    /// The randomness for SPAKE2, when a test injects it.
+    rng: Option<PakeStart>,
+}
+
+impl Opening {
+    /// Starts the exchange; our preamble is the first thing to send.
+    pub fn new(role: Role, secret: &Secret, peer: &str) -> Opening {
+        let ours = Preamble::ours(secret.transport());
+        Opening {
+            role,
+            secret: secret.clone(),
+            peer: peer.to_string(),
+            ours,
+            state: State::Preamble,
+            result: None,
+            unit: Vec::new(),
+            out: ours.encode().to_vec(),
+            rng: None,
+        }
+    }
+
+    /// The same, with SPAKE2's randomness drawn from `rng` (tests only: a
+    /// seeded generator makes a whole encrypted session repeatable).
+    pub fn with_rng(
+        role: Role,
+        secret: &Secret,
+        peer: &str,
+        rng: impl rand_core::CryptoRng + rand_core::RngCore + Send + 'static,
+    ) -> Opening {
+        let mut opening = Opening::new(role, secret, peer);
+        opening.rng = Some(Box::new(move |role, secret: &Secret| {
+            Pake::start_with_rng(role, secret, rng)
+        }));
+        opening
+    }
+
+    /// Bytes to send to the peer now (taken: the caller sends them).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The exchange is over: `Some(keys)` for an encrypted link, `Some(None)`
+    /// for plaintext.
+    pub fn finished(&mut self) -> Option<Option<Keys>> {
+        self.result.take()
+    }
+
+    /// How many more bytes the next step needs (never more than the unit
+    /// being read has left, so a caller that reads exactly this never
+    /// consumes what follows the handshake).
+    pub fn needed(&self) -> usize {
+        match self.state {
+            State::Done => 0,
+            State::Preamble => PREAMBLE_LEN - self.unit.len(),
+            _ if self.unit.len() < FRAME_HEADER => FRAME_HEADER - self.unit.len(),
+            _ => FRAME_HEADER + self.payload_len() - self.unit.len(),
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        u32::from_be_bytes(self.unit[1..5].try_into().expect("a frame header")) as usize
+    }
+
+    /// What we wait for, for messages.
+    pub fn waiting_for(&self) -> &'static str {
+        match self.state {
+            State::Preamble => "the peer's preamble",
+            State::Pake { .. } => "the key exchange",
+            State::Confirm { .. } if self.role == Role::Sender => "the receiver's confirmation",
+            State::Confirm { .. } => "the sender's confirmation",
+            State::Done => "nothing",
+        }
+    }
+
+    /// Takes bytes from the peer (at most [`Opening::needed`]). An error
+    /// ends the exchange; what [`Opening::take_output`] then holds (an
+    /// ERROR frame saying why) should still be sent.
+    pub fn feed(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        assert!(bytes.len() <= self.needed(), "fed past the unit being read");
+        self.unit.extend_from_slice(bytes);
+        if self.needed() > 0 {
+            return Ok(());
+        }
+        if !matches!(self.state, State::Preamble) && self.unit.len() == FRAME_HEADER {
+            // A header: check the length before waiting for the payload.
+            let len = self.payload_len();
+            if len > protocol::MAX_CONTROL_FRAME as usize {
+                return Err(self.malformed(ProtocolError::FrameTooLarge {
+                    len: len as u32,
+                    cap: protocol::MAX_CONTROL_FRAME,
+                }));
+            }
+            if len > 0 {
+                return Ok(());
+            }
+        }
+        let unit = std::mem::take(&mut self.unit);
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Preamble => self.on_preamble(&unit),
+            State::Pake { pake, preambles } => {
+                let frame = self.frame(&unit)?;
+                self.on_pake(frame, *pake, preambles)
+            }
+            State::Confirm { agreed } => {
+                let frame = self.frame(&unit)?;
+                self.on_confirm(frame, *agreed)
+            }
+            State::Done => unreachable!("needed() is 0 when done"),
+        }
+    }
+
+    fn frame(&mut self, unit: &[u8]) -> anyhow::Result<Frame> {
+        match Frame::decode(unit[0], &unit[FRAME_HEADER..]) {
+            Ok(frame) => Ok(frame),
+            Err(e) => Err(self.malformed(e)),
+        }
+    }
+
+    /// A frame that made no sense: the peer hears so, as ERROR reason 6.
+    fn malformed(&mut self, e: ProtocolError) -> anyhow::Error {
+        self.send_error(Reason::Protocol, &e.to_string());
+        describe(e, &self.peer).context(format!("waiting for {}", self.waiting_for()))
+    }
+
+    fn send_error(&mut self, reason: Reason, message: &str) {
+        let frame = Frame::Error(ErrorFrame {
+            reason,
+            message: message.to_string(),
+        });
+        protocol::write_frame(&mut self.out, &frame).expect("writing to memory");
+    }
+
+    fn send(&mut self, frame: &Frame) {
+        protocol::write_frame(&mut self.out, frame).expect("writing to memory");
+    }
+
+    fn on_preamble(&mut self, unit: &[u8]) -> anyhow::Result<()> {
+        let peer = self.peer.clone();
+        let theirs = protocol::read_preamble(&mut &unit[..]).map_err(|e| describe(e, &peer))?;
+        theirs
+            .check_compatible()
+            .map_err(|e| Failure::new(ExitCode::Network, format!("{peer}: {e}")))?;
+        let (mine, peers) = (self.ours.transport, theirs.transport);
+        if mine != peers {
+            if self.role == Role::Receiver {
+                // For a peer that sends before it reads our preamble.
+                let told = transport_mismatch(self.role.other(), peers, mine);
+                self.send_error(Reason::Auth, &told);
+            }
+            return Err(Failure::new(
+                ExitCode::Auth,
+                format!("{peer}: {}", transport_mismatch(self.role, mine, peers)),
+            )
+            .into());
+        }
+        if mine == Transport::Plain {
+            self.result = Some(None);
+            return Ok(());
+        }
+        let preambles = match self.role {
+            Role::Sender => [self.ours.encode().to_vec(), theirs.encode().to_vec()],
+            Role::Receiver => [theirs.encode().to_vec(), self.ours.encode().to_vec()],
+        };
+        let pake = match self.rng.take() {
+            Some(start) => start(self.role, &self.secret),
+            None => Pake::start(self.role, &self.secret),
+        };
+        self.send(&Frame::Pake {
+            message: pake.message().to_vec(),
+        });
+        self.state = State::Pake {
+            pake: Box::new(pake),
+            preambles,
+        };
+        Ok(())
+    }
+
+    fn on_pake(&mut self, frame: Frame, pake: Pake, preambles: [Vec<u8>; 2]) -> anyhow::Result<()> {
+        let theirs = match frame {
+            Frame::Pake { message } => message,
+            other => return Err(self.unexpected(other, "PAKE")),
+        };
+        let agreed = pake
+            .finish(&theirs, [&preambles[0], &preambles[1]])
+            .ok_or_else(|| {
+                auth_failure(format!("{}: malformed key-exchange message", self.peer))
+            })?;
+        if self.role == Role::Sender {
+            self.send(&Frame::Confirm {
+                mac: agreed.confirmation(),
+            });
+        }
+        self.state = State::Confirm {
+            agreed: Box::new(agreed),
+        };
+        Ok(())
+    }
+
+    fn on_confirm(&mut self, frame: Frame, agreed: Agreed) -> anyhow::Result<()> {
+        match frame {
+            Frame::Confirm { mac } if agreed.confirms(&mac) => {}
+            Frame::Confirm { .. } if self.role == Role::Sender => {
+                return Err(auth_failure(format!(
+                    "{} does not know the code or key: it is not the receiver you meant",
+                    self.peer
+                )));
+            }
+            Frame::Confirm { .. } => {
+                self.send_error(Reason::Auth, "wrong code or key");
+                return Err(auth_failure(format!(
+                    "{} failed to authenticate: wrong code or key",
+                    self.peer
+                )));
+            }
+            other => return Err(self.unexpected(other, "CONFIRM")),
+        }
+        if self.role == Role::Receiver {
+            self.send(&Frame::Confirm {
+                mac: agreed.confirmation(),
+            });
+        }
+        self.result = Some(Some(agreed.into_keys()));
+        Ok(())
+    }
+
+    /// A frame out of place: the peer's ERROR says why it stopped; any
+    /// other frame is a protocol error.
+    fn unexpected(&mut self, frame: Frame, expected: &'static str) -> anyhow::Error {
+        match frame {
+            Frame::Error(e) => crate::link::peer_aborted(&e, &self.peer),
+            other => crate::link::unexpected(&other, expected, &self.peer),
+        }
+    }
+}
+
+fn auth_failure(message: String) -> anyhow::Error {
+    Failure::new(ExitCode::Auth, message).into()
+}
+
+/// Runs the opening over a blocking `stream`: sends what [`Opening`] has,
+/// reads exactly what it needs, until the keys are agreed (or plaintext).
 pub fn exchange<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
     secret: &Secret,
     role: Role,
 ) -> anyhow::Result<Option<Keys>> {
-    let ours = Preamble::ours(secret.transport());
-    ours.write_to(stream)
-        .and_then(|()| stream.flush())
-        .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
-    let theirs = protocol::read_preamble(stream).map_err(|e| describe(e, peer))?;
-    theirs
-        .check_compatible()
-        .map_err(|e| Failure::new(ExitCode::Network, format!("{peer}: {e}")))?;
-    if theirs.transport != ours.transport {
-        let (mine, peers) = (ours.transport, theirs.transport);
-        if role == Role::Receiver {
-            // For a peer that sends before it reads our preamble.
-            send_error(
-                stream,
-                Reason::Auth,
-                &transport_mismatch(role.other(), peers, mine),
-            );
+    drive(stream, Opening::new(role, secret, peer))
+}
+
+/// [`exchange`] with an [`Opening`] made by the caller (one with injected
+/// randomness, in tests).
+pub fn drive<S: Link + ?Sized>(
+    stream: &mut S,
+    mut opening: Opening,
+) -> anyhow::Result<Option<Keys>> {
+    let peer = opening.peer.clone();
+    let mut buf = [0u8; FRAME_HEADER + protocol::MAX_CONTROL_FRAME as usize];
+    loop {
+        let out = opening.take_output();
+        if !out.is_empty() {
+            stream
+                .write_all(&out)
+                .and_then(|()| stream.flush())
+                .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
         }
-        return Err(Failure::new(
-            ExitCode::Auth,
-            format!("{peer}: {}", transport_mismatch(role, mine, peers)),
-        )
-        .into());
+        if let Some(keys) = opening.finished() {
+            return Ok(keys);
+        }
+        let need = opening.needed();
+        let waiting_for = opening.waiting_for();
+        protocol::read_exact_or_closed(stream, &mut buf[..need])
+            .map_err(|e| describe(e, &peer).context(format!("waiting for {waiting_for}")))?;
+        if let Err(e) = opening.feed(&buf[..need]) {
+            // Best effort: the peer hears why (an ERROR), if it still can.
+            let out = opening.take_output();
+            let _ = stream.write_all(&out).and_then(|()| stream.flush());
+            return Err(e);
+        }
     }
-    if ours.transport == Transport::Plain {
-        return Ok(None);
-    }
-    let (sender, receiver) = match role {
-        Role::Sender => (ours.encode(), theirs.encode()),
-        Role::Receiver => (theirs.encode(), ours.encode()),
-    };
-    crate::secure::authenticate(stream, role, secret, [&sender, &receiver], peer).map(Some)
 }
 
 /// The link a session runs over after [`exchange`]: encrypted records

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use crate::exit_codes::is_forged;
 use crate::exit_codes::{ExitCode, Failure, Forged};
 use crate::link::{self, Link};
-use crate::protocol::{Frame, ProtocolError, Reason, Transport};
+use crate::protocol::{ProtocolError, Transport};
 
 /// Length of a key in a key file, and of each derived key.
 pub const KEY_LEN: usize = 32;
@@ -180,6 +180,13 @@ pub struct Keys {
     open: Aes256Gcm,
 }
 
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never printed, not even in debug output.
+        f.write_str("Keys(..)")
+    }
+}
+
 impl Keys {
     /// Keys from raw bytes: `seal` for what we send, `open` for what we
     /// read. Sessions get theirs from [`authenticate`]; this is for tests
@@ -216,113 +223,105 @@ fn derive(shared: &[u8], transcript: &[u8; 32]) -> Derived {
     }
 }
 
-fn auth_failure(message: String) -> anyhow::Error {
-    Failure::new(ExitCode::Auth, message).into()
+/// One side's SPAKE2 exchange, with no I/O: start it, send
+/// [`Pake::message`], then [`Pake::finish`] with the peer's message.
+pub struct Pake {
+    state: Spake2<Ed25519Group>,
+    ours: Vec<u8>,
+    role: Role,
 }
 
-/// Runs SPAKE2 and the key confirmation over `stream`, whose preambles
-/// (`sender_preamble`, `receiver_preamble`) were exchanged and agree on an
-/// authenticated transport. On success both ends hold the same fresh keys
-/// and know the other end knew the secret.
-pub fn authenticate<S: Link + ?Sized>(
-    stream: &mut S,
-    role: Role,
-    secret: &Secret,
-    preambles: [&[u8]; 2],
-    peer: &str,
-) -> anyhow::Result<Keys> {
-    let code;
-    let password = match secret {
-        Secret::Code(c) => {
-            code = normalize_code(c);
-            Password::new(code.as_bytes())
-        }
-        Secret::Key(k) => Password::new(k),
-        Secret::Insecure => unreachable!("plaintext sessions do not authenticate"),
-    };
-    let (a, b) = (
-        Identity::new(b"xfer sender"),
-        Identity::new(b"xfer receiver"),
-    );
-    let (state, ours) = match role {
-        Role::Sender => Spake2::<Ed25519Group>::start_a(&password, &a, &b),
-        Role::Receiver => Spake2::<Ed25519Group>::start_b(&password, &a, &b),
-    };
-    link::send_frame(
-        stream,
-        &Frame::Pake {
-            message: ours.clone(),
-        },
-        peer,
-    )?;
-    let theirs = match link::expect_frame(stream, peer, "the key exchange")? {
-        Frame::Pake { message } => message,
-        Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
-        other => return Err(link::unexpected(&other, "PAKE", peer)),
-    };
-    let shared = state
-        .finish(&theirs)
-        .map_err(|_| auth_failure(format!("{peer}: malformed key-exchange message")))?;
-    let (sender_msg, receiver_msg) = match role {
-        Role::Sender => (&ours, &theirs),
-        Role::Receiver => (&theirs, &ours),
-    };
-    let mut transcript = Sha256::new();
-    for part in [preambles[0], preambles[1], sender_msg, receiver_msg] {
-        transcript.update((part.len() as u32).to_be_bytes());
-        transcript.update(part);
+impl Pake {
+    /// Starts with fresh randomness from the operating system.
+    pub fn start(role: Role, secret: &Secret) -> Pake {
+        Self::start_with_rng(role, secret, rand_core::OsRng)
     }
-    let keys = derive(&shared, &transcript.finalize().into());
 
-    let matches = |mac: &[u8; 32], want: &[u8; 32]| bool::from(mac.ct_eq(want));
-    match role {
-        Role::Sender => {
-            link::send_frame(
-                stream,
-                &Frame::Confirm {
-                    mac: keys.sender_confirm,
-                },
-                peer,
-            )?;
-            match link::expect_frame(stream, peer, "the receiver's confirmation")? {
-                Frame::Confirm { mac } if matches(&mac, &keys.receiver_confirm) => {}
-                Frame::Confirm { .. } => {
-                    return Err(auth_failure(format!(
-                        "{peer} does not know the code or key: it is not the receiver you meant"
-                    )));
-                }
-                Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
-                other => return Err(link::unexpected(&other, "CONFIRM", peer)),
+    /// Starts with the randomness `rng` gives: tests inject a seeded one to
+    /// make a whole encrypted session repeatable byte for byte.
+    pub fn start_with_rng(
+        role: Role,
+        secret: &Secret,
+        rng: impl rand_core::CryptoRng + rand_core::RngCore,
+    ) -> Pake {
+        let code;
+        let password = match secret {
+            Secret::Code(c) => {
+                code = normalize_code(c);
+                Password::new(code.as_bytes())
             }
-            Ok(Keys {
-                seal: Aes256Gcm::new(&keys.sender_to_receiver.into()),
-                open: Aes256Gcm::new(&keys.receiver_to_sender.into()),
-            })
+            Secret::Key(k) => Password::new(k),
+            Secret::Insecure => unreachable!("plaintext sessions do not authenticate"),
+        };
+        let (a, b) = (
+            Identity::new(b"xfer sender"),
+            Identity::new(b"xfer receiver"),
+        );
+        let (state, ours) = match role {
+            Role::Sender => Spake2::<Ed25519Group>::start_a_with_rng(&password, &a, &b, rng),
+            Role::Receiver => Spake2::<Ed25519Group>::start_b_with_rng(&password, &a, &b, rng),
+        };
+        Pake { state, ours, role }
+    }
+
+    /// Our SPAKE2 message, for the PAKE frame.
+    pub fn message(&self) -> &[u8] {
+        &self.ours
+    }
+
+    /// Finishes with the peer's message: keys and confirmation values from
+    /// HKDF over the SPAKE2 key, salted with the transcript of both
+    /// preambles (`[sender's, receiver's]`) and both messages. `None` for a
+    /// message that is malformed (wrong length, side or point).
+    pub fn finish(self, theirs: &[u8], preambles: [&[u8]; 2]) -> Option<Agreed> {
+        let shared = self.state.finish(theirs).ok()?;
+        let (sender_msg, receiver_msg) = match self.role {
+            Role::Sender => (&self.ours[..], theirs),
+            Role::Receiver => (theirs, &self.ours[..]),
+        };
+        let mut transcript = Sha256::new();
+        for part in [preambles[0], preambles[1], sender_msg, receiver_msg] {
+            transcript.update((part.len() as u32).to_be_bytes());
+            transcript.update(part);
         }
-        Role::Receiver => {
-            match link::expect_frame(stream, peer, "the sender's confirmation")? {
-                Frame::Confirm { mac } if matches(&mac, &keys.sender_confirm) => {}
-                Frame::Confirm { .. } => {
-                    link::send_error(stream, Reason::Auth, "wrong code or key");
-                    return Err(auth_failure(format!(
-                        "{peer} failed to authenticate: wrong code or key"
-                    )));
-                }
-                Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
-                other => return Err(link::unexpected(&other, "CONFIRM", peer)),
-            }
-            link::send_frame(
-                stream,
-                &Frame::Confirm {
-                    mac: keys.receiver_confirm,
-                },
-                peer,
-            )?;
-            Ok(Keys {
-                seal: Aes256Gcm::new(&keys.receiver_to_sender.into()),
-                open: Aes256Gcm::new(&keys.sender_to_receiver.into()),
-            })
-        }
+        let d = derive(&shared, &transcript.finalize().into());
+        Some(match self.role {
+            Role::Sender => Agreed {
+                keys: Keys::from_raw(d.sender_to_receiver, d.receiver_to_sender),
+                ours: d.sender_confirm,
+                theirs: d.receiver_confirm,
+            },
+            Role::Receiver => Agreed {
+                keys: Keys::from_raw(d.receiver_to_sender, d.sender_to_receiver),
+                ours: d.receiver_confirm,
+                theirs: d.sender_confirm,
+            },
+        })
+    }
+}
+
+/// What both ends agree on when SPAKE2 finishes: this connection's keys,
+/// and the confirmation values each must show before the other trusts it.
+pub struct Agreed {
+    keys: Keys,
+    ours: [u8; KEY_LEN],
+    theirs: [u8; KEY_LEN],
+}
+
+impl Agreed {
+    /// Our confirmation value, for the CONFIRM frame.
+    pub fn confirmation(&self) -> [u8; KEY_LEN] {
+        self.ours
+    }
+
+    /// Whether the peer's CONFIRM shows it derived the same keys (compared
+    /// in constant time).
+    pub fn confirms(&self, mac: &[u8; KEY_LEN]) -> bool {
+        bool::from(mac.ct_eq(&self.theirs))
+    }
+
+    pub fn into_keys(self) -> Keys {
+        self.keys
     }
 }
 
@@ -371,6 +370,11 @@ pub struct Encrypted<S: Link> {
 }
 
 impl<S: Link> Encrypted<S> {
+    /// The link beneath the records.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub fn new(inner: S, keys: Keys) -> Self {
         Encrypted {
             inner,
