@@ -28,7 +28,7 @@ use crate::protocol::{
 };
 use crate::secure::{Role, Secret};
 use crate::session::allow_for_local_work;
-use crate::session::receiver::{Judged, Next, Receiver, Rules, Verdict};
+use crate::session::receiver::{Accepted, Ending, Judged, Next, Receiver, Rules, Verdict};
 use crate::signals;
 
 /// What the receiver allows, from the command line.
@@ -104,208 +104,269 @@ fn serve_session<S: Link + ?Sized>(
     failures: &mut Vec<serde_json::Value>,
     until: Instant,
 ) -> anyhow::Result<Vec<Received>> {
-    let cap = policy.limits.max_frame;
-    let mut rules = Receiver::new(Rules {
-        max_entries: policy.limits.max_entries,
-        one_file: policy.one_file(),
-    });
-    let mut received = Vec::new();
-    let mut failure: Option<anyhow::Error> = None;
-    let mut failed = 0usize;
-    // Directory entries get their mode and mtime once their files are in.
-    let mut directories: Vec<(PathBuf, Offer)> = Vec::new();
-    let mut destination = destination::Destination::new(policy.target.clone(), policy.overwrite);
-    // Accepted files, in offer order, with where their data goes.
-    let mut pending: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
-    let mut opening = true;
-    let mut deadline = policy.idle_timeout;
-    let mut next = Next::Read;
+    let mut run = Run {
+        rules: Receiver::new(Rules {
+            max_entries: policy.limits.max_entries,
+            one_file: policy.one_file(),
+        }),
+        stream,
+        peer,
+        policy,
+        reporter,
+        failures,
+        destination: destination::Destination::new(policy.target.clone(), policy.overwrite),
+        pending: std::collections::VecDeque::new(),
+        received: Vec::new(),
+        directories: Vec::new(),
+        failure: None,
+        failed: 0,
+        deadline: policy.idle_timeout,
+    };
+    let mut next = run.first_offer(until);
     let result: anyhow::Result<()> = loop {
         next = match next {
-            Next::Read if opening => {
-                // The first offer is still part of the opening's deadline.
-                let mut bounded = link::WithDeadline::new(stream, until);
-                let first = link::next_frame_capped(&mut bounded, peer, "an offer", cap);
-                opening = false;
-                match first {
-                    Ok(Some(frame)) => {
-                        link::set_deadline(stream, policy.idle_timeout, peer)?;
-                        rules.on_frame(frame)
-                    }
-                    Ok(None) => {
-                        break Err(Failure::new(
-                            ExitCode::Network,
-                            format!("{peer} closed the connection before offering anything"),
-                        )
-                        .into());
-                    }
-                    Err(e) => {
-                        // A first record that does not open: tell the
-                        // sender why, as for any later one.
-                        if ExitCode::for_error(&e) == ExitCode::Integrity {
-                            link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
-                        }
-                        break Err(e);
-                    }
-                }
-            }
-            Next::Read => {
-                // A file accepted for resuming: the sender hashes the prefix
-                // we hold before its START; allow for that local work.
-                let wait = match pending.front() {
-                    Some(p) if p.held > 0 => allow_for_local_work(policy.idle_timeout, p.held),
-                    _ => policy.idle_timeout,
-                };
-                if wait != deadline {
-                    link::set_deadline(stream, wait, peer)?;
-                    deadline = wait;
-                }
-                match link::next_frame_capped(stream, peer, "an offer or END", cap) {
-                    Ok(Some(frame)) => rules.on_frame(frame),
-                    Ok(None) => rules.on_closed(),
-                    Err(e) => {
-                        if ExitCode::for_error(&e) == ExitCode::Integrity {
-                            link::send_error(stream, Reason::Integrity, &format!("{e:#}"));
-                        }
-                        // A file that already failed says more than the stall after it.
-                        break Err(failure.take().unwrap_or(e));
-                    }
-                }
-            }
-            Next::Judge { id, offer } => {
-                match answer_offer(stream, peer, &offer, policy, &mut destination, reporter) {
-                    Ok(Answer::Pending(p)) => {
-                        let held = p.held;
-                        pending.push_back(*p);
-                        rules.judged(id, Judged::Accepted { held })
-                    }
-                    Ok(Answer::Done(file)) => {
-                        if file.is_dir {
-                            directories.push((file.path.clone(), offer.clone()));
-                        }
-                        received.push(file);
-                        rules.judged(id, Judged::Done)
-                    }
-                    Ok(Answer::Refused(e)) => {
-                        note_failure(reporter, failures, &offer.name, &e);
-                        failed += 1;
-                        failure.get_or_insert(e);
-                        rules.judged(id, Judged::Refused)
-                    }
-                    Err(e) => {
-                        note_failure(reporter, failures, &offer.name, &e);
-                        break Err(e);
-                    }
-                }
-            }
-            Next::Refuse {
+            Ok(Next::Read) => run.read(),
+            Ok(Next::Judge { id, offer }) => run.judge(id, &offer),
+            Ok(Next::Refuse {
                 name,
                 reason,
                 message,
                 ..
-            } => {
-                let e = refuse(stream, peer, reason, message);
-                note_failure(reporter, failures, &name, &e);
-                failed += 1;
-                failure.get_or_insert(e);
-                Next::Read
+            }) => {
+                let e = refuse(run.stream, peer, reason, message);
+                run.entry_failed(&name, e);
+                Ok(Next::Read)
             }
-            Next::Receive { file, start } => {
-                let next_file = pending
-                    .pop_front()
-                    .expect("the rules hand out accepted files in order");
-                debug_assert_eq!(next_file.offer.name, file.name);
-                let max_size = policy.limits.max_size;
-                match receive_pending(
-                    stream, peer, next_file, start, max_size, reporter, &mut rules,
-                ) {
-                    Ok(Ok(file)) => {
-                        received.push(file);
-                        rules.settled()
-                    }
-                    Ok(Err(e)) => {
-                        note_failure(reporter, failures, &file.name, &e);
-                        failed += 1;
-                        failure.get_or_insert(e);
-                        rules.settled()
-                    }
-                    Err(e) => {
-                        note_failure(reporter, failures, &file.name, &e);
-                        rules.settled();
-                        break Err(e);
-                    }
-                }
+            Ok(Next::Receive { file, start }) => run.receive(&file, start),
+            Ok(Next::Violation { reason, message }) => {
+                link::send_error(run.stream, reason, &message);
+                let code = ExitCode::for_peer_reason(reason);
+                break Err(Failure::new(code, format!("{peer}: {message}")).into());
             }
-            Next::Violation { reason, message } => {
-                link::send_error(stream, reason, &message);
-                break Err(Failure::new(
-                    ExitCode::for_peer_reason(reason),
-                    format!("{peer}: {message}"),
-                )
-                .into());
-            }
-            Next::PeerAborted(e) => break Err(link::peer_aborted(&e, peer)),
-            Next::Over(ending) if ending.complete() => break Ok(()),
-            Next::Over(ending) => {
-                let how = if ending.said_end {
-                    "ended the session"
-                } else {
-                    "closed the connection"
-                };
-                for file in &ending.unfinished {
-                    let e = Failure::new(
-                        ExitCode::Network,
-                        format!(
-                            "{peer} {how} before sending '{}', which was accepted",
-                            shown(&file.name)
-                        ),
-                    )
-                    .into();
-                    note_failure(reporter, failures, &file.name, &e);
-                    failed += 1;
-                    failure.get_or_insert(e);
-                }
+            Ok(Next::PeerAborted(e)) => break Err(link::peer_aborted(&e, peer)),
+            Ok(Next::Over(ending)) => {
+                run.ended(&ending);
                 break Ok(());
             }
+            Err(e) => break Err(e),
         };
     };
-    // Accepted files the session ended without are failures too, listed in
-    // the summary: a broken session is never silent about what it lost.
-    if result.is_err() {
-        for file in rules.abandon().unfinished {
+    run.finish(result)
+}
+
+/// One receiving session in progress: the rules, the link, the
+/// destination, and what became of each entry so far.
+struct Run<'a, S: Link + ?Sized> {
+    rules: Receiver,
+    stream: &'a mut S,
+    peer: &'a str,
+    policy: &'a Policy,
+    reporter: &'a Reporter,
+    /// Every entry that failed, for the summary.
+    failures: &'a mut Vec<serde_json::Value>,
+    destination: destination::Destination,
+    /// Accepted files, in offer order, with where their data goes.
+    pending: std::collections::VecDeque<Pending>,
+    received: Vec<Received>,
+    /// Directory entries get their mode and mtime once their files are in.
+    directories: Vec<(PathBuf, Offer)>,
+    /// The first entry that failed, and how many did.
+    failure: Option<anyhow::Error>,
+    failed: usize,
+    /// The deadline set on the link now.
+    deadline: std::time::Duration,
+}
+
+impl<S: Link + ?Sized> Run<'_, S> {
+    /// The first frame, still within the opening's deadline however slowly
+    /// it trickles in.
+    fn first_offer(&mut self, until: Instant) -> anyhow::Result<Next> {
+        let cap = self.policy.limits.max_frame;
+        let mut bounded = link::WithDeadline::new(self.stream, until);
+        match link::next_frame_capped(&mut bounded, self.peer, "an offer", cap) {
+            Ok(Some(frame)) => {
+                link::set_deadline(self.stream, self.policy.idle_timeout, self.peer)?;
+                Ok(self.rules.on_frame(frame))
+            }
+            Ok(None) => Err(Failure::new(
+                ExitCode::Network,
+                format!(
+                    "{} closed the connection before offering anything",
+                    self.peer
+                ),
+            )
+            .into()),
+            Err(e) => Err(self.read_failed(e)),
+        }
+    }
+
+    /// The next frame between entries.
+    fn read(&mut self) -> anyhow::Result<Next> {
+        // A file accepted for resuming: the sender hashes the prefix we
+        // hold before its START; allow for that local work.
+        let idle = self.policy.idle_timeout;
+        let wait = match self.pending.front() {
+            Some(p) if p.held > 0 => allow_for_local_work(idle, p.held),
+            _ => idle,
+        };
+        if wait != self.deadline {
+            link::set_deadline(self.stream, wait, self.peer)?;
+            self.deadline = wait;
+        }
+        let cap = self.policy.limits.max_frame;
+        match link::next_frame_capped(self.stream, self.peer, "an offer or END", cap) {
+            Ok(Some(frame)) => Ok(self.rules.on_frame(frame)),
+            Ok(None) => Ok(self.rules.on_closed()),
+            // A file that already failed says more than the stall after it.
+            Err(e) => Err(self.failure.take().unwrap_or(self.read_failed(e))),
+        }
+    }
+
+    /// A read that failed: a record that did not open (the first one too)
+    /// makes the sender hear why.
+    fn read_failed(&mut self, e: anyhow::Error) -> anyhow::Error {
+        if ExitCode::for_error(&e) == ExitCode::Integrity {
+            link::send_error(self.stream, Reason::Integrity, &format!("{e:#}"));
+        }
+        e
+    }
+
+    fn entry_failed(&mut self, name: &str, e: anyhow::Error) {
+        note_failure(self.reporter, self.failures, name, &e);
+        self.failed += 1;
+        self.failure.get_or_insert(e);
+    }
+
+    /// Checks an offer against the destination and answers it.
+    fn judge(&mut self, id: u64, offer: &Offer) -> anyhow::Result<Next> {
+        let answer = answer_offer(
+            self.stream,
+            self.peer,
+            offer,
+            self.policy,
+            &mut self.destination,
+            self.reporter,
+        );
+        let judged = match answer {
+            Ok(Answer::Pending(p)) => {
+                let held = p.held;
+                self.pending.push_back(*p);
+                Judged::Accepted { held }
+            }
+            Ok(Answer::Done(file)) => {
+                if file.is_dir {
+                    self.directories.push((file.path.clone(), offer.clone()));
+                }
+                self.received.push(file);
+                Judged::Done
+            }
+            Ok(Answer::Refused(e)) => {
+                self.entry_failed(&offer.name, e);
+                Judged::Refused
+            }
+            Err(e) => {
+                note_failure(self.reporter, self.failures, &offer.name, &e);
+                return Err(e);
+            }
+        };
+        Ok(self.rules.judged(id, judged))
+    }
+
+    /// Receives the data of the oldest accepted file.
+    fn receive(&mut self, file: &Accepted, start: u64) -> anyhow::Result<Next> {
+        let next_file = self
+            .pending
+            .pop_front()
+            .expect("the rules hand out accepted files in order");
+        debug_assert_eq!(next_file.offer.name, file.name);
+        let max_size = self.policy.limits.max_size;
+        let got = receive_pending(
+            self.stream,
+            self.peer,
+            next_file,
+            start,
+            max_size,
+            self.reporter,
+            &mut self.rules,
+        );
+        match got {
+            Ok(Ok(received)) => self.received.push(received),
+            Ok(Err(e)) => self.entry_failed(&file.name, e),
+            Err(e) => {
+                note_failure(self.reporter, self.failures, &file.name, &e);
+                self.rules.settled();
+                return Err(e);
+            }
+        }
+        Ok(self.rules.settled())
+    }
+
+    /// END or a close: accepted files that never came are failures.
+    fn ended(&mut self, ending: &Ending) {
+        let how = if ending.said_end {
+            "ended the session"
+        } else {
+            "closed the connection"
+        };
+        for file in &ending.unfinished {
             let e = Failure::new(
                 ExitCode::Network,
                 format!(
-                    "'{}' was accepted but not received: the session ended",
+                    "{} {how} before sending '{}', which was accepted",
+                    self.peer,
                     shown(&file.name)
                 ),
-            )
-            .into();
-            note_failure(reporter, failures, &file.name, &e);
+            );
+            self.entry_failed(&file.name, e.into());
         }
     }
-    // Deepest first, so setting a parent's mtime comes after its children.
-    directories.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
-    for (path, offer) in &directories {
-        if let Err(e) = destination.finish_directory(offer) {
-            reporter.info(|| {
-                format!(
-                    "cannot set the mode and time of '{}': {}",
-                    escape_for_terminal(&path.display().to_string()),
-                    crate::exit_codes::io_reason(&e)
+
+    /// The session's verdict, after setting the directories' modes and
+    /// times: its own failure, or partial (8) when some files failed and
+    /// others arrived, or the one failure, or every file received.
+    fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<Vec<Received>> {
+        // Accepted files the session ended without are failures too, listed
+        // in the summary: a broken session is never silent about what it lost.
+        if result.is_err() {
+            for file in self.rules.abandon().unfinished {
+                let e = Failure::new(
+                    ExitCode::Network,
+                    format!(
+                        "'{}' was accepted but not received: the session ended",
+                        shown(&file.name)
+                    ),
                 )
-            });
+                .into();
+                note_failure(self.reporter, self.failures, &file.name, &e);
+            }
         }
-    }
-    result?;
-    let done = received.iter().filter(|f| !f.is_dir).count();
-    match failure {
-        Some(e) if done > 0 => Err(anyhow::Error::new(Failure::new(
-            ExitCode::Partial,
-            format!("{failed} file(s) failed, {done} arrived verified; the first failure: {e:#}"),
-        ))),
-        Some(e) => Err(e),
-        None => Ok(received),
+        // Deepest first, so setting a parent's mtime comes after its children.
+        self.directories
+            .sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+        for (path, offer) in &self.directories {
+            if let Err(e) = self.destination.finish_directory(offer) {
+                self.reporter.info(|| {
+                    format!(
+                        "cannot set the mode and time of '{}': {}",
+                        escape_for_terminal(&path.display().to_string()),
+                        crate::exit_codes::io_reason(&e)
+                    )
+                });
+            }
+        }
+        result?;
+        let done = self.received.iter().filter(|f| !f.is_dir).count();
+        let failed = self.failed;
+        match self.failure {
+            Some(e) if done > 0 => Err(anyhow::Error::new(Failure::new(
+                ExitCode::Partial,
+                format!(
+                    "{failed} file(s) failed, {done} arrived verified; the first failure: {e:#}"
+                ),
+            ))),
+            Some(e) => Err(e),
+            None => Ok(self.received),
+        }
     }
 }
 

@@ -92,27 +92,65 @@ pub fn drive<S: Link + ?Sized>(
     progress: &Progress,
     totals: &mut Totals,
 ) -> anyhow::Result<()> {
-    let count = entries.count();
-    let mut rules = Sender::new(count);
-    let fail = |totals: &mut Totals, name: &str, e: anyhow::Error| {
-        if options.report_each {
-            report_failure(reporter, &e);
-        }
-        totals.record_failure(name, e, reporter);
+    let mut run = Run {
+        rules: Sender::new(entries.count()),
+        count: entries.count(),
+        stream,
+        peer,
+        options,
+        reporter,
+        progress,
+        totals,
+        offered: VecDeque::new(),
+        unacked: VecDeque::new(),
+        done_before: 0,
+        deadline: options.idle_timeout,
     };
-    let mut done_before = 0u64;
-    // Offered and awaiting an answer; then sent and awaiting a verdict.
-    let mut offered: VecDeque<Opened> = VecDeque::new();
-    let mut unacked: VecDeque<(Offer, InFlight)> = VecDeque::new();
-    let mut deadline = options.idle_timeout;
     loop {
-        // Keep the window full, so no entry waits a round trip.
-        while let Some(index) = rules.next_to_offer() {
+        run.fill_window(entries)?;
+        if run.rules.done() {
+            break;
+        }
+        let answer = run.next_answer()?;
+        run.act_on(answer)?;
+    }
+    // Everything is settled, each file verified or failed; a lost END
+    // changes nothing.
+    let _ = link::send_last_frame(run.stream, &Frame::End, peer);
+    Ok(())
+}
+
+/// One sending session in progress: the rules, the link, and the entries
+/// offered or sent and not yet answered.
+struct Run<'a, S: Link + ?Sized> {
+    rules: Sender,
+    count: usize,
+    stream: &'a mut S,
+    peer: &'a str,
+    options: &'a Options,
+    reporter: &'a Reporter,
+    progress: &'a Progress,
+    totals: &'a mut Totals,
+    /// Offered and awaiting an answer, oldest first.
+    offered: VecDeque<Opened>,
+    /// Sent and awaiting a verdict, oldest first.
+    unacked: VecDeque<(Offer, InFlight)>,
+    /// Bytes of the entries settled so far, for the progress bar.
+    done_before: u64,
+    /// The deadline set on the link now.
+    deadline: Duration,
+}
+
+impl<S: Link + ?Sized> Run<'_, S> {
+    /// Offers entries while the window has room, so no entry waits a
+    /// round trip.
+    fn fill_window(&mut self, entries: &mut dyn Entries) -> anyhow::Result<()> {
+        while let Some(index) = self.rules.next_to_offer() {
             let opened = match entries.open(index) {
                 Ok(opened) => opened,
                 Err(e) => {
-                    fail(totals, &entries.name(index), e);
-                    done_before += entries.size_hint(index);
+                    self.fail(&entries.name(index), e);
+                    self.done_before += entries.size_hint(index);
                     continue;
                 }
             };
@@ -123,159 +161,189 @@ pub fn drive<S: Link + ?Sized>(
                     size: opened.offer.size,
                 },
             };
-            link::send_frame(stream, &Frame::Offer(opened.offer.clone()), peer)?;
-            rules.offered(index, what);
-            offered.push_back(opened);
+            link::send_frame(self.stream, &Frame::Offer(opened.offer.clone()), self.peer)?;
+            self.rules.offered(index, what);
+            self.offered.push_back(opened);
         }
-        if rules.done() {
-            break;
-        }
+        Ok(())
+    }
+
+    /// Waits for the receiver's next answer or verdict, as the rules read
+    /// it; an answer they forbid ends the session.
+    fn next_answer(&mut self) -> anyhow::Result<Answer> {
         // The receiver may read back a partial file or hash its own copy
         // before it answers, and fsyncs a file before its verdict: allow
         // for that local work on its side.
-        let wait = offered
+        let idle = self.options.idle_timeout;
+        let wait = self
+            .offered
             .front()
-            .map(|o| allow_for_local_work(options.idle_timeout, o.offer.size))
+            .map(|o| allow_for_local_work(idle, o.offer.size))
             .into_iter()
             .chain(
-                unacked
+                self.unacked
                     .front()
-                    .map(|(_, f)| allow_for_local_work(options.idle_timeout, f.size)),
+                    .map(|(_, f)| allow_for_local_work(idle, f.size)),
             )
             .max()
-            .unwrap_or(options.idle_timeout);
-        // A syscall per change, not per frame.
-        if wait != deadline {
-            link::set_deadline(stream, wait, peer)?;
-            deadline = wait;
+            .unwrap_or(idle);
+        self.set_deadline(wait)?;
+        let frame = link::expect_frame(self.stream, self.peer, "the receiver's answers")?;
+        self.rules.on_frame(frame).map_err(|violation| {
+            link::send_error(self.stream, Reason::Protocol, &violation.0);
+            Failure::new(ExitCode::Network, format!("{}: {violation}", self.peer)).into()
+        })
+    }
+
+    /// A syscall per change, not per frame.
+    fn set_deadline(&mut self, wait: Duration) -> anyhow::Result<()> {
+        if wait != self.deadline {
+            link::set_deadline(self.stream, wait, self.peer)?;
+            self.deadline = wait;
         }
-        let frame = link::expect_frame(stream, peer, "the receiver's answers")?;
-        let answer = match rules.on_frame(frame) {
-            Ok(answer) => answer,
-            Err(violation) => {
-                link::send_error(stream, Reason::Protocol, &violation.0);
-                return Err(Failure::new(ExitCode::Network, format!("{peer}: {violation}")).into());
+        Ok(())
+    }
+
+    fn fail(&mut self, name: &str, e: anyhow::Error) {
+        if self.options.report_each {
+            report_failure(self.reporter, &e);
+        }
+        self.totals.record_failure(name, e, self.reporter);
+    }
+
+    fn act_on(&mut self, answer: Answer) -> anyhow::Result<()> {
+        if let Answer::PeerAborted(e) = &answer {
+            return Err(link::peer_aborted(e, self.peer));
+        }
+        if let Answer::Verdict { .. } = answer {
+            let (offer, in_flight) = self
+                .unacked
+                .pop_front()
+                .expect("the rules track each file sent");
+            match judge(&answer, in_flight, &offer, self.peer) {
+                Ok(sent) => self.totals.record_sent(sent, self.reporter),
+                Err(e) => self.fail(&offer.name, e),
+            }
+            return Ok(());
+        }
+        let Opened { offer, source } = self
+            .offered
+            .pop_front()
+            .expect("the rules track each offer");
+        if let (
+            Answer::Send { index, .. }
+            | Answer::DirMade { index }
+            | Answer::Unchanged { index, .. }
+            | Answer::Refused { index, .. },
+            true,
+        ) = (&answer, self.count > 1)
+        {
+            let message = format!("[{}/{}] {}", index + 1, self.count, offer.name);
+            self.progress.set_message(&message);
+        }
+        match (answer, source) {
+            (Answer::DirMade { .. }, _) => self.totals.directories += 1,
+            (Answer::Refused { refuse, .. }, source) => {
+                let what = if source.is_none() { "directory " } else { "" };
+                let e = Failure::new(
+                    ExitCode::for_peer_reason(refuse.reason),
+                    format!(
+                        "{} refused {what}'{}': {}",
+                        self.peer,
+                        escape_for_terminal(&offer.name),
+                        escape_for_terminal(&refuse.message)
+                    ),
+                )
+                .into();
+                self.fail(&offer.name, e);
+            }
+            (Answer::Unchanged { message, .. }, _) => {
+                self.reporter.event(
+                    "file-skipped",
+                    || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
+                );
+                let sent = Sent {
+                    name: offer.name.clone(),
+                    size: offer.size,
+                    bytes: 0,
+                    resumed_at: 0,
+                    sha256: offer.sha256.unwrap_or([0; 32]),
+                    seconds: 0.0,
+                    skipped: true,
+                };
+                self.totals.record_sent(sent, self.reporter);
+            }
+            (
+                Answer::Send {
+                    index,
+                    offset,
+                    prefix,
+                },
+                Some((source, source_name)),
+            ) => self.send_file(index, &offer, (offset, prefix), source, &source_name)?,
+            (answer, _) => unreachable!("the rules never ask this: {answer:?}"),
+        }
+        self.done_before += offer.size;
+        self.progress.set(self.done_before);
+        Ok(())
+    }
+
+    /// Sends an accepted file: START where the data begins (after the
+    /// receiver's prefix, if it is really the start of this file), the
+    /// data and the TRAILER; its verdict comes later.
+    fn send_file(
+        &mut self,
+        index: usize,
+        offer: &Offer,
+        (offset, prefix): (u64, Digest),
+        mut source: Box<dyn Source>,
+        source_name: &str,
+    ) -> anyhow::Result<()> {
+        let cannot_read =
+            |e: std::io::Error| Failure::local(format!("cannot read '{source_name}'"), &e);
+        let resumed = if offset > 0 && self.options.resume {
+            prefix_matches(&mut *source, offset, &prefix).map_err(cannot_read)?
+        } else {
+            None
+        };
+        let (start, hasher) = match resumed {
+            Some(hasher) => (offset, hasher),
+            None => {
+                if offset > 0 {
+                    source.seek_to(0).map_err(cannot_read)?;
+                }
+                (0, Sha256::new())
             }
         };
-        match answer {
-            Answer::PeerAborted(e) => return Err(link::peer_aborted(&e, peer)),
-            Answer::Verdict { .. } => {
-                let (offer, in_flight) =
-                    unacked.pop_front().expect("the rules track each file sent");
-                match judge(&answer, in_flight, &offer, peer) {
-                    Ok(sent) => totals.record_sent(sent, reporter),
-                    Err(e) => fail(totals, &offer.name, e),
-                }
-            }
-            Answer::DirMade { index }
-            | Answer::Unchanged { index, .. }
-            | Answer::Refused { index, .. }
-            | Answer::Send { index, .. } => {
-                let Opened { offer, source } =
-                    offered.pop_front().expect("the rules track each offer");
-                if count > 1 {
-                    progress.set_message(&format!("[{}/{count}] {}", index + 1, offer.name));
-                }
-                let shown = escape_for_terminal(&offer.name);
-                match (answer, source) {
-                    (Answer::DirMade { .. }, _) => totals.directories += 1,
-                    (Answer::Refused { refuse, .. }, source) => {
-                        let what = if source.is_none() { "directory " } else { "" };
-                        let e = Failure::new(
-                            ExitCode::for_peer_reason(refuse.reason),
-                            format!(
-                                "{peer} refused {what}'{shown}': {}",
-                                escape_for_terminal(&refuse.message)
-                            ),
-                        )
-                        .into();
-                        fail(totals, &offer.name, e);
-                    }
-                    (Answer::Unchanged { message, .. }, _) => {
-                        reporter.event(
-                            "file-skipped",
-                            || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
-                        );
-                        totals.record_sent(
-                            Sent {
-                                name: offer.name.clone(),
-                                size: offer.size,
-                                bytes: 0,
-                                resumed_at: 0,
-                                sha256: offer.sha256.unwrap_or([0; 32]),
-                                seconds: 0.0,
-                                skipped: true,
-                            },
-                            reporter,
-                        );
-                    }
-                    (Answer::Send { offset, prefix, .. }, Some((mut source, source_name))) => {
-                        let (start, hasher) = if offset > 0 && options.resume {
-                            // Continue after the receiver's prefix only if it
-                            // is really the start of this file.
-                            let resumed =
-                                prefix_matches(&mut *source, offset, &prefix).map_err(|e| {
-                                    Failure::local(format!("cannot read '{source_name}'"), &e)
-                                })?;
-                            match resumed {
-                                Some(hasher) => (offset, hasher),
-                                None => (0, Sha256::new()),
-                            }
-                        } else {
-                            (0, Sha256::new())
-                        };
-                        if offset > 0 && start == 0 {
-                            source.seek_to(0).map_err(|e| {
-                                Failure::local(format!("cannot read '{source_name}'"), &e)
-                            })?;
-                        }
-                        // Every accepted file's data follows a START saying
-                        // where it begins.
-                        link::send_frame(stream, &Frame::Start { offset: start }, peer)?;
-                        if start > 0 {
-                            reporter.info(|| {
-                                format!(
-                                    "resuming '{shown}' at {} of {}",
-                                    crate::units::human_bytes(start),
-                                    crate::units::human_bytes(offer.size)
-                                )
-                            });
-                        }
-                        if deadline != options.idle_timeout {
-                            link::set_deadline(stream, options.idle_timeout, peer)?;
-                            deadline = options.idle_timeout;
-                        }
-                        let base = done_before;
-                        let in_flight = send_data(
-                            stream,
-                            peer,
-                            &mut *source,
-                            &source_name,
-                            &offer,
-                            start,
-                            hasher,
-                            &|n| progress.set(base + n),
-                            reporter,
-                        )?;
-                        rules.data_sent(index);
-                        unacked.push_back((offer.clone(), in_flight));
-                    }
-                    (answer, None) => {
-                        unreachable!("the rules never ask to send a directory: {answer:?}")
-                    }
-                    (Answer::Verdict { .. } | Answer::PeerAborted(_), _) => {
-                        unreachable!("handled above")
-                    }
-                }
-                done_before += offer.size;
-                progress.set(done_before);
-            }
+        link::send_frame(self.stream, &Frame::Start { offset: start }, self.peer)?;
+        if start > 0 {
+            self.reporter.info(|| {
+                format!(
+                    "resuming '{}' at {} of {}",
+                    escape_for_terminal(&offer.name),
+                    crate::units::human_bytes(start),
+                    crate::units::human_bytes(offer.size)
+                )
+            });
         }
+        self.set_deadline(self.options.idle_timeout)?;
+        let base = self.done_before;
+        let progress = self.progress;
+        let in_flight = send_data(
+            self.stream,
+            self.peer,
+            &mut *source,
+            source_name,
+            offer,
+            start,
+            hasher,
+            &|n| progress.set(base + n),
+            self.reporter,
+        )?;
+        self.rules.data_sent(index);
+        self.unacked.push_back((offer.clone(), in_flight));
+        Ok(())
     }
-    // Everything is settled, each file verified or failed; a lost END
-    // changes nothing.
-    let _ = link::send_last_frame(stream, &Frame::End, peer);
-    Ok(())
 }
 
 /// The handshake, then [`drive`]: a whole session over `stream`.
