@@ -545,6 +545,100 @@ fn discard_mismatch<S: Link + ?Sized>(
     })
 }
 
+/// What [`copy_failed`] needs to say about a file's data that stopped.
+struct CutShort<'a> {
+    peer: &'a str,
+    shown: &'a str,
+    /// The file's size; `None` for a stream.
+    size: Option<u64>,
+    /// Bytes of it written when it stopped.
+    got: u64,
+    max_size: Option<u64>,
+    name: &'a str,
+}
+
+/// A file's data that stopped before its end: tells the sender why where
+/// it should hear it (ERROR), drops a partial file that cannot be resumed,
+/// and says what happened, with the exit code it deserves.
+fn copy_failed<S: Link + ?Sized>(
+    stream: &mut S,
+    output: Output,
+    e: CopyError,
+    c: &CutShort,
+) -> anyhow::Error {
+    let (peer, shown, got, max_size) = (c.peer, c.shown, c.got, c.max_size);
+    match e {
+        CopyError::Source(e) if crate::exit_codes::is_forged(&e) => {
+            link::send_error(stream, Reason::Integrity, &e.to_string());
+            let what = match output {
+                Output::Stdout => {
+                    "the data already written to standard output must be discarded".to_string()
+                }
+                Output::File(_) => format!("'{shown}' was not completed"),
+            };
+            Failure::new(ExitCode::Integrity, format!("{peer}: {e}; {what}")).into()
+        }
+        CopyError::Source(e) if e.get_ref().is_some_and(|i| i.is::<OverLimit>()) => {
+            let message = format!(
+                "the stream '{shown}' went past this receiver's --max-size ({})",
+                crate::units::human_bytes(max_size.unwrap_or(u64::MAX))
+            );
+            link::send_error(stream, Reason::TooLarge, &message);
+            let what = match output {
+                Output::Stdout => "; the data written to standard output must be discarded",
+                Output::File(_) => "",
+            };
+            Failure::new(ExitCode::Refused, format!("{peer}: {message}{what}")).into()
+        }
+        CopyError::Source(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            link::send_error(stream, Reason::Protocol, &e.to_string());
+            Failure::new(ExitCode::Network, format!("{peer}: {e}")).into()
+        }
+        CopyError::Source(e) => {
+            let of = c.size.map(|size| format!(" of {size}")).unwrap_or_default();
+            Failure::network(
+                format!("connection to {peer} lost after {got}{of} bytes of '{shown}'"),
+                &e,
+            )
+            .into()
+        }
+        CopyError::Sink(e) => {
+            let (failure, told) = match &output {
+                Output::Stdout if e.kind() == std::io::ErrorKind::BrokenPipe => (
+                    Failure::new(
+                        ExitCode::LocalFile,
+                        format!(
+                            "stdout was closed after {got} bytes of '{shown}'; the transfer was abandoned"
+                        ),
+                    ),
+                    "the receiver's output was closed".to_string(),
+                ),
+                Output::Stdout => (
+                    Failure::local("cannot write to stdout", &e),
+                    format!(
+                        "receiver cannot write its output: {}",
+                        crate::exit_codes::io_reason(&e)
+                    ),
+                ),
+                Output::File(p) => (
+                    Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e),
+                    format!(
+                        "receiver cannot store '{}': {}",
+                        c.name,
+                        crate::exit_codes::io_reason(&e)
+                    ),
+                ),
+            };
+            link::send_error(stream, Reason::LocalIo, &told);
+            // A partial that cannot be written to cannot be resumed either.
+            if let Output::File(p) = output {
+                p.discard();
+            }
+            failure.into()
+        }
+    }
+}
+
 /// An accepted file whose data has not arrived yet (the sender may offer
 /// several files before sending the first one's data).
 struct Pending {
@@ -767,82 +861,48 @@ fn receive_pending<S: Link + ?Sized>(
         })
     };
     drop(progress);
-    let got = done.load(Ordering::Relaxed);
     let (size, digest) = match copied {
         Ok(d) => d,
-        Err(CopyError::Source(e)) if crate::exit_codes::is_forged(&e) => {
-            link::send_error(stream, Reason::Integrity, &e.to_string());
-            let what = match output {
-                Output::Stdout => {
-                    "the data already written to standard output must be discarded".to_string()
-                }
-                Output::File(_) => format!("'{shown}' was not completed"),
+        Err(e) => {
+            let context = CutShort {
+                peer,
+                shown: &shown,
+                size: (!streamed).then_some(offer.size),
+                got: done.load(Ordering::Relaxed),
+                max_size,
+                name: &offer.name,
             };
-            return Err(Failure::new(ExitCode::Integrity, format!("{peer}: {e}; {what}")).into());
-        }
-        Err(CopyError::Source(e)) if e.get_ref().is_some_and(|i| i.is::<OverLimit>()) => {
-            let message = format!(
-                "the stream '{shown}' went past this receiver's --max-size ({})",
-                crate::units::human_bytes(max_size.unwrap_or(u64::MAX))
-            );
-            link::send_error(stream, Reason::TooLarge, &message);
-            let what = match output {
-                Output::Stdout => "; the data written to standard output must be discarded",
-                Output::File(_) => "",
-            };
-            return Err(Failure::new(ExitCode::Refused, format!("{peer}: {message}{what}")).into());
-        }
-        Err(CopyError::Source(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-            link::send_error(stream, Reason::Protocol, &e.to_string());
-            return Err(Failure::new(ExitCode::Network, format!("{peer}: {e}")).into());
-        }
-        Err(CopyError::Source(e)) => {
-            let of = if streamed {
-                String::new()
-            } else {
-                format!(" of {}", offer.size)
-            };
-            return Err(anyhow::Error::new(Failure::network(
-                format!("connection to {peer} lost after {got}{of} bytes of '{shown}'"),
-                &e,
-            )));
-        }
-        Err(CopyError::Sink(e)) => {
-            let (failure, told) = match &output {
-                Output::Stdout if e.kind() == std::io::ErrorKind::BrokenPipe => (
-                    Failure::new(
-                        ExitCode::LocalFile,
-                        format!(
-                            "stdout was closed after {got} bytes of '{shown}'; the transfer was abandoned"
-                        ),
-                    ),
-                    "the receiver's output was closed".to_string(),
-                ),
-                Output::Stdout => (
-                    Failure::local("cannot write to stdout", &e),
-                    format!(
-                        "receiver cannot write its output: {}",
-                        crate::exit_codes::io_reason(&e)
-                    ),
-                ),
-                Output::File(p) => (
-                    Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e),
-                    format!(
-                        "receiver cannot store '{}': {}",
-                        offer.name,
-                        crate::exit_codes::io_reason(&e)
-                    ),
-                ),
-            };
-            link::send_error(stream, Reason::LocalIo, &told);
-            // A partial that cannot be written to cannot be resumed either.
-            if let Output::File(p) = output {
-                p.discard();
-            }
-            return Err(failure.into());
+            return Err(copy_failed(stream, output, e, &context));
         }
     };
 
+    settle(
+        stream,
+        peer,
+        rules,
+        offer,
+        output,
+        (size, digest),
+        started,
+        reporter,
+    )
+}
+
+/// After a file's data: reads its TRAILER, asks the rules for the
+/// verdict, and keeps the file (fsync, rename, ACK ok) or discards it (ACK
+/// mismatch); says what became of it.
+#[allow(clippy::too_many_arguments)]
+fn settle<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    rules: &mut Receiver,
+    offer: &Offer,
+    output: Output,
+    (size, digest): (u64, Digest),
+    started: Instant,
+    reporter: &Reporter,
+) -> anyhow::Result<anyhow::Result<Received>> {
+    let shown = shown(&offer.name);
     let trailer = match link::expect_frame(stream, peer, "the trailer")? {
         Frame::Trailer(t) => t,
         Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
