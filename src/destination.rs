@@ -166,92 +166,17 @@ impl Destination {
     /// the file already there, or says why it must be refused. Nothing is
     /// written when this fails (but for directories on the way).
     pub fn prepare(&mut self, offer: &Offer) -> Result<Prepared, Refusal> {
-        let is_path = offer.flags & (FLAG_PATH | FLAG_DIR) != 0;
-        let (dir, final_name, final_path) = match &self.target {
-            Target::Dir(root) => {
-                let root = root.clone();
-                let components = if is_path {
-                    crate::names::validate_path(&offer.name)
-                        .map_err(|e| bad_name(&offer.name, e))?
-                } else {
-                    validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
-                    vec![offer.name.as_str()]
-                };
-                self.seen
-                    .check(&components, offer.flags & FLAG_DIR != 0)
-                    .map_err(|e| bad_name(&offer.name, e))?;
-                let final_path: PathBuf = std::iter::once(root.as_os_str())
-                    .chain(components.iter().map(OsStr::new))
-                    .collect();
-                if offer.flags & FLAG_DIR != 0 {
-                    self.open_dir(&components, true)?;
-                    return Ok(Prepared::Directory(final_path));
-                }
-                let (last, parents) = components.split_last().expect("never empty");
-                let dir = self.open_dir(parents, true)?;
-                (dir, OsString::from(last), final_path)
-            }
-            Target::Output(_) | Target::Stdout if is_path => {
-                return Err(Refusal::new(
-                    Reason::Unsupported,
-                    "this receiver takes exactly one file, not directories or paths",
-                ));
-            }
-            Target::Output(path) => {
-                validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
-                let path = path.clone();
-                let dir = self.output_dir(&path)?;
-                let name = path.file_name().map(OsString::from).ok_or_else(|| {
-                    Refusal::new(
-                        Reason::LocalIo,
-                        format!("'{}' does not name a file", path.display()),
-                    )
-                })?;
-                (dir, name, path)
-            }
-            Target::Stdout => {
-                return Err(Refusal::new(
-                    Reason::LocalIo,
-                    "standard output is not a place for files",
-                ));
-            }
+        let (dir, final_name, final_path) = match self.place(offer)? {
+            Placed::File(dir, name, path) => (dir, name, path),
+            Placed::Directory(path) => return Ok(Prepared::Directory(path)),
         };
         // Built only for a message: this runs once per file.
         let shown_final = || escape_for_terminal(&final_path.display().to_string());
         let dir_path = parent_dir(&final_path);
         let shown_dir = || escape_for_terminal(&dir_path.display().to_string());
 
-        match rfs::statat(&*dir, &final_name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                return Err(Refusal::new(
-                    Reason::Exists,
-                    format!("'{}' exists and is a directory", shown_final()),
-                ));
-            }
-            Ok(st)
-                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && offer.flags & FLAG_STREAM == 0
-                    && unchanged(&dir, &final_name, &st, offer) =>
-            {
-                return Ok(Prepared::Unchanged(final_path));
-            }
-            Ok(_) if !self.overwrite => {
-                return Err(Refusal::new(
-                    Reason::Exists,
-                    format!(
-                        "'{}' already exists (the receiver can allow --overwrite)",
-                        shown_final()
-                    ),
-                ));
-            }
-            Ok(_) => {}
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => {
-                return Err(Refusal::new(
-                    Reason::LocalIo,
-                    format!("cannot check '{}': {}", shown_final(), io_reason(&e.into())),
-                ));
-            }
+        if existing(&dir, &final_name, offer, self.overwrite, &shown_final)? {
+            return Ok(Prepared::Unchanged(final_path));
         }
 
         let cannot_create = |e: &io::Error| {
@@ -326,6 +251,58 @@ impl Destination {
                 })
             })?;
         Ok(Prepared::Receive(partial))
+    }
+
+    /// Where `offer` would land: its directory (opened, and made if
+    /// missing), final name and path; or for a directory entry, the
+    /// directory itself, made. Names are judged here.
+    fn place(&mut self, offer: &Offer) -> Result<Placed, Refusal> {
+        let is_path = offer.flags & (FLAG_PATH | FLAG_DIR) != 0;
+        match &self.target {
+            Target::Dir(root) => {
+                let root = root.clone();
+                let components = if is_path {
+                    crate::names::validate_path(&offer.name)
+                        .map_err(|e| bad_name(&offer.name, e))?
+                } else {
+                    validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+                    vec![offer.name.as_str()]
+                };
+                self.seen
+                    .check(&components, offer.flags & FLAG_DIR != 0)
+                    .map_err(|e| bad_name(&offer.name, e))?;
+                let final_path: PathBuf = std::iter::once(root.as_os_str())
+                    .chain(components.iter().map(OsStr::new))
+                    .collect();
+                if offer.flags & FLAG_DIR != 0 {
+                    self.open_dir(&components, true)?;
+                    return Ok(Placed::Directory(final_path));
+                }
+                let (last, parents) = components.split_last().expect("never empty");
+                let dir = self.open_dir(parents, true)?;
+                Ok(Placed::File(dir, OsString::from(last), final_path))
+            }
+            Target::Output(_) | Target::Stdout if is_path => Err(Refusal::new(
+                Reason::Unsupported,
+                "this receiver takes exactly one file, not directories or paths",
+            )),
+            Target::Output(path) => {
+                validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+                let path = path.clone();
+                let dir = self.output_dir(&path)?;
+                let name = path.file_name().map(OsString::from).ok_or_else(|| {
+                    Refusal::new(
+                        Reason::LocalIo,
+                        format!("'{}' does not name a file", path.display()),
+                    )
+                })?;
+                Ok(Placed::File(dir, name, path))
+            }
+            Target::Stdout => Err(Refusal::new(
+                Reason::LocalIo,
+                "standard output is not a place for files",
+            )),
+        }
     }
 
     /// Applies a directory entry's permission bits (through the umask) and
@@ -452,6 +429,59 @@ impl Destination {
         self.space = Some((free - need, Instant::now()));
         Ok(())
     }
+}
+
+/// What is already at the final name: nothing (or something overwriting
+/// may replace), `Ok(false)`; the very file offered, `Ok(true)`; or why the
+/// offer must be refused.
+fn existing(
+    dir: &DirFd,
+    final_name: &OsStr,
+    offer: &Offer,
+    overwrite: bool,
+    shown_final: &dyn Fn() -> String,
+) -> Result<bool, Refusal> {
+    match rfs::statat(&**dir, final_name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            return Err(Refusal::new(
+                Reason::Exists,
+                format!("'{}' exists and is a directory", shown_final()),
+            ));
+        }
+        Ok(st)
+            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && offer.flags & FLAG_STREAM == 0
+                && unchanged(dir, final_name, &st, offer) =>
+        {
+            return Ok(true);
+        }
+        Ok(_) if !overwrite => {
+            return Err(Refusal::new(
+                Reason::Exists,
+                format!(
+                    "'{}' already exists (the receiver can allow --overwrite)",
+                    shown_final()
+                ),
+            ));
+        }
+        Ok(_) => {}
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => {
+            return Err(Refusal::new(
+                Reason::LocalIo,
+                format!("cannot check '{}': {}", shown_final(), io_reason(&e.into())),
+            ));
+        }
+    }
+    Ok(false)
+}
+
+/// Where an offer lands.
+enum Placed {
+    /// A file: its directory, final name and final path.
+    File(DirFd, OsString, PathBuf),
+    /// A directory entry: the directory, now there.
+    Directory(PathBuf),
 }
 
 /// Opens (or with `create` makes) the directory `name` inside `parent`,
