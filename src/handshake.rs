@@ -297,8 +297,68 @@ pub fn exchange<S: Link + ?Sized>(
     secret: &Secret,
     role: Role,
 ) -> anyhow::Result<Option<Keys>> {
+    #[cfg(debug_assertions)]
+    if let Some(seed) = recording_seed() {
+        return drive(
+            stream,
+            Opening::with_rng(role, secret, peer, SeededRng::new(seed)),
+        );
+    }
     drive(stream, Opening::new(role, secret, peer))
 }
+
+/// Debug builds only: `XFER_TEST_SPAKE_SEED=N` (0–255) makes SPAKE2's
+/// randomness repeatable, so fixtures/sessions can hold encrypted sessions
+/// captured between the real binaries and the tests can derive their keys
+/// again. Release builds never look at it.
+#[cfg(debug_assertions)]
+fn recording_seed() -> Option<u8> {
+    std::env::var("XFER_TEST_SPAKE_SEED").ok()?.parse().ok()
+}
+
+/// A repeatable stand-in for the operating system's randomness: SHA-256 of
+/// a seed byte and a counter. For tests and recording fixtures only; never
+/// used by a release build.
+#[doc(hidden)]
+pub struct SeededRng {
+    seed: u8,
+    counter: u64,
+}
+
+impl SeededRng {
+    pub fn new(seed: u8) -> Self {
+        SeededRng { seed, counter: 0 }
+    }
+}
+
+impl rand_core::RngCore for SeededRng {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        use sha2::Digest as _;
+        for chunk in dest.chunks_mut(32) {
+            let mut h = sha2::Sha256::new();
+            h.update([self.seed]);
+            h.update(self.counter.to_be_bytes());
+            self.counter += 1;
+            let block: [u8; 32] = h.finalize().into();
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for SeededRng {}
 
 /// [`exchange`] with an [`Opening`] made by the caller (one with injected
 /// randomness, in tests).

@@ -2841,38 +2841,6 @@ fn a_read_only_destination_refuses_files_with_a_reason() {
     assert!(entries(&env.dst()).is_empty());
 }
 
-/// A repeatable generator for SPAKE2's randomness in tests: SHA-256 of a
-/// seed and a counter. Never used outside tests.
-struct SeededRng {
-    seed: u8,
-    counter: u64,
-}
-
-impl rand_core::RngCore for SeededRng {
-    fn next_u32(&mut self) -> u32 {
-        rand_core::impls::next_u32_via_fill(self)
-    }
-    fn next_u64(&mut self) -> u64 {
-        rand_core::impls::next_u64_via_fill(self)
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(32) {
-            let mut h = sha2::Sha256::new();
-            h.update([self.seed]);
-            h.update(self.counter.to_be_bytes());
-            self.counter += 1;
-            let block: [u8; 32] = h.finalize().into();
-            chunk.copy_from_slice(&block[..chunk.len()]);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl rand_core::CryptoRng for SeededRng {}
-
 /// Runs two [`Opening`]s against each other in memory (no I/O at all):
 /// what each sent, and each one's outcome.
 #[allow(clippy::type_complexity)]
@@ -2886,7 +2854,7 @@ fn open_in_memory(
     anyhow::Result<Option<xfer::secure::Keys>>,
 ) {
     use xfer::handshake::Opening;
-    let rng = |seed| SeededRng { seed, counter: 0 };
+    let rng = xfer::handshake::SeededRng::new;
     let mut sides = [
         Opening::with_rng(Role::Sender, sender_secret, "receiver", rng(1)),
         Opening::with_rng(Role::Receiver, receiver_secret, "sender", rng(2)),
@@ -3006,62 +2974,68 @@ fn open_all(keys: &mut xfer::secure::Keys, sealed: &[u8]) -> std::io::Result<Vec
     Ok(plain)
 }
 
-/// The encrypted form of the recorded plain-tree session: the handshake of
-/// two Openings with seeded randomness and the test key, then the
-/// recorded frames and data sealed as records. Made again on every run and
-/// compared byte for byte with fixtures/sessions/encrypted-tree.*, so any
-/// change to the handshake or the record layer shows; then opened with the
-/// receiver's keys and replayed against the receiver's session rules.
-/// (XFER_WRITE_FIXTURES=1 writes the files instead of comparing.)
-#[test]
-fn the_recorded_encrypted_session_is_repeatable_and_replays() {
-    let read = |name: &str| fs::read(fixture("sessions").join(name)).unwrap();
-    let plain_up = read("plain-tree.to-receiver.bin")[8..].to_vec();
-    let plain_down = read("plain-tree.to-sender.bin")[8..].to_vec();
-    let secret = test_secret();
-    let (mut to_receiver, mut to_sender, s, r) = open_in_memory(&secret, &secret);
-    let (mut s, mut r) = (s.unwrap().unwrap(), r.unwrap().unwrap());
-    let handshake_up = to_receiver.len();
-    to_receiver.extend(seal_all(&mut s, &plain_up));
-    // The same handshake again gives the same keys, for the other direction.
-    let (_, _, s2, r2) = open_in_memory(&secret, &secret);
-    let (mut s2, mut r2) = (s2.unwrap().unwrap(), r2.unwrap().unwrap());
-    to_sender.extend(seal_all(&mut r2, &plain_down));
-    let files = [
-        ("encrypted-tree.to-receiver.bin", &to_receiver),
-        ("encrypted-tree.to-sender.bin", &to_sender),
-    ];
-    for (name, bytes) in files {
-        let path = fixture("sessions").join(name);
-        if std::env::var_os("XFER_WRITE_FIXTURES").is_some() {
-            fs::write(&path, bytes).unwrap();
+/// One side's opening replayed against what its peer sent on a recorded
+/// connection: the keys, how many of `incoming`'s bytes the handshake took,
+/// and what this side sent meanwhile.
+fn replay_opening(role: Role, seed: u8, incoming: &[u8]) -> (xfer::secure::Keys, usize, Vec<u8>) {
+    let peer = "recorded peer";
+    let rng = xfer::handshake::SeededRng::new(seed);
+    let mut opening = xfer::handshake::Opening::with_rng(role, &test_secret(), peer, rng);
+    let (mut taken, mut sent) = (0, Vec::new());
+    loop {
+        sent.extend(opening.take_output());
+        if let Some(keys) = opening.finished() {
+            return (keys.expect("an encrypted session"), taken, sent);
         }
-        assert!(
-            fs::read(&path).unwrap() == *bytes,
-            "{name} differs from what the handshake and records give now"
-        );
+        let need = opening.needed();
+        opening.feed(&incoming[taken..taken + need]).unwrap();
+        taken += need;
     }
-    // No plaintext on the wire; the receiver's keys open what was sealed.
-    assert!(!to_receiver.windows(5).any(|w| w == b"a.txt"));
-    let opened = open_all(&mut r, &to_receiver[handshake_up..]).unwrap();
-    assert_eq!(opened, plain_up);
-    let mut wire = read("plain-tree.to-receiver.bin")[..8].to_vec();
-    wire.extend(opened);
+}
+
+/// fixtures/sessions/encrypted-tree: the plain-tree session again, with a
+/// key file, captured between the real (debug) binaries with
+/// XFER_TEST_SPAKE_SEED fixing SPAKE2's randomness. Each side's handshake
+/// is replayed from the other's recorded bytes: it must send exactly what
+/// was recorded (so the handshake on the wire has not changed) and derive
+/// the keys that open the rest, which replays against the receiver's
+/// session rules.
+#[test]
+fn the_recorded_encrypted_session_replays_from_the_wire() {
+    let read = |name: &str| fs::read(fixture("sessions").join(name)).unwrap();
+    let up = read("encrypted-tree.to-receiver.bin");
+    let down = read("encrypted-tree.to-sender.bin");
+    assert!(!up.windows(5).any(|w| w == b"a.txt"), "a name in the clear");
+    // The receiver (seed 2) against the sender's bytes, and back.
+    let (mut receiver_keys, up_handshake, receiver_sent) = replay_opening(Role::Receiver, 2, &up);
+    assert_eq!(
+        receiver_sent,
+        down[..receiver_sent.len()],
+        "the receiver's handshake changed"
+    );
+    let (mut sender_keys, down_handshake, sender_sent) = replay_opening(Role::Sender, 1, &down);
+    assert_eq!(
+        sender_sent,
+        up[..up_handshake],
+        "the sender's handshake changed"
+    );
+    assert_eq!(down_handshake, receiver_sent.len());
+    // What the sender sent after the handshake opens with the receiver's keys.
+    let plain_up = open_all(&mut receiver_keys, &up[up_handshake..]).unwrap();
+    let mut wire = Preamble::ours(Transport::Key).encode().to_vec();
+    wire.extend(&plain_up);
     let (verdicts, end) = replay(&wire);
     assert_eq!(verdicts.len(), 3);
     assert_eq!(end, "complete");
-    assert_eq!(
-        open_all(
-            &mut s2,
-            &to_sender[to_sender.len() - seal_len(&plain_down)..]
-        )
-        .unwrap(),
-        plain_down
-    );
-}
-
-/// Bytes that `plain` takes on the wire as records of up to 64 KiB.
-fn seal_len(plain: &[u8]) -> usize {
-    let records = plain.len().div_ceil(64 * 1024).max(1);
-    plain.len() + records * (4 + 16)
+    // And the receiver's answers with the sender's: three ACKs, all ok.
+    let plain_down = open_all(&mut sender_keys, &down[down_handshake..]).unwrap();
+    let mut answers = &plain_down[..];
+    let mut acks = 0;
+    while let Ok(frame) = protocol::read_frame(&mut answers) {
+        if let Frame::Ack(ack) = frame {
+            assert_eq!(ack.status, protocol::AckStatus::Ok);
+            acks += 1;
+        }
+    }
+    assert_eq!(acks, 3);
 }
