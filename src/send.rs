@@ -329,6 +329,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         self.set_deadline(self.options.idle_timeout)?;
         let base = self.done_before;
         let progress = self.progress;
+        let before = source.identity();
         let in_flight = send_data(
             self.stream,
             self.peer,
@@ -340,6 +341,19 @@ impl<S: Link + ?Sized> Run<'_, S> {
             &|n| progress.set(base + n),
             self.reporter,
         )?;
+        // The snapshot taken when the file was listed and opened, checked
+        // again now that it was read: a file written meanwhile may have
+        // sent a mix of old and new content, verified as sent.
+        if let (Some(before), Some(after)) = (before, source.identity()) {
+            if changed_while_read(offer, &before, &after) {
+                let name = escape_for_terminal(&offer.name);
+                crate::output::warning_line(&format!(
+                    "'{name}' changed while it was read; the receiver verified what was read, which may mix old and new content"
+                ));
+                self.reporter
+                    .event("file-changed", || json!({ "name": offer.name }));
+            }
+        }
         self.rules.data_sent(index);
         self.unacked.push_back((offer.clone(), in_flight));
         Ok(())
@@ -566,12 +580,32 @@ pub trait Source: Read + Send {
     /// Positions the next read at `offset`; `Ok(false)` when this source
     /// cannot (a pipe), so resuming is not possible.
     fn seek_to(&mut self, offset: u64) -> std::io::Result<bool>;
+
+    /// The file's identity now, for a source that is a file.
+    fn identity(&self) -> Option<Identity> {
+        None
+    }
 }
 
 impl Source for File {
     fn seek_to(&mut self, offset: u64) -> std::io::Result<bool> {
         std::io::Seek::seek(self, std::io::SeekFrom::Start(offset)).map(|_| true)
     }
+
+    fn identity(&self) -> Option<Identity> {
+        rustix::fs::fstat(self).ok().map(|st| Identity::of(&st))
+    }
+}
+
+/// Whether a file changed while it was read: its identity when the read
+/// began (`before`) and when it ended (`after`) differ in size, mtime or
+/// ctime, or the end no longer matches the size and mtime offered.
+pub fn changed_while_read(offer: &Offer, before: &Identity, after: &Identity) -> bool {
+    before.size != after.size
+        || before.mtime != after.mtime
+        || before.ctime != after.ctime
+        || after.size != offer.size
+        || after.mtime != (offer.mtime_secs, offer.mtime_nanos)
 }
 
 /// Bytes in memory: a session with no file behind it (tests, generated
@@ -1152,4 +1186,42 @@ fn hash_file(file: &File, shown_path: &str) -> anyhow::Result<Digest> {
     std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(0))
         .map_err(|e| Failure::local(format!("cannot read '{shown_path}'"), &e))?;
     Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(size: u64, mtime: i64, ctime: i64) -> Identity {
+        Identity {
+            dev: 1,
+            ino: 2,
+            size,
+            mode: 0o100644,
+            mtime: (mtime, 0),
+            ctime: (ctime, 0),
+        }
+    }
+
+    #[test]
+    fn a_file_written_while_it_was_read_is_noticed() {
+        let offer = Offer {
+            flags: 0,
+            size: 10,
+            mode: 0o100644,
+            mtime_secs: 100,
+            mtime_nanos: 0,
+            name: "log".into(),
+            sha256: None,
+        };
+        let still = identity(10, 100, 100);
+        assert!(!changed_while_read(&offer, &still, &still));
+        assert!(changed_while_read(&offer, &still, &identity(12, 101, 101)));
+        // Same size and mtime, but written (ctime moves even when mtime is
+        // set back, as `touch -r` would).
+        assert!(changed_while_read(&offer, &still, &identity(10, 100, 105)));
+        // Changed between the offer and the start of the read.
+        let grown = identity(11, 100, 100);
+        assert!(changed_while_read(&offer, &grown, &grown));
+    }
 }

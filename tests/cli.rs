@@ -3039,3 +3039,30 @@ fn the_recorded_encrypted_session_replays_from_the_wire() {
     }
     assert_eq!(acks, 3);
 }
+
+/// The identity taken when a file is opened is checked again once it was
+/// read: a file that grew meanwhile is reported (a warning and a
+/// `file-changed` event); what arrived is what was read, verified.
+#[test]
+fn a_file_that_grows_while_it_is_read_is_reported() {
+    let env = TestEnv::new();
+    let file = env.random_file("growing.log", 32 * MIB, 30);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::HoldAfter(MIB as u64));
+    let sender = env.spawn_send(&file, &proxy.addr(), &["--json"]);
+    proxy.wait_forwarded(MIB as u64);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"one more line\n")
+        .unwrap();
+    proxy.release();
+    let out = collect(&mut { sender });
+    out.assert_code(0)
+        .assert_stderr_contains("changed while it was read");
+    assert!(out.events().iter().any(|e| e["event"] == "file-changed"));
+    r.finish().assert_code(0);
+    let kept = fs::read(env.dst().join("growing.log")).unwrap();
+    assert_eq!(kept.len(), 32 * MIB, "the size offered, as read");
+}
