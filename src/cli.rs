@@ -10,6 +10,32 @@ use clap::{Args, Parser, Subcommand};
 use crate::exit_codes::ExitCode;
 use crate::units::{parse_duration, parse_size};
 
+/// A yes/no environment variable, read as people write them: `1`/`0`,
+/// `yes`/`no`, `on`/`off`, `true`/`false` (any case); a bad value names
+/// the variable. (The flags themselves take no value, so a value can only
+/// come from the variable.)
+fn boolish(value: &str, variable: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "on" | "true" => Ok(true),
+        "0" | "no" | "n" | "off" | "false" | "" => Ok(false),
+        _ => Err(format!(
+            "{variable}={value:?} is not yes or no (use 1/0, yes/no, on/off or true/false)"
+        )),
+    }
+}
+
+fn env_quiet(value: &str) -> Result<bool, String> {
+    boolish(value, "XFER_QUIET")
+}
+
+fn env_json(value: &str) -> Result<bool, String> {
+    boolish(value, "XFER_JSON")
+}
+
+fn env_insecure(value: &str) -> Result<bool, String> {
+    boolish(value, "XFER_INSECURE")
+}
+
 fn after_help(examples: &str) -> String {
     format!("Examples:\n{examples}\n{}", ExitCode::table())
 }
@@ -18,7 +44,7 @@ fn main_help() -> String {
     after_help(
         "  xfer recv --port 9000                  # on the receiving machine: prints a code\n  \
            xfer send photos.tar host.example:9000 # on the sending machine: type the code\n  \
-           cargo run --release -- bench           # measure verified throughput locally\n",
+           xfer bench                             # measure verified throughput locally\n",
     )
 }
 
@@ -116,7 +142,7 @@ pub struct SecurityArgs {
 
     /// No authentication and no encryption: frames and data in plaintext,
     /// for trusted networks and comparisons. Both ends must say it.
-    #[arg(long, env = "XFER_INSECURE")]
+    #[arg(long, env = "XFER_INSECURE", value_parser = env_insecure)]
     pub insecure: bool,
 }
 
@@ -124,11 +150,11 @@ pub struct SecurityArgs {
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// Print nothing on stderr but errors; no progress bar.
-    #[arg(short, long, env = "XFER_QUIET")]
+    #[arg(short, long, env = "XFER_QUIET", value_parser = env_quiet)]
     pub quiet: bool,
 
     /// Write one JSON object per line on stdout: the events and a summary.
-    #[arg(long, env = "XFER_JSON")]
+    #[arg(long, env = "XFER_JSON", value_parser = env_json)]
     pub json: bool,
 
     /// How long to wait for the connection (send) or for the sender's
@@ -143,15 +169,14 @@ pub struct CommonArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "xfer send [OPTIONS] PATH... HOST:PORT")]
 pub struct SendArgs {
     /// Files and directories to send (directories with everything in
-    /// them), or `-` for standard input (needs --name).
-    #[arg(value_name = "PATH", required = true, num_args = 1..)]
-    pub paths: Vec<PathBuf>,
-
-    /// Where `xfer recv` listens: HOST:PORT, with IPv6 in brackets ([::1]:9000).
-    #[arg(value_name = "HOST:PORT")]
-    pub target: String,
+    /// them), or `-` for standard input (needs --name); then, last, where
+    /// `xfer recv` listens: HOST:PORT, with IPv6 in brackets ([::1]:9000).
+    /// Options may come anywhere.
+    #[arg(value_name = "PATH... HOST:PORT", required = true, num_args = 1..)]
+    pub operands: Vec<PathBuf>,
 
     /// Offer the file under this name instead of its own (required for `-`).
     #[arg(long)]
@@ -212,26 +237,15 @@ pub struct RecvArgs {
     #[arg(long)]
     pub keep_running: bool,
 
-    /// With --keep-running: how many senders are served at once; one more
-    /// gets a "busy" refusal (exit code 5 on its side).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 64,
-        env = "XFER_MAX_CONNECTIONS"
-    )]
-    pub max_connections: usize,
+    /// With --keep-running: how many senders are served at once (default
+    /// 64); one more gets a "busy" refusal (exit code 5 on its side).
+    #[arg(long, value_name = "N", env = "XFER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// With --keep-running: how many connections may be in their handshake
-    /// at once; more get a "busy" refusal, so slow or silent clients cannot
-    /// crowd out senders.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 16,
-        env = "XFER_MAX_HANDSHAKES"
-    )]
-    pub max_handshakes: usize,
+    /// at once (default 16); more get a "busy" refusal.
+    #[arg(long, value_name = "N", env = "XFER_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
 
     /// Refuse any file (or stream) larger than this, e.g. 10GiB. Free
     /// space is always checked.

@@ -87,12 +87,24 @@ pub struct BenchConfig {
 
 impl SendConfig {
     pub fn from_args(args: SendArgs) -> Result<Self, Failure> {
-        let target: net::PeerAddress = args
-            .target
-            .parse()
+        let mut paths = args.operands;
+        let target = match paths.pop() {
+            Some(last) if !paths.is_empty() => last,
+            _ => {
+                return Err(Failure::new(
+                    ExitCode::Usage,
+                    "missing HOST:PORT: give where 'xfer recv' listens after the paths \
+                     (xfer send FILE HOST:PORT)",
+                ));
+            }
+        };
+        let target: net::PeerAddress = target
+            .to_str()
+            .ok_or_else(|| "HOST:PORT is not valid text".to_string())
+            .and_then(str::parse)
             .map_err(|e: String| Failure::new(ExitCode::Usage, e))?;
-        let stdin = args.paths.iter().any(|p| p.as_os_str() == "-");
-        if stdin && args.paths.len() > 1 {
+        let stdin = paths.iter().any(|p| p.as_os_str() == "-");
+        if stdin && paths.len() > 1 {
             return Err(Failure::new(
                 ExitCode::Usage,
                 "'-' (standard input) cannot be combined with other paths",
@@ -104,14 +116,14 @@ impl SendConfig {
                 "sending standard input needs a name for it: add --name NAME",
             ));
         }
-        if args.name.is_some() && args.paths.len() > 1 {
+        if args.name.is_some() && paths.len() > 1 {
             return Err(Failure::new(
                 ExitCode::Usage,
                 "--name renames one path; several were given",
             ));
         }
         Ok(SendConfig {
-            paths: args.paths,
+            paths,
             name: args.name,
             target,
             resume: !args.no_resume,
@@ -158,6 +170,32 @@ impl SendConfig {
     }
 }
 
+/// A `--keep-running` setting: at least 1; given (flag or variable)
+/// without `--keep-running`, it changes nothing, which a warning says.
+fn server_only(
+    given: Option<usize>,
+    default: usize,
+    flag: &str,
+    keep_running: bool,
+    quiet: bool,
+) -> Result<usize, Failure> {
+    match given {
+        Some(0) => Err(Failure::new(
+            ExitCode::Usage,
+            format!("{flag} must be at least 1"),
+        )),
+        Some(n) => {
+            if !keep_running && !quiet {
+                crate::output::warning_line(&format!(
+                    "{flag} only applies with --keep-running; ignored"
+                ));
+            }
+            Ok(n)
+        }
+        None => Ok(default),
+    }
+}
+
 impl RecvConfig {
     pub fn from_args(args: RecvArgs) -> Result<Self, Failure> {
         let target = match args.output {
@@ -190,27 +228,31 @@ impl RecvConfig {
             target,
             overwrite: args.overwrite,
             keep_running: args.keep_running,
-            max_connections: match args.max_connections {
-                0 => {
-                    return Err(Failure::new(
-                        ExitCode::Usage,
-                        "--max-connections must be at least 1",
-                    ));
-                }
-                n => n,
-            },
-            max_handshakes: match args.max_handshakes {
-                0 => {
-                    return Err(Failure::new(
-                        ExitCode::Usage,
-                        "--max-handshakes must be at least 1",
-                    ));
-                }
-                n => n,
-            },
+            max_connections: server_only(
+                args.max_connections,
+                64,
+                "--max-connections",
+                args.keep_running,
+                args.common.quiet,
+            )?,
+            max_handshakes: server_only(
+                args.max_handshakes,
+                16,
+                "--max-handshakes",
+                args.keep_running,
+                args.common.quiet,
+            )?,
             limits: Limits {
                 max_size: args.max_size,
-                max_entries: args.max_entries.max(1),
+                max_entries: match args.max_entries {
+                    0 => {
+                        return Err(Failure::new(
+                            ExitCode::Usage,
+                            "--max-entries must be at least 1",
+                        ));
+                    }
+                    n => n,
+                },
                 max_frame: match args.max_frame {
                     n @ 8192..=65536 => n as u32,
                     _ => {

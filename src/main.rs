@@ -47,9 +47,13 @@ fn one_line(rendered: &str) -> String {
     let mut lines = rendered.lines();
     let first = lines.next().unwrap_or("invalid arguments");
     let mut text = first.strip_prefix("error: ").unwrap_or(first).to_string();
-    for detail in lines.take_while(|l| l.starts_with("  ") && !l.trim().is_empty()) {
-        text.push(' ');
-        text.push_str(detail.trim());
+    for detail in lines.take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more")) {
+        // The indented details (what is missing) and clap's suggestions
+        // ("tip: a similar argument exists: '--keep-running'").
+        if detail.starts_with("  ") && !detail.trim().is_empty() {
+            text.push_str(if text.ends_with('.') { " " } else { "; " });
+            text.push_str(detail.trim());
+        }
     }
     format!("{text} (see 'xfer --help')")
 }

@@ -3066,3 +3066,79 @@ fn a_file_that_grows_while_it_is_read_is_reported() {
     let kept = fs::read(env.dst().join("growing.log")).unwrap();
     assert_eq!(kept.len(), 32 * MIB, "the size offered, as read");
 }
+
+/// Issue 16, arguments: options anywhere, HOST:PORT named when missing,
+/// clap's suggestions kept, yes/no variables read as people write them.
+#[test]
+fn arguments_read_as_a_user_writes_them() {
+    let env = TestEnv::new();
+    let file = env.random_file("doc.txt", 100, 1);
+    let mut r = env.recv(&[]);
+    // An option between the paths and HOST:PORT.
+    let mut cmd = xfer();
+    cmd.arg("send")
+        .arg(&file)
+        .arg("--checksum")
+        .arg(r.addr())
+        .env("XFER_QUIET", "yes");
+    let out = run_bounded(cmd);
+    out.assert_code(0);
+    assert!(
+        out.stderr.is_empty(),
+        "XFER_QUIET=yes is quiet: {}",
+        out.stderr
+    );
+    r.finish().assert_code(0);
+    let usage = |args: &[&str], env: Option<(&str, &str)>, says: &str| {
+        let mut cmd = xfer();
+        cmd.args(args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd).assert_code(2).assert_stderr_contains(says);
+    };
+    usage(&["send", file.to_str().unwrap()], None, "missing HOST:PORT");
+    usage(
+        &["recv", "--port", "0", "--keep-runing"],
+        None,
+        "a similar argument exists: '--keep-running'",
+    );
+    usage(&["sned"], None, "a similar subcommand exists: 'send'");
+    usage(
+        &["send", file.to_str().unwrap(), "127.0.0.1:9"],
+        Some(("XFER_JSON", "maybe")),
+        "XFER_JSON=\"maybe\" is not yes or no",
+    );
+    usage(
+        &["recv", "--port", "0", "--max-entries", "0"],
+        None,
+        "--max-entries must be at least 1",
+    );
+}
+
+/// Issue 16, sizes: `KB` is 1000 bytes and `KiB` (or `K`) 1024, as
+/// coreutils and rsync read them.
+#[test]
+fn sizes_are_read_as_coreutils_reads_them() {
+    let env = TestEnv::new();
+    let file = env.random_file("k.bin", 1001, 2);
+    let mut r = env.recv(&["--max-size", "1KB"]);
+    env.send(&file, &r.addr(), &["--retries", "0"])
+        .assert_code(5)
+        .assert_stderr_contains("more than this receiver takes");
+    r.finish();
+    let mut r = env.recv(&["--max-size", "1K"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+}
+
+#[test]
+fn a_server_only_setting_without_keep_running_is_warned_about() {
+    let env = TestEnv::new();
+    let file = env.random_file("w.bin", 10, 3);
+    let mut r = env.recv(&["--max-connections", "4"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish()
+        .assert_code(0)
+        .assert_stderr_contains("--max-connections only applies with --keep-running");
+}
