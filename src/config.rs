@@ -218,7 +218,7 @@ impl RecvConfig {
                 Target::Output(path)
             }
             None => {
-                require_dir(&args.dir)?;
+                destination_dir(&args.dir, args.common.quiet)?;
                 Target::Dir(args.dir)
             }
         };
@@ -296,6 +296,26 @@ impl BenchConfig {
             json: args.json,
         })
     }
+}
+
+/// `--dir`: an existing directory, or (as rsync does with a destination's
+/// last component) one made now inside an existing one, which is said.
+fn destination_dir(dir: &std::path::Path, quiet: bool) -> Result<(), Failure> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if std::fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
+            let shown = escape_for_terminal(&dir.display().to_string());
+            std::fs::create_dir(dir)
+                .map_err(|e| Failure::local(format!("cannot create directory '{shown}'"), &e))?;
+            if !quiet {
+                crate::output::info_line(&format!("created directory '{shown}'"));
+            }
+        }
+    }
+    require_dir(dir)
 }
 
 fn require_dir(dir: &std::path::Path) -> Result<(), Failure> {

@@ -403,11 +403,12 @@ impl Destination {
         need: u64,
         name: &str,
     ) -> Result<(), Result<Refusal, io::Error>> {
-        if let Some((left, at)) = self.space {
-            if need <= left && at.elapsed() < SPACE_FRESH {
-                self.space = Some((left - need, at));
-                return Ok(());
-            }
+        if let Some((left, at)) = self.space
+            && need <= left
+            && at.elapsed() < SPACE_FRESH
+        {
+            self.space = Some((left - need, at));
+            return Ok(());
         }
         let st = rfs::fstatvfs(dir).map_err(|e| Err(e.into()))?;
         let free = st.f_bavail.saturating_mul(st.f_frsize);

@@ -62,8 +62,12 @@ impl ExitCode {
             ExitCode::Integrity => {
                 "integrity: SHA-256 mismatch or tampered data; the data was not kept"
             }
-            ExitCode::Refused => "refused by the receiver: file exists, bad name, too large",
-            ExitCode::LocalFile => "local file error: not found, permission, disk full",
+            ExitCode::Refused => {
+                "refused by the receiver: file exists, bad name, too large, no room on its disk, busy"
+            }
+            ExitCode::LocalFile => {
+                "local file error: not found, permission, disk full (the receiver's own code when its disk cannot hold a file)"
+            }
             ExitCode::Timeout => "timeout: the peer stalled or did not answer in time",
             ExitCode::Partial => "partial: some files failed, the others arrived verified",
             ExitCode::Auth => {
@@ -262,6 +266,20 @@ mod tests {
     fn numbers_are_the_documented_ones() {
         let got: Vec<i32> = ExitCode::ALL.iter().map(|c| c.code()).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130]);
+    }
+
+    /// The README's table says what `--help` says, code for code.
+    #[test]
+    fn the_readme_table_matches_the_help_table() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .unwrap();
+        let section = &readme[readme.find("## Exit codes").unwrap()..];
+        for c in ExitCode::ALL {
+            let row = format!("| {} | {} |", c.code(), c.meaning());
+            assert!(section.contains(&row), "README lacks the row {row}");
+        }
     }
 
     #[test]

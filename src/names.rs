@@ -66,10 +66,10 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         }
     }
     // `C:` names a drive (or an NTFS stream) where the tree may be copied on.
-    if let [letter, b':', ..] = name.as_bytes() {
-        if letter.is_ascii_alphabetic() {
-            return Err(NameError::Drive);
-        }
+    if let [letter, b':', ..] = name.as_bytes()
+        && letter.is_ascii_alphabetic()
+    {
+        return Err(NameError::Drive);
     }
     if is_reserved(name) {
         return Err(NameError::Reserved(shown(name)));

@@ -135,6 +135,11 @@ pub fn print_error(e: &anyhow::Error) {
     error_line(&format!("{e:#}"));
 }
 
+/// A line for people outside a session's reporter (at start-up).
+pub fn info_line(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "xfer: {message}");
+}
+
 /// The one way xfer warns: one line on stderr, shown even with `--quiet`
 /// (a warning is about something the user should fix).
 pub fn warning_line(message: &str) {

@@ -795,12 +795,12 @@ fn receive_pending<S: Link + ?Sized>(
         (Some(h), s) if s > 0 && s == held => h,
         _ => Sha256::new(),
     };
-    if let Output::File(p) = &mut output {
-        if let Err(e) = p.restart_at(start) {
-            let failure = Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e);
-            link::send_error(stream, Reason::LocalIo, "receiver cannot prepare its file");
-            return Err(failure.into());
-        }
+    if let Output::File(p) = &mut output
+        && let Err(e) = p.restart_at(start)
+    {
+        let failure = Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e);
+        link::send_error(stream, Reason::LocalIo, "receiver cannot prepare its file");
+        return Err(failure.into());
     }
 
     let size_text = if streamed {

@@ -344,15 +344,15 @@ impl<S: Link + ?Sized> Run<'_, S> {
         // The snapshot taken when the file was listed and opened, checked
         // again now that it was read: a file written meanwhile may have
         // sent a mix of old and new content, verified as sent.
-        if let (Some(before), Some(after)) = (before, source.identity()) {
-            if changed_while_read(offer, &before, &after) {
-                let name = escape_for_terminal(&offer.name);
-                crate::output::warning_line(&format!(
-                    "'{name}' changed while it was read; the receiver verified what was read, which may mix old and new content"
-                ));
-                self.reporter
-                    .event("file-changed", || json!({ "name": offer.name }));
-            }
+        if let (Some(before), Some(after)) = (before, source.identity())
+            && changed_while_read(offer, &before, &after)
+        {
+            let name = escape_for_terminal(&offer.name);
+            crate::output::warning_line(&format!(
+                "'{name}' changed while it was read; the receiver verified what was read, which may mix old and new content"
+            ));
+            self.reporter
+                .event("file-changed", || json!({ "name": offer.name }));
         }
         self.rules.data_sent(index);
         self.unacked.push_back((offer.clone(), in_flight));
@@ -451,10 +451,10 @@ where
         }
         Err(CopyError::Sink(e)) => {
             // The receiver may have said why it stopped reading.
-            if !is_timeout(&e) {
-                if let Ok(Frame::Error(fe)) = protocol::read_frame(stream) {
-                    return Err(link::peer_aborted(&fe, peer));
-                }
+            if !is_timeout(&e)
+                && let Ok(Frame::Error(fe)) = protocol::read_frame(stream)
+            {
+                return Err(link::peer_aborted(&fe, peer));
             }
             let sent = done.load(Ordering::Relaxed);
             let of = if streamed {

@@ -3142,3 +3142,29 @@ fn a_server_only_setting_without_keep_running_is_warned_about() {
         .assert_code(0)
         .assert_stderr_contains("--max-connections only applies with --keep-running");
 }
+
+/// Issue 16: the quick start's `--dir ~/incoming` failed when the directory
+/// did not exist; like rsync, the receiver makes the last component (and
+/// says so), but not a whole missing path.
+#[test]
+fn a_missing_destination_directory_is_made_but_not_a_missing_path() {
+    let env = TestEnv::new();
+    let file = env.random_file("q.bin", 10, 4);
+    let incoming = env.dst().join("incoming");
+    let mut r = env.recv_with(&["--dir", incoming.to_str().unwrap()], false);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    r.finish()
+        .assert_code(0)
+        .assert_stderr_contains("created directory");
+    assert_eq!(
+        fs::read(incoming.join("q.bin")).unwrap(),
+        fs::read(&file).unwrap()
+    );
+    let deep = env.dst().join("no/such/place");
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--dir"]).arg(&deep);
+    run_bounded(cmd)
+        .assert_code(6)
+        .assert_stderr_contains("cannot use directory");
+    assert!(!env.dst().join("no").exists());
+}

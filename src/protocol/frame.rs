@@ -167,11 +167,11 @@ pub const MAX_PATH_LEN: usize = 4096;
 impl Frame {
     /// Reads the digest an OFFER's CHECKSUM flag announces.
     fn with_checksum_from(mut self, c: &mut Cursor<'_>) -> Result<Frame, ProtocolError> {
-        if let Frame::Offer(o) = &mut self {
-            if o.flags & FLAG_CHECKSUM != 0 {
-                o.sha256 = Some(c.digest()?);
-                o.flags &= !FLAG_CHECKSUM;
-            }
+        if let Frame::Offer(o) = &mut self
+            && o.flags & FLAG_CHECKSUM != 0
+        {
+            o.sha256 = Some(c.digest()?);
+            o.flags &= !FLAG_CHECKSUM;
         }
         Ok(self)
     }

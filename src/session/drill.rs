@@ -75,7 +75,7 @@ fn offer(c: &mut Choices, name: u64) -> Offer {
         4 => FLAG_STREAM,
         _ => u32::from(c.byte()),
     };
-    let size = if flags & (FLAG_DIR | FLAG_STREAM) != 0 && kind % 7 != 0 {
+    let size = if flags & (FLAG_DIR | FLAG_STREAM) != 0 && !kind.is_multiple_of(7) {
         0
     } else {
         c.u64()
@@ -113,7 +113,7 @@ pub fn receiver_session(input: &[u8], coverage: &mut Coverage) {
     };
     let rules = Rules {
         max_entries: u64::from(c.byte() % 40) + 1,
-        one_file: c.byte() % 4 == 0,
+        one_file: c.byte().is_multiple_of(4),
     };
     let mut r = Receiver::new(rules);
     let mut accepted = BTreeSet::new();
@@ -274,7 +274,7 @@ pub fn sender_session(input: &[u8], coverage: &mut Coverage) {
     let mut sent = BTreeSet::new();
     while c.left() {
         while let Some(i) = s.next_to_offer() {
-            if c.byte() % 16 == 0 {
+            if c.byte().is_multiple_of(16) {
                 coverage.saw("offer", "failed-locally");
                 continue;
             }
@@ -326,7 +326,7 @@ pub fn sender_session(input: &[u8], coverage: &mut Coverage) {
                             Offered::Stream => assert_eq!(*offset, 0, "a stream resumed"),
                             Offered::File { size } => assert!(*offset <= size, "past the end"),
                         }
-                        if c.byte() % 8 != 0 {
+                        if !c.byte().is_multiple_of(8) {
                             s.data_sent(*index);
                             sent.insert(*index);
                         }

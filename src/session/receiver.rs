@@ -172,17 +172,17 @@ impl Receiver {
             Frame::Start { offset } => self.on_start(offset),
             Frame::End => {
                 let next = self.end(true);
-                if let Next::Over(ending) = &next {
-                    if !ending.unfinished.is_empty() {
-                        return Next::Violation {
-                            reason: Reason::Protocol,
-                            message: format!(
-                                "END with {} accepted file(s) never sent, the first '{}'",
-                                ending.unfinished.len(),
-                                ending.unfinished[0].name
-                            ),
-                        };
-                    }
+                if let Next::Over(ending) = &next
+                    && !ending.unfinished.is_empty()
+                {
+                    return Next::Violation {
+                        reason: Reason::Protocol,
+                        message: format!(
+                            "END with {} accepted file(s) never sent, the first '{}'",
+                            ending.unfinished.len(),
+                            ending.unfinished[0].name
+                        ),
+                    };
                 }
                 next
             }
