@@ -35,7 +35,7 @@ BADLINK = str(ROOT / "stress" / "badlink.py")
 MIB = 1 << 20
 CHUNK = 1 << 20  # src/pipeline.rs CHUNK_SIZE
 RECORD = 64 << 10  # src/secure.rs RECORD_MAX
-PARTIAL = re.compile(r"^\.xfer-[0-9a-f]+\.partial$")
+PARTIAL = re.compile(r"^\.xfer-[0-9a-f]+(-[0-9a-f]+)?\.partial$")
 
 # Exit codes, as README.md documents them.
 OK, NETWORK, INTEGRITY, REFUSED, LOCAL, TIMEOUT, AUTH, INTERRUPTED = 0, 3, 4, 5, 6, 7, 9, 130
