@@ -829,11 +829,7 @@ fn an_accepted_file_that_never_arrives_is_a_failure_on_the_receiver() {
         drop(s);
         let outcome = r.finish();
         outcome.assert_code(3).assert_stderr_contains("exact.bin");
-        let summary = outcome
-            .events()
-            .into_iter()
-            .find(|e| e["event"] == "summary")
-            .expect("a summary");
+        let summary = outcome.event("summary");
         assert_eq!(summary["ok"], false, "{summary}");
         assert_eq!(summary["failures"][0]["name"], "exact.bin", "{summary}");
         assert!(!out.exists());
@@ -861,11 +857,7 @@ fn accepted_entries_of_a_tree_never_sent_make_the_session_partial() {
     drop(s);
     let outcome = r.finish();
     outcome.assert_code(8);
-    let summary = outcome
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "summary")
-        .expect("a summary");
+    let summary = outcome.event("summary");
     let names: Vec<_> = summary["failures"]
         .as_array()
         .unwrap()
@@ -2256,7 +2248,8 @@ fn a_resume_that_moves_nothing_is_not_counted_as_sent() {
     let file = env.src().join("held.bin");
     fs::write(&file, &data).unwrap();
     let digest: [u8; 32] = sha2::Sha256::digest(&data).into();
-    let (addr, fake) = fake_receiver(move |s| {
+    // A receiver that holds the whole file already: ACCEPT at its end.
+    let holds_it_all = move |s: &mut Encrypted<TcpStream>| {
         let Frame::Offer(o) = protocol::read_frame(s).unwrap() else {
             panic!("no offer")
         };
@@ -2283,48 +2276,19 @@ fn a_resume_that_moves_nothing_is_not_counted_as_sent() {
         protocol::write_frame(s, &Frame::Ack(ack)).unwrap();
         s.flush().unwrap();
         let _ = protocol::read_frame(s);
-    });
+    };
+    let (addr, fake) = fake_receiver(holds_it_all);
     let out = env.send(&file, &addr, &["--checksum", "--json"]);
     out.assert_code(0);
-    let summary = out
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "summary")
-        .unwrap();
-    assert_eq!(summary["bytes"], 0, "{summary}");
-    let done = out
-        .events()
-        .into_iter()
-        .find(|e| e["event"] == "file-done")
-        .unwrap();
+    assert_eq!(out.event("summary")["bytes"], 0);
+    let done = out.event("file-done");
     assert_eq!(
         (done["bytes"].clone(), done["sent"].clone()),
         (200_000.into(), 0.into())
     );
     fake.join().unwrap();
     // And said in words, without --json.
-    let (addr, fake) = fake_receiver(move |s| {
-        let Frame::Offer(o) = protocol::read_frame(s).unwrap() else {
-            panic!("no offer")
-        };
-        let accept = protocol::Accept {
-            offset: o.size,
-            prefix_sha256: digest,
-        };
-        protocol::write_frame(s, &Frame::Accept(accept)).unwrap();
-        s.flush().unwrap();
-        let _ = protocol::read_frame(s);
-        let _ = protocol::read_frame(s);
-        let ack = protocol::Ack {
-            status: protocol::AckStatus::Ok,
-            sha256: digest,
-            reason: Reason::Other(0),
-            message: String::new(),
-        };
-        protocol::write_frame(s, &Frame::Ack(ack)).unwrap();
-        s.flush().unwrap();
-        let _ = protocol::read_frame(s);
-    });
+    let (addr, fake) = fake_receiver(holds_it_all);
     env.send(&file, &addr, &["--checksum"])
         .assert_code(0)
         .assert_stderr_contains("0 B crossed the wire");
@@ -2663,6 +2627,18 @@ fn replay(to_receiver: &[u8]) -> (Vec<xfer::session::receiver::Verdict>, String)
     }
 }
 
+/// How many ACKs, all ok, a receiver's plaintext frames hold.
+fn ok_acks(mut answers: &[u8]) -> usize {
+    let mut acks = 0;
+    while let Ok(frame) = protocol::read_frame(&mut answers) {
+        if let Frame::Ack(ack) = frame {
+            assert_eq!(ack.status, protocol::AckStatus::Ok);
+            acks += 1;
+        }
+    }
+    acks
+}
+
 #[test]
 fn recorded_sessions_replay_against_the_receiver_rules() {
     use xfer::session::receiver::Verdict;
@@ -2680,15 +2656,7 @@ fn recorded_sessions_replay_against_the_receiver_rules() {
     );
     // What the real receiver answered, as recorded: an ACK ok per file in
     // the tree, and ERROR reason 6 to the hostile END.
-    let mut answers = &read("plain-tree.to-sender.bin")[8..];
-    let mut acks = 0;
-    while let Ok(frame) = protocol::read_frame(&mut answers) {
-        if let Frame::Ack(ack) = frame {
-            assert_eq!(ack.status, protocol::AckStatus::Ok);
-            acks += 1;
-        }
-    }
-    assert_eq!(acks, 3);
+    assert_eq!(ok_acks(&read("plain-tree.to-sender.bin")[8..]), 3);
     let mut answers = &read("hostile-accepted-then-end.to-sender.bin")[8..];
     assert!(matches!(
         protocol::read_frame(&mut answers),
@@ -3029,15 +2997,7 @@ fn the_recorded_encrypted_session_replays_from_the_wire() {
     assert_eq!(end, "complete");
     // And the receiver's answers with the sender's: three ACKs, all ok.
     let plain_down = open_all(&mut sender_keys, &down[down_handshake..]).unwrap();
-    let mut answers = &plain_down[..];
-    let mut acks = 0;
-    while let Ok(frame) = protocol::read_frame(&mut answers) {
-        if let Frame::Ack(ack) = frame {
-            assert_eq!(ack.status, protocol::AckStatus::Ok);
-            acks += 1;
-        }
-    }
-    assert_eq!(acks, 3);
+    assert_eq!(ok_acks(&plain_down), 3);
 }
 
 /// The identity taken when a file is opened is checked again once it was

@@ -323,6 +323,15 @@ impl Outcome {
         self
     }
 
+    /// The first JSON event named `name` (there must be one).
+    #[track_caller]
+    pub fn event(&self, name: &str) -> Value {
+        self.events()
+            .into_iter()
+            .find(|e| e["event"] == name)
+            .unwrap_or_else(|| panic!("no '{name}' event\n{self}"))
+    }
+
     /// The JSON events printed on stdout.
     pub fn events(&self) -> Vec<Value> {
         self.stdout
