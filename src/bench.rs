@@ -164,6 +164,7 @@ impl send::Entries for Generated {
                 sha256: None,
             },
             source: Some((Box::new(Generator::new(self.size)), "generated data".into())),
+            identity: None,
         })
     }
 

@@ -62,7 +62,41 @@ impl Refusal {
 
 /// An open directory: files are created, checked and renamed relative to
 /// it, so no path is walked again once it is open.
-type DirFd = Arc<OwnedFd>;
+type DirFd = Arc<OpenDir>;
+
+/// An open directory and its device and inode, read once when it was
+/// opened (they name partial files: see [`partial_name`]).
+#[derive(Debug)]
+struct OpenDir {
+    fd: OwnedFd,
+    dev: u64,
+    ino: u64,
+}
+
+impl OpenDir {
+    #[allow(clippy::unnecessary_cast)]
+    fn new(fd: OwnedFd) -> rustix::io::Result<OpenDir> {
+        let st = rfs::fstat(&fd)?;
+        Ok(OpenDir {
+            fd,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        })
+    }
+}
+
+impl std::ops::Deref for OpenDir {
+    type Target = OwnedFd;
+    fn deref(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+impl std::os::fd::AsFd for OpenDir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
 
 /// How many open directories a session keeps for reuse; past this the
 /// cache starts afresh (a tree is sent directory by directory).
@@ -191,8 +225,7 @@ impl Destination {
         };
         let mut resumable = offer.flags & FLAG_STREAM == 0;
         let ours = if resumable {
-            let name =
-                partial_name(&dir, &final_name, offer).map_err(|e| cannot_create(&e.into()))?;
+            let name = partial_name(&dir, &final_name, offer);
             match open_partial(&dir, &name) {
                 Ok(Some((file, held))) => Some((file, name, held)),
                 // Planted by someone else: never trusted, never touched;
@@ -347,7 +380,8 @@ impl Destination {
             return Ok(fd.clone());
         }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = rfs::open(dir, flags, rfs::Mode::empty()).map_err(|e| {
+        let opened = rfs::open(dir, flags, rfs::Mode::empty()).and_then(OpenDir::new);
+        let fd = opened.map_err(|e| {
             Refusal::new(
                 Reason::LocalIo,
                 format!(
@@ -488,7 +522,21 @@ enum Placed {
 /// Opens (or with `create` makes) the directory `name` inside `parent`,
 /// never following a symbolic link. The error is a reason and the rest of
 /// a message after the path.
-fn open_child_dir(parent: &OwnedFd, name: &str, create: bool) -> Result<OwnedFd, (Reason, String)> {
+fn open_child_dir(parent: &OwnedFd, name: &str, create: bool) -> Result<OpenDir, (Reason, String)> {
+    let fd = open_child_dir_fd(parent, name, create)?;
+    OpenDir::new(fd).map_err(|e| {
+        (
+            Reason::LocalIo,
+            format!("cannot be opened: {}", io_reason(&e.into())),
+        )
+    })
+}
+
+fn open_child_dir_fd(
+    parent: &OwnedFd,
+    name: &str,
+    create: bool,
+) -> Result<OwnedFd, (Reason, String)> {
     use rustix::io::Errno;
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rfs::openat(parent, name, flags, rfs::Mode::empty());
@@ -537,20 +585,22 @@ enum PartialError {
 fn open_partial(dir: &OwnedFd, name: &OsStr) -> Result<Option<(File, u64)>, PartialError> {
     use rustix::io::Errno;
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = match rfs::openat(dir, name, flags, rfs::Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => {
-            let create = flags | OFlags::CREATE | OFlags::EXCL;
-            match rfs::openat(dir, name, create, rfs::Mode::from_raw_mode(0o600)) {
-                Ok(fd) => fd,
-                // Created meanwhile, by a concurrent session or someone else.
-                Err(Errno::EXIST) => return open_partial_existing(dir, name, flags),
-                Err(e) => return Err(PartialError::Io(e.into())),
+    // Most files are new: create exclusively first (one system call); a
+    // partial already there (a resume, or something planted) is opened and
+    // judged instead.
+    let create = flags | OFlags::CREATE | OFlags::EXCL;
+    match rfs::openat(dir, name, create, rfs::Mode::from_raw_mode(0o600)) {
+        Ok(fd) => {
+            // Ours by construction, and empty; still locked against a
+            // second sender of the same file.
+            if rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_err() {
+                return Err(PartialError::Busy);
             }
+            Ok(Some((File::from(fd), 0)))
         }
-        Err(e) => return not_ours_or(e),
-    };
-    trust_partial(fd)
+        Err(Errno::EXIST) => open_partial_existing(dir, name, flags),
+        Err(e) => not_ours_or(e),
+    }
 }
 
 fn open_partial_existing(
@@ -574,11 +624,17 @@ fn not_ours_or(e: rustix::io::Errno) -> Result<Option<(File, u64)>, PartialError
     }
 }
 
+/// The user this process writes as, read once.
+fn our_uid() -> u32 {
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
 fn trust_partial(fd: OwnedFd) -> Result<Option<(File, u64)>, PartialError> {
     let st = rfs::fstat(&fd).map_err(|e| PartialError::Io(e.into()))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
         || st.st_nlink != 1
-        || st.st_uid != rustix::process::geteuid().as_raw()
+        || st.st_uid != our_uid()
     {
         return Ok(None);
     }
@@ -663,10 +719,8 @@ fn bad_name(name: &str, e: crate::names::NameError) -> Refusal {
 /// `-` + 8 naming the version (size and mtime) + `.partial`: every partial
 /// of one destination name shares the first part. (docs/PROTOCOL.md,
 /// "Resuming", gives the exact bytes hashed.)
-fn partial_name(dir: &OwnedFd, final_name: &OsStr, offer: &Offer) -> rustix::io::Result<OsString> {
-    let st = rfs::fstat(dir)?;
-    #[allow(clippy::unnecessary_cast)]
-    let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+fn partial_name(dir: &OpenDir, final_name: &OsStr, offer: &Offer) -> OsString {
+    let (dev, ino) = (dir.dev, dir.ino);
     let mut place = Sha256::new();
     place.update(dev.to_be_bytes());
     place.update(ino.to_be_bytes());
@@ -677,11 +731,11 @@ fn partial_name(dir: &OwnedFd, final_name: &OsStr, offer: &Offer) -> rustix::io:
     version.update(offer.mtime_secs.to_be_bytes());
     version.update(offer.mtime_nanos.to_be_bytes());
     let version: [u8; 32] = version.finalize().into();
-    Ok(OsString::from(format!(
+    OsString::from(format!(
         "{TEMP_PREFIX}{}-{}{PARTIAL_SUFFIX}",
         &crate::protocol::hex(&place)[..16],
         &crate::protocol::hex(&version)[..8]
-    )))
+    ))
 }
 
 impl PartialFile {
@@ -799,9 +853,15 @@ impl PartialFile {
                 ),
             )
         };
-        match rfs::statat(&*self.dir, &self.temp_name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if same_object(&st, &ours) => {}
-            _ => return Err(replaced()),
+        // Replacing a file: first make sure what replaces it is ours, or
+        // the old content would be lost to an impostor. (Without
+        // --overwrite the check after the rename is enough: the name was
+        // free, so an impostor there is simply taken out again.)
+        if self.overwrite {
+            match rfs::statat(&*self.dir, &self.temp_name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if same_object(&st, &ours) => {}
+                _ => return Err(replaced()),
+            }
         }
         let renamed = if self.overwrite {
             rfs::renameat(&*self.dir, &self.temp_name, &*self.dir, &self.final_name)
@@ -938,8 +998,11 @@ mod tests {
         }
     }
 
-    fn open_dir(dir: &Path) -> OwnedFd {
-        rfs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, rfs::Mode::empty()).unwrap()
+    fn open_dir(dir: &Path) -> OpenDir {
+        OpenDir::new(
+            rfs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, rfs::Mode::empty()).unwrap(),
+        )
+        .unwrap()
     }
 
     /// Issue 11, bug 4: the partial's name hashed the destination path as
@@ -1189,7 +1252,7 @@ mod tests {
         fs::write(&victim, b"precious").unwrap();
         let t = Target::Dir(dir.path().into());
         let o = offer("a", 10);
-        let name = partial_name(&open_dir(dir.path()), OsStr::new("a"), &o).unwrap();
+        let name = partial_name(&open_dir(dir.path()), OsStr::new("a"), &o);
         let plant = |how: &dyn Fn(&Path, &Path) -> io::Result<()>| {
             let _ = fs::remove_file(dir.path().join(&name));
             how(&victim, &dir.path().join(&name)).unwrap();
@@ -1223,7 +1286,7 @@ mod tests {
         let o = offer("a", 10);
         let planted = dir
             .path()
-            .join(partial_name(&open_dir(dir.path()), OsStr::new("a"), &o).unwrap());
+            .join(partial_name(&open_dir(dir.path()), OsStr::new("a"), &o));
         fs::write(&planted, b"01234").unwrap();
         std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
         let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();

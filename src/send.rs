@@ -68,6 +68,9 @@ pub struct Opened {
     pub offer: Offer,
     /// The data of a file or stream; `None` for a directory.
     pub source: Option<(Box<dyn Source>, String)>,
+    /// A file's identity when it was opened, checked again once it was
+    /// read.
+    pub identity: Option<Identity>,
 }
 
 /// How [`drive`] runs.
@@ -226,7 +229,11 @@ impl<S: Link + ?Sized> Run<'_, S> {
             }
             return Ok(());
         }
-        let Opened { offer, source } = self
+        let Opened {
+            offer,
+            source,
+            identity,
+        } = self
             .offered
             .pop_front()
             .expect("the rules track each offer");
@@ -280,7 +287,13 @@ impl<S: Link + ?Sized> Run<'_, S> {
                     prefix,
                 },
                 Some((source, source_name)),
-            ) => self.send_file(index, &offer, (offset, prefix), source, &source_name)?,
+            ) => self.send_file(
+                index,
+                &offer,
+                (offset, prefix),
+                (source, &source_name),
+                identity,
+            )?,
             (answer, _) => unreachable!("the rules never ask this: {answer:?}"),
         }
         self.done_before += offer.size;
@@ -296,8 +309,8 @@ impl<S: Link + ?Sized> Run<'_, S> {
         index: usize,
         offer: &Offer,
         (offset, prefix): (u64, Digest),
-        mut source: Box<dyn Source>,
-        source_name: &str,
+        (mut source, source_name): (Box<dyn Source>, &str),
+        before: Option<Identity>,
     ) -> anyhow::Result<()> {
         let cannot_read =
             |e: std::io::Error| Failure::local(format!("cannot read '{source_name}'"), &e);
@@ -329,7 +342,6 @@ impl<S: Link + ?Sized> Run<'_, S> {
         self.set_deadline(self.options.idle_timeout)?;
         let base = self.done_before;
         let progress = self.progress;
-        let before = source.identity();
         let in_flight = send_data(
             self.stream,
             self.peer,
@@ -931,6 +943,7 @@ impl Entries for StdinEntry {
                 sha256: None,
             },
             source: Some((Box::new(std::io::stdin()), "standard input".into())),
+            identity: None,
         })
     }
 
@@ -1061,6 +1074,7 @@ impl Entries for PathEntries<'_> {
             return Ok(Opened {
                 offer,
                 source: None,
+                identity: None,
             });
         }
         let shown = self.plan.shown(index);
@@ -1078,6 +1092,7 @@ impl Entries for PathEntries<'_> {
         Ok(Opened {
             offer,
             source: Some((Box::new(file), shown)),
+            identity: Some(id),
         })
     }
 

@@ -2694,6 +2694,7 @@ impl xfer::send::Entries for InMemory {
                 Box::new(std::io::Cursor::new(self.data.clone())),
                 "memory".into(),
             )),
+            identity: None,
         })
     }
 
