@@ -56,13 +56,17 @@ impl Reporter {
         }
     }
 
-    /// One JSON event on stdout with `--json`; `fields` must be an object.
+    /// One JSON event on stdout with `--json`, with its `time`; `fields`
+    /// must be an object.
     /// `fields` is built only with `--json`.
     pub fn event(&self, name: &str, fields: impl FnOnce() -> Value) {
         if !self.json {
             return;
         }
-        let mut obj = json!({ "event": name });
+        // Every event says when, in UTC (RFC 3339, milliseconds), so a
+        // log kept night after night can be read back in order.
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut obj = json!({ "event": name, "time": time });
         if let (Some(o), Value::Object(extra)) = (obj.as_object_mut(), fields()) {
             o.extend(extra);
         }

@@ -3129,3 +3129,25 @@ fn a_missing_destination_directory_is_made_but_not_a_missing_path() {
         .assert_stderr_contains("cannot use directory");
     assert!(!env.dst().join("no").exists());
 }
+
+/// Issue 12, logs a script can keep: every JSON event carries its UTC time.
+#[test]
+fn every_json_event_carries_its_utc_time() {
+    let env = TestEnv::new();
+    let file = env.random_file("t.bin", 1000, 5);
+    let mut r = env.recv(&[]);
+    let sent = env.send(&file, &r.addr(), &["--json"]);
+    sent.assert_code(0);
+    let received = r.finish();
+    let events: Vec<_> = sent.events().into_iter().chain(received.events()).collect();
+    assert!(events.len() >= 6, "{events:?}");
+    for e in events {
+        let time = e["time"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no time in {e}"));
+        // 2026-11-30T06:40:00.123Z
+        assert_eq!(time.len(), 24, "{time}");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+    }
+}
