@@ -12,6 +12,7 @@ use std::fs::{self, File};
 use std::io;
 use std::io::Seek;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -71,6 +72,9 @@ struct OpenDir {
     fd: OwnedFd,
     dev: u64,
     ino: u64,
+    /// xfer's partial files found in it, listed on the first commit here
+    /// (once per directory and session): the candidates for clean-up.
+    partials: std::sync::Mutex<Option<Vec<OsString>>>,
 }
 
 impl OpenDir {
@@ -81,8 +85,59 @@ impl OpenDir {
             fd,
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
+            partials: std::sync::Mutex::new(None),
         })
     }
+
+    /// Removes the partial files an earlier attempt left for the same
+    /// destination (names starting with `prefix`, see [`partial_name`]),
+    /// other than `keep`: only regular, single-link files of our own user
+    /// that no other session holds. Returns their names.
+    fn remove_stale_partials(&self, prefix: &str, keep: &OsStr) -> Vec<OsString> {
+        let mut listed = self
+            .partials
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let names = listed.get_or_insert_with(|| list_partials(&self.fd));
+        let mut removed = Vec::new();
+        names.retain(|name| {
+            if name == keep || !name.as_encoded_bytes().starts_with(prefix.as_bytes()) {
+                return true;
+            }
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let Ok(fd) = rfs::openat(&self.fd, name, flags, rfs::Mode::empty()) else {
+                return false; // gone already
+            };
+            let ours = rfs::fstat(&fd).is_ok_and(|st| {
+                FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_nlink == 1
+                    && st.st_uid == our_uid()
+            });
+            // Another session resuming it holds its lock.
+            let free = rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_ok();
+            if ours && free && rfs::unlinkat(&self.fd, name, AtFlags::empty()).is_ok() {
+                removed.push(name.clone());
+                return false;
+            }
+            true
+        });
+        removed
+    }
+}
+
+/// The names of xfer's resumable partial files in a directory.
+fn list_partials(dir: &OwnedFd) -> Vec<OsString> {
+    let Ok(listing) = rfs::Dir::read_from(dir) else {
+        return Vec::new();
+    };
+    listing
+        .filter_map(Result::ok)
+        .map(|entry| OsString::from(std::ffi::OsStr::from_bytes(entry.file_name().to_bytes())))
+        .filter(|name| {
+            let bytes = name.as_encoded_bytes();
+            bytes.starts_with(TEMP_PREFIX.as_bytes()) && bytes.ends_with(PARTIAL_SUFFIX.as_bytes())
+        })
+        .collect()
 }
 
 impl std::ops::Deref for OpenDir {
@@ -162,6 +217,14 @@ impl Drop for PartialFile {
             self.remove();
         }
     }
+}
+
+/// A file in place under its final name.
+#[derive(Debug)]
+pub struct Committed {
+    pub path: PathBuf,
+    /// Partial files of earlier attempts at the same name, removed.
+    pub stale: Vec<OsString>,
 }
 
 /// What to do with an offer that is not refused.
@@ -720,22 +783,27 @@ fn bad_name(name: &str, e: crate::names::NameError) -> Refusal {
 /// of one destination name shares the first part. (docs/PROTOCOL.md,
 /// "Resuming", gives the exact bytes hashed.)
 fn partial_name(dir: &OpenDir, final_name: &OsStr, offer: &Offer) -> OsString {
-    let (dev, ino) = (dir.dev, dir.ino);
-    let mut place = Sha256::new();
-    place.update(dev.to_be_bytes());
-    place.update(ino.to_be_bytes());
-    place.update(final_name.as_encoded_bytes());
-    let place: [u8; 32] = place.finalize().into();
+    let prefix = partial_prefix(dir, final_name);
     let mut version = Sha256::new();
     version.update(offer.size.to_be_bytes());
     version.update(offer.mtime_secs.to_be_bytes());
     version.update(offer.mtime_nanos.to_be_bytes());
     let version: [u8; 32] = version.finalize().into();
     OsString::from(format!(
-        "{TEMP_PREFIX}{}-{}{PARTIAL_SUFFIX}",
-        &crate::protocol::hex(&place)[..16],
+        "{prefix}{}{PARTIAL_SUFFIX}",
         &crate::protocol::hex(&version)[..8]
     ))
+}
+
+/// What every partial file of one destination's name starts with:
+/// `.xfer-D-`, `D` naming the directory (device, inode) and the final name.
+fn partial_prefix(dir: &OpenDir, final_name: &OsStr) -> String {
+    let mut place = Sha256::new();
+    place.update(dir.dev.to_be_bytes());
+    place.update(dir.ino.to_be_bytes());
+    place.update(final_name.as_encoded_bytes());
+    let place: [u8; 32] = place.finalize().into();
+    format!("{TEMP_PREFIX}{}-", &crate::protocol::hex(&place)[..16])
 }
 
 impl PartialFile {
@@ -804,13 +872,18 @@ impl PartialFile {
     /// replacing a file unless overwriting), directory fsync. On error the
     /// partial file is removed and the final name is untouched (or, with
     /// overwrite, still holds its old content).
-    pub fn commit(mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
+    pub fn commit(mut self, offer: &Offer, size: u64) -> Result<Committed, Refusal> {
         let result = self.finish(offer, size);
         if result.is_err() {
             self.remove();
         }
         self.settled = true;
-        result
+        let path = result?;
+        // The file is in place: what earlier attempts at it left behind
+        // (a partial of another size or time) can never be resumed now.
+        let prefix = partial_prefix(&self.dir, &self.final_name);
+        let stale = self.dir.remove_stale_partials(&prefix, &self.temp_name);
+        Ok(Committed { path, stale })
     }
 
     fn finish(&mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
@@ -1047,7 +1120,7 @@ mod tests {
             .into_owned();
         assert!(temp_name.starts_with(TEMP_PREFIX) && temp_name.ends_with(PARTIAL_SUFFIX));
         p.writer().write_all(b"abc").unwrap();
-        let path = p.commit(&o, o.size).unwrap();
+        let path = p.commit(&o, o.size).unwrap().path;
         assert_eq!(fs::read(&path).unwrap(), b"abc");
         let meta = fs::metadata(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -1079,7 +1152,7 @@ mod tests {
         assert_eq!(got, want);
         again.restart_at(5).unwrap();
         again.writer().write_all(b"56789").unwrap();
-        let path = again.commit(&o, 10).unwrap();
+        let path = again.commit(&o, 10).unwrap().path;
         assert_eq!(fs::read(path).unwrap(), b"0123456789");
         assert_eq!(entries(dir.path()), vec!["a"]);
     }
@@ -1099,6 +1172,40 @@ mod tests {
             .partial()
             .unwrap();
         assert_eq!(other.held(), 0);
+    }
+
+    /// Issue 12, no orphans: a partial left by an attempt at an earlier
+    /// version of a file stayed, hidden, forever, once the next version
+    /// arrived under the same name. It is removed now; another user's file
+    /// under such a name, and other names' partials, are left alone.
+    #[test]
+    fn a_completed_file_removes_the_partials_of_earlier_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().into());
+        let mut old = offer("a", 10);
+        old.mtime_secs -= 86_400;
+        let mut p = prepare(&t, false, &old).unwrap().partial().unwrap();
+        p.writer().write_all(b"yesterday").unwrap();
+        let stale = p.temp_path().file_name().unwrap().to_owned();
+        drop(p);
+        let mut other = prepare(&t, false, &offer("b", 10))
+            .unwrap()
+            .partial()
+            .unwrap();
+        other.writer().write_all(b"bb").unwrap();
+        drop(other);
+        let o = offer("a", 10);
+        let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();
+        p.writer().write_all(b"0123456789").unwrap();
+        let committed = p.commit(&o, o.size).unwrap();
+        assert_eq!(committed.stale, vec![stale]);
+        let left = entries(dir.path());
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&"a".to_string()));
+        assert!(
+            left.iter().any(|n| n.ends_with(PARTIAL_SUFFIX)),
+            "b's partial stays"
+        );
     }
 
     #[test]
@@ -1194,7 +1301,7 @@ mod tests {
             .partial()
             .unwrap();
         p.writer().write_all(b"hi").unwrap();
-        assert_eq!(p.commit(&o, o.size).unwrap(), out);
+        assert_eq!(p.commit(&o, o.size).unwrap().path, out);
         assert_eq!(entries(dir.path()), vec!["chosen.bin"]);
     }
 
@@ -1213,7 +1320,7 @@ mod tests {
         w.write_all(&zeros[4..]).unwrap();
         w.write_all(&zeros).unwrap();
         w.write_all(&zeros).unwrap();
-        let path = p.commit(&o, o.size).unwrap();
+        let path = p.commit(&o, o.size).unwrap().path;
         let data = fs::read(&path).unwrap();
         assert_eq!(data.len() as u64, size);
         assert_eq!(&data[..4], b"head");
@@ -1260,7 +1367,7 @@ mod tests {
             assert_eq!(p.held(), 0);
             assert_ne!(p.temp_path(), dir.path().join(&name));
             p.writer().write_all(b"0123456789").unwrap();
-            let path = p.commit(&o, o.size).unwrap();
+            let path = p.commit(&o, o.size).unwrap().path;
             assert_eq!(fs::read(&path).unwrap(), b"0123456789");
             fs::remove_file(path).unwrap();
             assert_eq!(fs::read(&victim).unwrap(), b"precious");
@@ -1292,7 +1399,7 @@ mod tests {
         let mut p = prepare(&t, false, &o).unwrap().partial().unwrap();
         assert_eq!(p.held(), 0, "another user's partial must not be resumed");
         p.writer().write_all(b"abcdefghij").unwrap();
-        let path = p.commit(&o, o.size).unwrap();
+        let path = p.commit(&o, o.size).unwrap().path;
         assert_eq!(fs::read(&path).unwrap(), b"abcdefghij");
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(&path).unwrap().uid(), 0);

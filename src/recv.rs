@@ -888,6 +888,28 @@ fn receive_pending<S: Link + ?Sized>(
     )
 }
 
+/// Partial files of earlier attempts at a file now in place, removed: said
+/// once per file and as one event each.
+fn report_stale(reporter: &Reporter, committed: &destination::Committed) {
+    if committed.stale.is_empty() {
+        return;
+    }
+    let shown_path = escape_for_terminal(&committed.path.display().to_string());
+    reporter.info(|| {
+        format!(
+            "removed {} partial file(s) that earlier attempts at '{shown_path}' left",
+            committed.stale.len()
+        )
+    });
+    for name in &committed.stale {
+        let partial = committed.path.with_file_name(name);
+        reporter.event(
+            "partial-removed",
+            || json!({ "path": partial.display().to_string(), "for": committed.path.display().to_string() }),
+        );
+    }
+}
+
 /// After a file's data: reads its TRAILER, asks the rules for the
 /// verdict, and keeps the file (fsync, rename, ACK ok) or discards it (ACK
 /// mismatch); says what became of it.
@@ -958,7 +980,10 @@ fn settle<S: Link + ?Sized>(
     let path = match output {
         Output::Stdout => PathBuf::from("-"),
         Output::File(partial) => match partial.commit(offer, size) {
-            Ok(p) => p,
+            Ok(committed) => {
+                report_stale(reporter, &committed);
+                committed.path
+            }
             Err(r) => {
                 link::send_frame(
                     stream,

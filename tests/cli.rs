@@ -3151,3 +3151,35 @@ fn every_json_event_carries_its_utc_time() {
         assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
     }
 }
+
+/// Issue 12, no orphans, end to end: a transfer cut mid-file leaves its
+/// partial; the next night's file (new content and mtime) under the same
+/// name arrives whole, and the old partial is gone, reported.
+#[test]
+fn the_next_nights_file_clears_what_last_nights_cut_left() {
+    let env = TestEnv::new();
+    let file = env.random_file("home.tgz", 4 * MIB, 40);
+    let mut r = env.recv(&["--keep-running", "--overwrite"]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::CutAfter(MIB as u64));
+    env.send(&file, &proxy.addr(), &["--retries", "0"])
+        .assert_code(3);
+    wait_for_partial_data(&env.dst());
+    // Night 2: new content, a new mtime.
+    fs::write(&file, random_bytes(4 * MIB, 41)).unwrap();
+    let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(tomorrow)
+        .unwrap();
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    let _ = r.child.kill();
+    let out = r.finish();
+    assert!(
+        out.events().iter().any(|e| e["event"] == "partial-removed"),
+        "{out}"
+    );
+    assert_eq!(entries(&env.dst()), ["home.tgz"]);
+    assert_eq!(sha256_file(&env.dst().join("home.tgz")), sha256_file(&file));
+}
