@@ -206,6 +206,7 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "xfer recv [OPTIONS] --port PORT")]
 pub struct RecvArgs {
     /// TCP port to listen on; 0 picks a free one (printed before accepting).
     #[arg(short, long, env = "XFER_PORT")]
@@ -273,6 +274,7 @@ pub struct RecvArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "xfer bench [OPTIONS]")]
 pub struct BenchArgs {
     /// How much generated data to send, e.g. 256MiB, 1GiB, 1000000.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]

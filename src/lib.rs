@@ -8,6 +8,7 @@ pub mod destination;
 pub mod exit_codes;
 pub mod handshake;
 pub mod link;
+pub mod manual;
 pub mod names;
 pub mod net;
 pub mod output;
@@ -68,21 +69,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Man { out_dir: None } => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut out)
-                .context("cannot render the man page")?;
-            print_stdout(&out)
+            let (_, page) = manual::pages().into_iter().next().expect("the main page");
+            print_stdout(&page)
         }
         Command::Man { out_dir: Some(dir) } => {
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir).map_err(
-                |e| {
-                    exit_codes::Failure::local(
-                        format!("cannot write man pages to '{}'", dir.display()),
-                        &e,
-                    )
-                },
-            )?;
+            manual::write_pages(&dir).map_err(|e| {
+                exit_codes::Failure::local(
+                    format!(
+                        "cannot write man pages to '{}'",
+                        names::escape_for_terminal(&dir.display().to_string())
+                    ),
+                    &e,
+                )
+            })?;
             Ok(())
         }
     }
@@ -103,7 +102,7 @@ const LAYERS: &[&[&str]] = &[
     &["secure"],
     &["handshake", "config"],
     &["send", "recv"],
-    &["bench"],
+    &["bench", "manual"],
 ];
 
 #[cfg(test)]

@@ -3183,3 +3183,23 @@ fn the_next_nights_file_clears_what_last_nights_cut_left() {
     assert_eq!(entries(&env.dst()), ["home.tgz"]);
     assert_eq!(sha256_file(&env.dst().join("home.tgz")), sha256_file(&file));
 }
+
+/// Issue 16: `xfer man --out-dir` failed on a missing directory, and the
+/// pages had a section called EXTRA and "send " where the version belongs.
+#[test]
+fn man_pages_are_written_anywhere_with_examples_exit_status_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("share/man/man1");
+    let mut cmd = xfer();
+    cmd.args(["man", "--out-dir"]).arg(&out);
+    run_bounded(cmd).assert_code(0);
+    let version = format!("\"xfer {}\"", env!("CARGO_PKG_VERSION"));
+    for page in ["xfer.1", "xfer-send.1", "xfer-recv.1", "xfer-bench.1"] {
+        let text = fs::read_to_string(out.join(page)).unwrap();
+        assert!(text.contains(&version), "{page}: no version");
+        assert!(!text.contains("EXTRA"), "{page}: an EXTRA section");
+        assert!(text.contains(".SH \"EXIT STATUS\""), "{page}");
+    }
+    let send = fs::read_to_string(out.join("xfer-send.1")).unwrap();
+    assert!(send.contains("HOST:PORT"), "the synopsis names HOST:PORT");
+}
