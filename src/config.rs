@@ -163,6 +163,32 @@ fn secret_from(args: &SecurityArgs, quiet: bool) -> Result<Option<Secret>, Failu
     }
 }
 
+/// A receiver's own chosen code must be at least as strong as a generated
+/// one (8 characters of Crockford's base 32: 40 bits), and when it comes
+/// from XFER_CODE rather than --code, the receiver says so.
+fn chosen_code(secret: &Option<Secret>, quiet: bool) -> Result<(), Failure> {
+    let Some(Secret::Code(code)) = secret else {
+        return Ok(());
+    };
+    let len = crate::secure::normalize_code(code).chars().count();
+    if len < crate::secure::CODE_LEN {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            format!(
+                "a chosen code needs at least {} characters (it has {len}); a short one can be guessed: \
+                 choose a longer one, or leave out --code and XFER_CODE to get a generated one",
+                crate::secure::CODE_LEN
+            ),
+        ));
+    }
+    let from_env = std::env::var("XFER_CODE").is_ok_and(|v| v == *code)
+        && !std::env::args().any(|a| a == "--code" || a.starts_with("--code="));
+    if from_env && !quiet {
+        crate::output::info_line("using the code in XFER_CODE");
+    }
+    Ok(())
+}
+
 impl SendConfig {
     /// Whether the data comes from standard input.
     pub fn stdin(&self) -> bool {
@@ -263,7 +289,11 @@ impl RecvConfig {
                     }
                 },
             },
-            secret: secret_from(&args.security, args.common.quiet)?,
+            secret: {
+                let secret = secret_from(&args.security, args.common.quiet)?;
+                chosen_code(&secret, args.common.quiet)?;
+                secret
+            },
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,

@@ -121,13 +121,25 @@ pub fn generate_code() -> io::Result<String> {
 }
 
 /// The form of a code both ends feed to SPAKE2: lower case, without the
-/// dashes and spaces people add or drop when typing it.
+/// dashes and spaces people add or drop when typing it, and read as
+/// Crockford's base 32 defines it: `o` is `0`, `i` and `l` are `1` (a
+/// generated code never holds those letters; a chosen one that does means
+/// the same with the digits).
 pub fn normalize_code(code: &str) -> String {
     code.chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
         .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'o' => '0',
+            'i' | 'l' => '1',
+            c => c,
+        })
         .collect()
 }
+
+/// Characters in a generated code; a chosen code shorter than this is
+/// weaker than the default and refused.
+pub const CODE_LEN: usize = CODE_CHARS;
 
 /// A new random 256-bit key, in the key-file format (hex and a newline).
 pub fn generate_key() -> io::Result<String> {
@@ -711,6 +723,8 @@ mod tests {
             normalize_code(&a.to_uppercase().replace('-', " ")),
             normalize_code(&a)
         );
+        // Crockford's reading: O is 0, I and L are 1.
+        assert_eq!(normalize_code("7F3K-QOIL"), normalize_code("7f3k-q011"));
     }
 
     #[test]

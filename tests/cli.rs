@@ -3203,3 +3203,40 @@ fn man_pages_are_written_anywhere_with_examples_exit_status_and_version() {
     let send = fs::read_to_string(out.join("xfer-send.1")).unwrap();
     assert!(send.contains("HOST:PORT"), "the synopsis names HOST:PORT");
 }
+
+/// Issue 16, codes: Crockford's reading (O is 0, I and L are 1), a chosen
+/// code weaker than a generated one refused, and a code taken from
+/// XFER_CODE said so.
+#[test]
+fn codes_read_as_crockford_defines_them() {
+    let env = TestEnv::new();
+    let file = env.random_file("c.bin", 100, 6);
+    let mut r = env.recv(&["--code", "abcd-ef01"]);
+    env.send(&file, &r.addr(), &["--code", "ABCD EFOI"])
+        .assert_code(0);
+    r.finish().assert_code(0);
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .args(["recv", "--port", "0", "--code", "ab"]);
+    run_bounded(cmd)
+        .assert_code(2)
+        .assert_stderr_contains("a chosen code needs at least 8 characters");
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .env("XFER_CODE", "my-own-long-code")
+        .args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(env.dst());
+    let mut r = RecvProcess::spawn(cmd);
+    let mut send = xfer();
+    send.env_remove("XFER_KEY_FILE")
+        .env("XFER_CODE", "MY OWN LONG CODE")
+        .arg("send")
+        .arg(&file)
+        .arg(r.addr())
+        .arg("--name")
+        .arg("c2.bin");
+    run_bounded(send).assert_code(0);
+    r.finish()
+        .assert_code(0)
+        .assert_stderr_contains("using the code in XFER_CODE");
+}
