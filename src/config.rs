@@ -232,6 +232,16 @@ impl RecvConfig {
                     _ => PathBuf::from("."),
                 };
                 require_dir(&parent)?;
+                writable_dir(&parent)?;
+                if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        format!(
+                            "--output '{0}' is a directory; to receive into it, use --dir '{0}'",
+                            escape_for_terminal(&path.display().to_string())
+                        ),
+                    ));
+                }
                 if path.file_name().is_none() {
                     return Err(Failure::new(
                         ExitCode::Usage,
@@ -245,6 +255,7 @@ impl RecvConfig {
             }
             None => {
                 destination_dir(&args.dir, args.common.quiet)?;
+                writable_dir(&args.dir)?;
                 Target::Dir(args.dir)
             }
         };
@@ -346,6 +357,22 @@ fn destination_dir(dir: &std::path::Path, quiet: bool) -> Result<(), Failure> {
         }
     }
     require_dir(dir)
+}
+
+/// Whether this user may create files in `dir` (a read-only file system, a
+/// directory of another user): said at start-up, before any code is printed
+/// or sender waits, not once per refused file.
+fn writable_dir(dir: &std::path::Path) -> Result<(), Failure> {
+    use rustix::fs::Access;
+    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+        Failure::local(
+            format!(
+                "cannot receive into '{}'",
+                escape_for_terminal(&dir.display().to_string())
+            ),
+            &e.into(),
+        )
+    })
 }
 
 fn require_dir(dir: &std::path::Path) -> Result<(), Failure> {

@@ -2789,25 +2789,29 @@ fn a_file_the_sender_cannot_read_fails_with_6_and_leaves_nothing() {
     assert!(entries(&env.dst()).is_empty());
 }
 
-/// A receiver whose destination is a read-only file system refuses each
-/// file with its reason; the sender exits 5 and nothing is written.
+/// Issue 16: a receiver whose destination is a read-only file system said
+/// so only when each file was refused; now it says so at start-up, before
+/// it prints a code or a sender waits.
 #[test]
-fn a_read_only_destination_refuses_files_with_a_reason() {
+fn a_read_only_destination_is_refused_at_start_up() {
     if !is_root() {
         eprintln!("needs root, to mount the destination read-only; CI runs as root");
         return;
     }
     let env = TestEnv::new();
-    let file = env.random_file("a.bin", 1000, 3);
     let mut recv = xfer();
     recv.args(["recv", "--port", "0", "--json", "--dir"])
         .arg(env.dst());
-    let mut r = RecvProcess::spawn(with_read_only(&env.dst(), &recv));
-    env.send(&file, &r.addr(), &["--retries", "0"])
-        .assert_code(5)
+    let out = run_bounded(with_read_only(&env.dst(), &recv));
+    out.assert_code(6)
         .assert_stderr_contains("read-only file system");
-    r.finish().assert_code(6);
-    assert!(entries(&env.dst()).is_empty());
+    assert!(out.events().is_empty(), "it never listened: {out}");
+    // -o naming a directory is refused at start-up too.
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "-o"]).arg(env.dst());
+    run_bounded(cmd)
+        .assert_code(2)
+        .assert_stderr_contains("is a directory; to receive into it, use --dir");
 }
 
 /// Runs two [`Opening`]s against each other in memory (no I/O at all):
