@@ -91,9 +91,9 @@ impl Reporter {
         }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         let template = if total.is_some() {
-            "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}"
+            "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {decimal_bytes_per_sec} eta {eta}"
         } else {
-            "{msg:.bold} {spinner} {binary_bytes} {binary_bytes_per_sec}"
+            "{msg:.bold} {spinner} {binary_bytes} {decimal_bytes_per_sec}"
         };
         bar.set_style(
             ProgressStyle::with_template(template)
@@ -150,11 +150,35 @@ pub fn warning_line(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "xfer: warning: {message}");
 }
 
-/// `123.4 MB/s` from a byte count and a duration (decimal megabytes, as
-/// network tools report them).
+/// `123.4 MB/s` from a byte count and a duration: decimal units, as
+/// network tools report rates, and the same units as the progress bar;
+/// small rates in kB/s or B/s rather than `0.0 MB/s`.
 pub fn rate(bytes: u64, seconds: f64) -> String {
-    if seconds <= 0.0 {
-        return "- MB/s".to_string();
+    if seconds <= 0.0 || bytes == 0 {
+        return "- B/s".to_string();
     }
-    format!("{:.1} MB/s", bytes as f64 / seconds / 1e6)
+    let per_second = bytes as f64 / seconds;
+    match per_second {
+        r if r >= 1e9 => format!("{:.2} GB/s", r / 1e9),
+        r if r >= 1e6 => format!("{:.1} MB/s", r / 1e6),
+        r if r >= 1e3 => format!("{:.1} kB/s", r / 1e3),
+        r => format!("{r:.0} B/s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate;
+
+    /// Issue 16: tiny files showed `0.0 MB/s`, and the bar and the last
+    /// line used different units.
+    #[test]
+    fn rates_read_well_at_every_scale() {
+        assert_eq!(rate(2_500_000_000, 1.0), "2.50 GB/s");
+        assert_eq!(rate(350_300_000, 1.0), "350.3 MB/s");
+        assert_eq!(rate(4096, 0.002), "2.0 MB/s");
+        assert_eq!(rate(100, 0.5), "200 B/s");
+        assert_eq!(rate(1500, 1.0), "1.5 kB/s");
+        assert_eq!(rate(0, 0.0), "- B/s");
+    }
 }
