@@ -183,6 +183,12 @@ pub fn mark_interrupted() {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// A server stopped on request (SIGTERM, Ctrl-C): exit 130 as for any
+/// interruption, but said as a plain "stopped" line, not an error.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped")]
+pub struct Stopped;
+
 /// A socket read or write deadline passing shows up as one of these kinds.
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(

@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
-use crate::names::escape_for_terminal;
 use crate::protocol::{self, ErrorFrame, Frame, ProtocolError, Reason};
 
 /// A byte stream to a peer. Sessions run over any such stream, so tests can
@@ -439,7 +438,7 @@ pub fn peer_aborted(e: &ErrorFrame, peer: &str) -> anyhow::Error {
         ExitCode::for_peer_reason(e.reason),
         format!(
             "{peer} aborted: {}{unknown}",
-            escape_for_terminal(&e.message)
+            crate::names::escape_peer_message(&e.message)
         ),
     );
     // A busy receiver turns us away now, not for good.

@@ -33,6 +33,10 @@ fn main() {
     }
     match xfer::run(cli) {
         Ok(()) => process::exit(ExitCode::Success.code()),
+        // A server stopped on request has said so; no error line.
+        Err(e) if e.is::<xfer::exit_codes::Stopped>() => {
+            process::exit(ExitCode::Interrupted.code())
+        }
         // After a signal, every error is the interruption's.
         Err(e) if ExitCode::for_error(&e) == ExitCode::Interrupted => {
             fail(ExitCode::Interrupted, "interrupted")

@@ -217,6 +217,22 @@ pub fn escape_for_terminal(s: &str) -> String {
     out
 }
 
+/// A message the peer wrote (a REFUSE, ACK or ERROR), for a terminal:
+/// control and invisible characters neutralised, but backslashes kept,
+/// since the peer already escaped the names in it (escaping again showed
+/// `back\\\\slash.txt` for a name with one backslash).
+pub fn escape_peer_message(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || is_invisible_format(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Longest name shown in a message; a hostile peer must not be able to
 /// flood a log line with a 64 KiB name.
 const SHOWN_MAX_CHARS: usize = 120;

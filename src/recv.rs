@@ -608,7 +608,7 @@ fn copy_failed<S: Link + ?Sized>(
                     Failure::new(
                         ExitCode::LocalFile,
                         format!(
-                            "stdout was closed after {got} bytes of '{shown}'; the transfer was abandoned"
+                            "the reader of standard output closed it before the end of '{shown}'; the transfer was abandoned"
                         ),
                     ),
                     "the receiver's output was closed".to_string(),
@@ -1170,7 +1170,9 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             }
         }
     });
-    Err(Failure::new(ExitCode::Interrupted, "interrupted").into())
+    // A requested stop is not an error: the server says so plainly.
+    reporter.info(|| "stopped");
+    Err(crate::exit_codes::Stopped.into())
 }
 
 /// One unit of a counter, given back when dropped.

@@ -258,7 +258,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
                         "{} refused {what}'{}': {}",
                         self.peer,
                         escape_for_terminal(&offer.name),
-                        escape_for_terminal(&refuse.message)
+                        crate::names::escape_peer_message(&refuse.message)
                     ),
                 )
                 .into();
@@ -515,7 +515,7 @@ fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> any
                 ExitCode::Integrity,
                 format!(
                     "{peer} received '{shown}' intact but under a changed offer: {}",
-                    escape_for_terminal(&ack.message)
+                    crate::names::escape_peer_message(&ack.message)
                 ),
             )
             .into());
@@ -536,7 +536,7 @@ fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> any
                 ExitCode::for_peer_reason(ack.reason),
                 format!(
                     "{peer} could not keep '{shown}': {}",
-                    escape_for_terminal(&ack.message)
+                    crate::names::escape_peer_message(&ack.message)
                 ),
             )
             .into());
@@ -699,10 +699,17 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     match result {
         Ok(totals) => totals.finish(&reporter, seconds),
         Err(e) => {
-            let code = ExitCode::for_error(&e).code();
+            let code = ExitCode::for_error(&e);
+            // After a signal, what broke broke because of it: say so, not
+            // the broken pipe it caused.
+            let error = if code == ExitCode::Interrupted {
+                "interrupted".to_string()
+            } else {
+                format!("{e:#}")
+            };
             reporter.event(
                 "summary",
-                || json!({ "ok": false, "exit_code": code, "error": format!("{e:#}"), "seconds": seconds }),
+                || json!({ "ok": false, "exit_code": code.code(), "error": error, "seconds": seconds }),
             );
             Err(e)
         }

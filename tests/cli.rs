@@ -961,8 +961,11 @@ fn eight_concurrent_senders_are_served_at_once_by_one_receiver() {
         assert_eq!(sha256_file(&env.dst().join(name)), sha256_file(file));
     }
     drop(hostile);
+    // Issue 16: a requested stop is said plainly, not as an error.
     r.signal(Signal::TERM);
-    r.finish().assert_code(130);
+    let out = r.finish();
+    out.assert_code(130).assert_stderr_contains("xfer: stopped");
+    assert!(!out.stderr.contains("error: interrupted"), "{out}");
     assert_eq!(entries(&env.dst()).len(), 8, "{:?}", entries(&env.dst()));
 }
 
@@ -1178,8 +1181,9 @@ fn a_closed_stdout_pipe_ends_the_transfer_cleanly() {
         .assert_code(5)
         .assert_stderr_contains("output was closed");
     let out = r.finish();
+    // Issue 16: it said "stdout was closed after 0 bytes", which was not so.
     out.assert_code(6)
-        .assert_stderr_contains("stdout was closed");
+        .assert_stderr_contains("the reader of standard output closed it before the end");
     assert!(!out.stderr.contains("panicked"), "{out}");
     wait_bounded(&mut head);
 }
@@ -3243,4 +3247,49 @@ fn codes_read_as_crockford_defines_them() {
     r.finish()
         .assert_code(0)
         .assert_stderr_contains("using the code in XFER_CODE");
+}
+
+/// Issue 16: a refused name with a backslash was shown escaped twice by
+/// the sender (`back\\\\slash.txt`): the receiver's message is shown as it
+/// escaped it, control characters still neutralised.
+#[test]
+fn a_peers_message_is_not_escaped_twice() {
+    let env = TestEnv::new();
+    let file = env.src().join("back\\slash.txt");
+    fs::write(&file, b"x").unwrap();
+    let mut r = env.recv(&[]);
+    let out = env.send(&file, &r.addr(), &["--retries", "0"]);
+    out.assert_code(5)
+        .assert_stderr_contains(r"back\\slash.txt");
+    assert!(!out.stderr.contains(r"back\\\\slash"), "{out}");
+    r.finish();
+    assert_eq!(
+        xfer::names::escape_peer_message("a\u{1b}[2Jb \\ c"),
+        "a\\u{1b}[2Jb \\ c"
+    );
+}
+
+/// Issue 16: an interrupted sender's JSON summary said "broken pipe" (the
+/// symptom) beside exit code 130; it says what happened.
+#[test]
+fn an_interrupted_senders_summary_says_interrupted() {
+    let env = TestEnv::new();
+    let file = env.random_file("i.bin", 16 * MIB, 50);
+    let mut r = env.recv(&[]);
+    let proxy = Proxy::start(r.addr().parse().unwrap(), Mode::HoldAfter(MIB as u64));
+    let mut sender = env.spawn_send(&file, &proxy.addr(), &["--json", "--retries", "0"]);
+    proxy.wait_forwarded(MIB as u64);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sender.id() as i32).unwrap(),
+        Signal::TERM,
+    )
+    .unwrap();
+    let out = collect(&mut sender);
+    out.assert_code(130);
+    let summary = out.event("summary");
+    assert_eq!(summary["error"], "interrupted", "{summary}");
+    assert_eq!(summary["exit_code"], 130);
+    proxy.release();
+    let _ = r.child.kill();
+    r.finish();
 }
