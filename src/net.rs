@@ -150,6 +150,55 @@ pub fn set_deadline(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     stream.set_write_timeout(Some(timeout))
 }
 
+/// Where another machine can plausibly reach this one: the host name, then
+/// this machine's own IPv4 and global IPv6 addresses (from /proc; loopback
+/// and link-local left out), at most `most` in all. For the command a
+/// receiver prints; nothing here is sent anywhere.
+pub fn reachable_names(most: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let host = rustix::system::uname();
+    if let Ok(host) = host.nodename().to_str() {
+        if !host.is_empty() && host != "localhost" && host != "(none)" {
+            names.push(host.to_string());
+        }
+    }
+    // IPv4: the LOCAL /32 entries of the routing trie.
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let lines: Vec<&str> = trie.lines().collect();
+        for pair in lines.windows(2) {
+            let (Some(addr), true) = (
+                pair[0].trim().strip_prefix("|-- "),
+                pair[1].contains("/32 host LOCAL"),
+            ) else {
+                continue;
+            };
+            match addr.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if !ip.is_loopback() && !names.contains(&ip.to_string()) => {
+                    names.push(ip.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    // IPv6: global-scope addresses (scope 00).
+    if let Ok(list) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in list.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 4 || fields[3] != "00" || fields[0].len() != 32 {
+                continue;
+            }
+            let groups: Vec<&str> = (0..8).map(|g| &fields[0][g * 4..g * 4 + 4]).collect();
+            if let Ok(ip) = groups.join(":").parse::<std::net::Ipv6Addr>() {
+                if !ip.is_loopback() {
+                    names.push(format!("[{ip}]"));
+                }
+            }
+        }
+    }
+    names.truncate(most);
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

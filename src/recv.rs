@@ -1089,6 +1089,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             );
         }
     }
+    reporter.info(|| the_other_side(config, &secret, local));
     reporter.event(
         "listening",
         || json!({ "address": local.to_string(), "port": local.port(), "code": code }),
@@ -1173,6 +1174,33 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     // A requested stop is not an error: the server says so plainly.
     reporter.info(|| "stopped");
     Err(crate::exit_codes::Stopped.into())
+}
+
+/// What to type on the sending machine, as croc and wormhole print it: the
+/// command with addresses the other machine can plausibly reach (the bound
+/// address, or this machine's name and addresses), never the code.
+fn the_other_side(config: &RecvConfig, secret: &Secret, local: SocketAddr) -> String {
+    let port = local.port();
+    let hosts: Vec<String> = match config.bind {
+        Some(ip) if !ip.is_unspecified() => vec![SocketAddr::new(ip, port).to_string()],
+        _ => crate::net::reachable_names(3)
+            .into_iter()
+            .map(|h| format!("{h}:{port}"))
+            .collect(),
+    };
+    let how = match secret {
+        Secret::Insecure => " --insecure",
+        Secret::Key(_) => " --key-file KEYFILE",
+        Secret::Code(_) => "",
+    };
+    match hosts.split_first() {
+        None => format!("on the other machine, run: xfer send{how} FILE THIS-HOST:{port}"),
+        Some((first, [])) => format!("on the other machine, run: xfer send{how} FILE {first}"),
+        Some((first, more)) => format!(
+            "on the other machine, run: xfer send{how} FILE {first} (or {})",
+            more.join(", ")
+        ),
+    }
 }
 
 /// One unit of a counter, given back when dropped.

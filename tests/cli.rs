@@ -3293,3 +3293,36 @@ fn an_interrupted_senders_summary_says_interrupted() {
     let _ = r.child.kill();
     r.finish();
 }
+
+/// Issue 16: the receiver prints the command to type on the other machine,
+/// with an address that machine can reach and never the code.
+#[test]
+fn the_receiver_prints_the_command_for_the_other_machine_without_the_code() {
+    let env = TestEnv::new();
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE");
+    cmd.args([
+        "recv",
+        "--port",
+        "0",
+        "--json",
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+    ])
+    .arg(env.dst());
+    let mut r = RecvProcess::spawn(cmd);
+    let code = code_of(&mut r);
+    let _ = r.child.kill();
+    let out = r.finish();
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("on the other machine"))
+        .unwrap_or_else(|| panic!("no command for the other machine\n{out}"));
+    assert!(
+        line.ends_with(&format!("xfer send FILE {}", r.addr())),
+        "{line}"
+    );
+    assert!(!out.stderr.contains(&code), "the code was printed in {out}");
+}
