@@ -157,10 +157,12 @@ pub fn set_deadline(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
 pub fn reachable_names(most: usize) -> Vec<String> {
     let mut names = Vec::new();
     let host = rustix::system::uname();
-    if let Ok(host) = host.nodename().to_str() {
-        if !host.is_empty() && host != "localhost" && host != "(none)" {
-            names.push(host.to_string());
-        }
+    if let Ok(host) = host.nodename().to_str()
+        && !host.is_empty()
+        && host != "localhost"
+        && host != "(none)"
+    {
+        names.push(host.to_string());
     }
     // IPv4: the LOCAL /32 entries of the routing trie.
     if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
@@ -188,10 +190,10 @@ pub fn reachable_names(most: usize) -> Vec<String> {
                 continue;
             }
             let groups: Vec<&str> = (0..8).map(|g| &fields[0][g * 4..g * 4 + 4]).collect();
-            if let Ok(ip) = groups.join(":").parse::<std::net::Ipv6Addr>() {
-                if !ip.is_loopback() {
-                    names.push(format!("[{ip}]"));
-                }
+            if let Ok(ip) = groups.join(":").parse::<std::net::Ipv6Addr>()
+                && !ip.is_loopback()
+            {
+                names.push(format!("[{ip}]"));
             }
         }
     }
