@@ -189,6 +189,11 @@ pub fn hash_prefix<R: Read + ?Sized>(
         if want == 0 {
             break;
         }
+        // Hashing a big file takes a while: a signal stops it between
+        // chunks, through the normal error path.
+        if crate::exit_codes::interrupted() {
+            return Err(io::Error::other("interrupted"));
+        }
         let (n, read) = read_full(reader, &mut buf[..want]);
         read?;
         hasher.update(&buf[..n]);

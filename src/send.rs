@@ -732,6 +732,7 @@ fn ask_for_code() -> anyhow::Result<Secret> {
         .write(true)
         .open("/dev/tty")
         .map_err(|_| no_terminal())?;
+    let _prompting = signals::prompting();
     (&tty)
         .write_all(b"Code shown by xfer recv: ")
         .map_err(|_| no_terminal())?;

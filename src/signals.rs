@@ -52,6 +52,13 @@ pub fn install() -> std::io::Result<()> {
                 return;
             }
             crate::exit_codes::mark_interrupted();
+            // At the code prompt nothing is under way: stop at once, on a
+            // line of its own (the prompt left the cursor on its line).
+            if AT_PROMPT.load(Ordering::SeqCst) {
+                let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), b"\n");
+                crate::output::error_line("interrupted");
+                std::process::exit(ExitCode::Interrupted.code());
+            }
             shut_down_sockets();
             // Either the main thread exits within the grace period, or a
             // second signal or the deadline makes us finish the job.
@@ -87,6 +94,24 @@ fn remove_temps() {
     let reg = registry();
     for path in reg.temps.iter().flat_map(|m| m.values()) {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+static AT_PROMPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// While this lives, the process waits at a prompt with nothing under way:
+/// a signal ends it at once instead of after the grace period.
+pub struct Prompting(());
+
+/// Marks the code prompt (see [`Prompting`]).
+pub fn prompting() -> Prompting {
+    AT_PROMPT.store(true, Ordering::SeqCst);
+    Prompting(())
+}
+
+impl Drop for Prompting {
+    fn drop(&mut self) {
+        AT_PROMPT.store(false, Ordering::SeqCst);
     }
 }
 

@@ -3326,3 +3326,49 @@ fn the_receiver_prints_the_command_for_the_other_machine_without_the_code() {
     );
     assert!(!out.stderr.contains(&code), "the code was printed in {out}");
 }
+
+/// Issue 16: Ctrl-C at the code prompt took the three-second grace period
+/// and printed its message on the prompt's line. Run under `script`, which
+/// gives the sender a terminal; ^C typed there reaches it as SIGINT.
+#[test]
+fn ctrl_c_at_the_code_prompt_stops_at_once_on_a_line_of_its_own() {
+    use std::process::{Command, Stdio};
+    let env = TestEnv::new();
+    let file = env.random_file("p.bin", 10, 7);
+    let sender = format!(
+        "{} send {} 127.0.0.1:9",
+        env!("CARGO_BIN_EXE_xfer"),
+        file.display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &sender, "/dev/null"])
+        .env_remove("XFER_KEY_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("XFER_") {
+            script.env_remove(key);
+        }
+    }
+    let mut child = script.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("Code shown by xfer recv:") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stdin.write_all(b"\x03").unwrap();
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = wait_bounded(&mut child);
+    let shown = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(130), "{shown}");
+    assert!(
+        shown.contains("\nxfer: error: interrupted"),
+        "the message joins the prompt: {shown:?}"
+    );
+}
