@@ -15,6 +15,18 @@ use crate::protocol::{
 };
 use crate::secure::{Agreed, Keys, Pake, Role, Secret};
 
+/// A connection that closed before sending a single byte: a probe (a
+/// sender checking that the receiver is there), not a failed handshake. It
+/// is carried as the context of the error, so callers can pass over it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("closed before saying anything (a check that this end is there)")]
+pub struct Probe;
+
+/// Whether `e` is a [`Probe`].
+pub fn is_probe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Probe>().is_some()
+}
+
 /// Bytes of a frame header: type and length.
 const FRAME_HEADER: usize = 5;
 
@@ -95,6 +107,11 @@ impl Opening {
     /// for plaintext.
     pub fn finished(&mut self) -> Option<Option<Keys>> {
         self.result.take()
+    }
+
+    /// Nothing has come from the peer yet.
+    pub fn nothing_heard(&self) -> bool {
+        matches!(self.state, State::Preamble) && self.unit.is_empty()
     }
 
     /// How many more bytes the next step needs (never more than the unit
@@ -381,8 +398,15 @@ pub fn drive<S: Link + ?Sized>(
         }
         let need = opening.needed();
         let waiting_for = opening.waiting_for();
-        protocol::read_exact_or_closed(stream, &mut buf[..need])
-            .map_err(|e| describe(e, &peer).context(format!("waiting for {waiting_for}")))?;
+        let first = opening.nothing_heard();
+        protocol::read_exact_or_closed(stream, &mut buf[..need]).map_err(|e| {
+            let silent = first && matches!(e, ProtocolError::Closed);
+            let e = describe(e, &peer).context(format!("waiting for {waiting_for}"));
+            // Gone before a single byte: someone checking that we are
+            // here (a sender at a terminal does, before asking for the
+            // code), not a failed handshake.
+            if silent { e.context(Probe) } else { e }
+        })?;
         if let Err(e) = opening.feed(&buf[..need]) {
             // Best effort: the peer hears why (an ERROR), if it still can.
             let out = opening.take_output();

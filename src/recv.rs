@@ -1108,6 +1108,8 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                 return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
             }
             match result {
+                // Someone checked that we are here: keep waiting, quietly.
+                Err(e) if crate::handshake::is_probe(&e) => {}
                 Err(e) if !authenticated && secret != Secret::Insecure => {
                     crate::output::print_error(&e.context("still waiting for the sender"));
                 }
@@ -1158,7 +1160,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                         serve_connection(stream, &peer, config, secret, reporter, &mut || {
                             slot.take();
                         });
-                    if let Err(e) = served {
+                    if let Err(e) = served.filter_probe() {
                         crate::output::print_error(&e);
                     }
                     active.fetch_sub(1, Ordering::SeqCst);
@@ -1200,6 +1202,20 @@ fn the_other_side(config: &RecvConfig, secret: &Secret, local: SocketAddr) -> St
             "on the other machine, run: xfer send{how} FILE {first} (or {})",
             more.join(", ")
         ),
+    }
+}
+
+/// A served connection's outcome, with a probe counted as nothing.
+trait FilterProbe {
+    fn filter_probe(self) -> anyhow::Result<()>;
+}
+
+impl FilterProbe for anyhow::Result<()> {
+    fn filter_probe(self) -> anyhow::Result<()> {
+        match self {
+            Err(e) if crate::handshake::is_probe(&e) => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -1280,7 +1296,11 @@ fn serve_connection(
         on_authenticated,
     );
     let seconds = started.elapsed().as_secs_f64();
-    if result.is_err() {
+    if let Err(e) = &result {
+        // A probe is nobody's session: no summary, no close to linger on.
+        if crate::handshake::is_probe(e) {
+            return result.map(drop);
+        }
         close_gently(&mut stream, std::time::Duration::from_secs(1));
     }
     summarize(reporter, peer, &result, &failures, seconds);

@@ -657,44 +657,29 @@ fn prefix_matches<R: Source + ?Sized>(
 /// `xfer send FILE HOST:PORT`.
 pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     let reporter = Reporter::new(config.quiet, config.json);
-    let secret = match &config.secret {
-        Some(secret) => secret.clone(),
-        None => ask_for_code()?,
-    };
     let started = Instant::now();
-    let mut attempt = 0;
+    let secret = match &config.secret {
+        Some(secret) => Ok(secret.clone()),
+        // A person is about to type the code: first make sure the receiver
+        // is there, so a wrong address or a receiver not yet started is
+        // said at once, not after the code was typed.
+        None => terminal().and_then(|tty| {
+            retrying(config, &reporter, true, || probe(config))?;
+            ask_for_code(tty)
+        }),
+    };
     // Digests for --checksum, taken before connecting and kept across
     // retries: hashing is never charged to the receiver's deadlines.
     let mut checksums = Checksums::new(config.checksum);
-    let result = loop {
-        let result = if config.stdin() {
-            send_stdin(config, &secret, &reporter)
-        } else {
-            send_paths(config, &secret, &reporter, &mut checksums)
-        };
-        match &result {
-            Err(e) if attempt < config.retries && !config.stdin() && worth_retrying(e) => {
-                attempt += 1;
-                let delay = backoff(attempt);
-                reporter.info(|| {
-                    format!(
-                        "{e:#}; retrying in {} s (attempt {} of {})",
-                        delay.as_secs(),
-                        attempt + 1,
-                        config.retries + 1
-                    )
-                });
-                reporter.event(
-                    "retry",
-                    || json!({ "attempt": attempt, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
-                );
-                if !sleep_unless_interrupted(delay) {
-                    break result;
-                }
+    let result = secret.and_then(|secret| {
+        retrying(config, &reporter, !config.stdin(), || {
+            if config.stdin() {
+                send_stdin(config, &secret, &reporter)
+            } else {
+                send_paths(config, &secret, &reporter, &mut checksums)
             }
-            _ => break result,
-        }
-    };
+        })
+    });
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(totals) => totals.finish(&reporter, seconds),
@@ -716,22 +701,79 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the receiver's code at the terminal (never from standard input,
-/// which may be the data).
-fn ask_for_code() -> anyhow::Result<Secret> {
-    use std::io::{BufRead, Write};
-    let no_terminal = || {
-        Failure::new(
-            ExitCode::Auth,
-            "the receiver's code is needed and there is no terminal to ask at: \
-             set XFER_CODE or pass --code, or use --key-file (or --insecure on both ends)",
-        )
-    };
-    let tty = std::fs::OpenOptions::new()
+/// Runs `attempt` until it succeeds, fails for good, or `--retries` are
+/// used up (only when `may_retry`), waiting 1 s, 2 s, 4 s, ... between
+/// attempts and saying why each time.
+fn retrying<T>(
+    config: &SendConfig,
+    reporter: &Reporter,
+    may_retry: bool,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut tries = 0;
+    loop {
+        let result = attempt();
+        match &result {
+            Err(e) if may_retry && tries < config.retries && worth_retrying(e) => {
+                tries += 1;
+                let delay = backoff(tries);
+                reporter.info(|| {
+                    format!(
+                        "{e:#}; retrying in {} s (attempt {} of {})",
+                        delay.as_secs(),
+                        tries + 1,
+                        config.retries + 1
+                    )
+                });
+                reporter.event(
+                    "retry",
+                    || json!({ "attempt": tries, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
+                );
+                if !sleep_unless_interrupted(delay) {
+                    return result;
+                }
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// Checks that a receiver is listening at the target: connect, read its
+/// preamble, close without a word (a receiver passes over such a probe: it
+/// is no failed handshake and costs no guess).
+fn probe(config: &SendConfig) -> anyhow::Result<()> {
+    let peer = config.target.to_string();
+    let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
+    let _watch = signals::watch_socket(&stream);
+    crate::net::prepare(&stream, config.connect_timeout)
+        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
+    let mut preamble = [0u8; protocol::PREAMBLE_LEN];
+    protocol::read_exact_or_closed(&mut stream, &mut preamble)
+        .map_err(|e| link::describe(e, &peer).context("checking that the receiver is there"))?;
+    Ok(())
+}
+
+fn no_terminal() -> Failure {
+    Failure::new(
+        ExitCode::Auth,
+        "the receiver's code is needed and there is no terminal to ask at: \
+         set XFER_CODE or pass --code, or use --key-file (or --insecure on both ends)",
+    )
+}
+
+/// The terminal to ask the code at (never standard input, which may be the
+/// data).
+fn terminal() -> anyhow::Result<File> {
+    Ok(std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .map_err(|_| no_terminal())?;
+        .map_err(|_| no_terminal())?)
+}
+
+/// Reads the receiver's code at the terminal.
+fn ask_for_code(tty: File) -> anyhow::Result<Secret> {
+    use std::io::{BufRead, Write};
     let _prompting = signals::prompting();
     (&tty)
         .write_all(b"Code shown by xfer recv: ")

@@ -3335,10 +3335,13 @@ fn ctrl_c_at_the_code_prompt_stops_at_once_on_a_line_of_its_own() {
     use std::process::{Command, Stdio};
     let env = TestEnv::new();
     let file = env.random_file("p.bin", 10, 7);
+    // A receiver is there (the sender checks before it asks).
+    let mut r = env.recv(&[]);
     let sender = format!(
-        "{} send {} 127.0.0.1:9",
+        "{} send {} {}",
         env!("CARGO_BIN_EXE_xfer"),
-        file.display()
+        file.display(),
+        r.addr()
     );
     let mut script = Command::new("script");
     script
@@ -3370,5 +3373,79 @@ fn ctrl_c_at_the_code_prompt_stops_at_once_on_a_line_of_its_own() {
     assert!(
         shown.contains("\nxfer: error: interrupted"),
         "the message joins the prompt: {shown:?}"
+    );
+    let _ = r.child.kill();
+    r.finish();
+}
+
+/// Issues 16 and 15: a sender at a terminal checks that the receiver is
+/// there before it asks for the code; the receiver passes over such a
+/// probe (no failed handshake, no error line) and goes on waiting.
+#[test]
+fn a_probe_is_not_a_failure_and_the_real_sender_gets_in() {
+    let env = TestEnv::new();
+    let file = env.random_file("probe.bin", 1000, 8);
+    let mut r = env.recv(&[]);
+    for _ in 0..3 {
+        let mut probe = TcpStream::connect(r.addr()).unwrap();
+        probe.set_read_timeout(Some(STEP)).unwrap();
+        let mut preamble = [0u8; 8];
+        probe.read_exact(&mut preamble).unwrap();
+        assert_eq!(&preamble[..4], b"XFER");
+    }
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    let out = r.finish();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("error"), "a probe was reported: {out}");
+    let summaries = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "summary")
+        .count();
+    assert_eq!(summaries, 1, "{out}");
+}
+
+/// Issue 16: at a terminal, with nothing listening, the sender says so
+/// before it asks for the code (it used to ask first, then fail).
+#[test]
+fn with_nothing_listening_a_sender_at_a_terminal_never_asks_for_the_code() {
+    use std::process::{Command, Stdio};
+    let env = TestEnv::new();
+    let file = env.random_file("n.bin", 10, 9);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let sender = format!(
+        "{} send {} {addr} --retries 1",
+        env!("CARGO_BIN_EXE_xfer"),
+        file.display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &sender, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("XFER_") {
+            script.env_remove(key);
+        }
+    }
+    let mut child = script.spawn().unwrap();
+    let _stdin = child.stdin.take();
+    let mut shown = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut shown)
+        .unwrap();
+    let status = wait_bounded(&mut child);
+    assert_eq!(status.code(), Some(3), "{shown}");
+    assert!(shown.contains("connection refused"), "{shown}");
+    assert!(shown.contains("retrying in 1 s"), "{shown}");
+    assert!(
+        !shown.contains("Code shown by xfer recv"),
+        "it asked: {shown}"
     );
 }
