@@ -380,7 +380,7 @@ impl Destination {
             }
             Target::Output(_) | Target::Stdout if is_path => Err(Refusal::new(
                 Reason::Unsupported,
-                "this receiver takes exactly one file, not directories or paths",
+                "this receiver takes exactly one file (it runs with -o or --stdout), and this offer is one of several entries or a directory; send one file, or use a receiver with --dir",
             )),
             Target::Output(path) => {
                 validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;

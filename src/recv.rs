@@ -686,7 +686,7 @@ fn answer_offer<S: Link + ?Sized>(
     let mut output = match &policy.target {
         Target::Stdout if offer.flags & (FLAG_DIR | FLAG_PATH) != 0 => {
             let message =
-                "this receiver takes exactly one file, not directories or paths".to_string();
+                "this receiver takes exactly one file (it runs with -o or --stdout), and this offer is one of several entries or a directory; send one file, or use a receiver with --dir".to_string();
             return Ok(Answer::Refused(refuse(
                 stream,
                 peer,
@@ -814,7 +814,11 @@ fn receive_pending<S: Link + ?Sized>(
     } else {
         crate::units::human_bytes(offer.size)
     };
-    reporter.info(|| format!("receiving '{shown}' ({size_text}) from {peer}"));
+    // A person watching a big file or a stream sees what is coming before
+    // its bar; a log gets one line per file, when it arrived.
+    if reporter.bars && (streamed || offer.size >= 1 << 20) {
+        reporter.info(|| format!("receiving '{shown}' ({size_text}) from {peer}"));
+    }
     reporter.event(
         "file-start",
         || json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start }),
@@ -1023,7 +1027,8 @@ fn settle<S: Link + ?Sized>(
             },
             crate::units::human_bytes(size),
             rate(size, seconds),
-            hex(&digest)
+            // Enough to compare by eye; JSON carries the whole digest.
+            format!("{}…", &hex(&digest)[..16])
         )
     });
     reporter.event(
@@ -1303,6 +1308,9 @@ fn serve_connection(
         }
         close_gently(&mut stream, std::time::Duration::from_secs(1));
     }
+    if let Ok(files) = &result {
+        session_total(reporter, peer, files, seconds);
+    }
     summarize(reporter, peer, &result, &failures, seconds);
     result.map(drop)
 }
@@ -1323,6 +1331,25 @@ fn close_gently(stream: &mut TcpStream, within: std::time::Duration) {
             Ok(_) => {}
         }
     }
+}
+
+/// A session of several entries ends with one line that sums it up.
+fn session_total(reporter: &Reporter, peer: &str, files: &[Received], seconds: f64) {
+    if files.len() < 2 {
+        return;
+    }
+    let directories = files.iter().filter(|f| f.is_dir).count();
+    let unchanged = files.iter().filter(|f| f.skipped).count();
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    reporter.info(|| {
+        format!(
+            "from {peer}: {} file(s) and {directories} director{} ({}, {}), each verified; {unchanged} unchanged",
+            files.len() - directories,
+            if directories == 1 { "y" } else { "ies" },
+            crate::units::human_bytes(bytes),
+            rate(bytes, seconds)
+        )
+    });
 }
 
 /// The last JSON event of a session, success or not.

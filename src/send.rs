@@ -1200,7 +1200,7 @@ fn send_paths(
         if as_paths {
             format!(
                 "sending {files} file(s) in {} entries ({}) to {peer}",
-                plan.entries.len(),
+                plan.entries.len() + totals.failures.len(),
                 crate::units::human_bytes(total_bytes)
             )
         } else {

@@ -3449,3 +3449,57 @@ fn with_nothing_listening_a_sender_at_a_terminal_never_asks_for_the_code() {
         "it asked: {shown}"
     );
 }
+
+/// Issue 16, talking to a person: a receiver's log gets one line per file
+/// (short digest) and a session total; a -o receiver offered several files
+/// says what to do; the sender's counts agree with each other.
+#[test]
+fn logs_read_well_one_line_per_file_and_counts_that_agree() {
+    let env = TestEnv::new();
+    let tree = env.src().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for name in ["a", "b", "c"] {
+        fs::write(tree.join(name), name.repeat(100)).unwrap();
+    }
+    let mut r = env.recv(&["--keep-running"]);
+    env.send(&tree, &r.addr(), &[]).assert_code(0);
+    let _ = r.child.kill();
+    let out = r.finish();
+    let received: Vec<_> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("received '"))
+        .collect();
+    assert_eq!(received.len(), 3, "{out}");
+    assert!(received.iter().all(|l| l.ends_with('…')), "{received:?}");
+    assert!(!out.stderr.contains("receiving '"), "{out}");
+    out.assert_stderr_contains("3 file(s) and 1 directory");
+
+    // Two plain files to a receiver that takes one.
+    let out_path = env.dst().join("one.bin");
+    let mut r = env.recv_with(&["-o", out_path.to_str().unwrap()], false);
+    let one = env.random_file("x1", 10, 1);
+    let two = env.random_file("x2", 10, 2);
+    let mut cmd = xfer();
+    cmd.arg("send").arg(&one).arg(&two).arg(r.addr());
+    let sent = run_bounded(cmd);
+    sent.assert_code(5)
+        .assert_stderr_contains("send one file, or use a receiver with --dir");
+    assert!(!sent.stderr.contains("not directories or paths"), "{sent}");
+    r.finish();
+
+    // One path that cannot be read, among three: 3 entries both times.
+    let mut r = env.recv(&[]);
+    let missing = env.src().join("missing");
+    let mut cmd = xfer();
+    cmd.arg("send")
+        .arg(&one)
+        .arg(&missing)
+        .arg(&two)
+        .arg(r.addr());
+    let sent = run_bounded(cmd);
+    sent.assert_code(8)
+        .assert_stderr_contains("in 3 entries")
+        .assert_stderr_contains("1 of 3 entries failed");
+    r.finish();
+}

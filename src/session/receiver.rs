@@ -255,7 +255,7 @@ impl Receiver {
                 id,
                 name: offer.name.clone(),
                 reason: Reason::Unsupported,
-                message: "this receiver takes exactly one file (-o)".into(),
+                message: "this receiver takes exactly one file (it runs with -o or --stdout); send one file, or use a receiver with --dir".into(),
             };
         }
         self.phase = Phase::Judging { id };
