@@ -1019,7 +1019,7 @@ fn settle<S: Link + ?Sized>(
     let seconds = started.elapsed().as_secs_f64();
     reporter.info(|| {
         format!(
-            "received {} ({}, {}), sha256 {}",
+            "received {} ({}, {}), sha256 {}…",
             if path.as_os_str() == "-" {
                 format!("'{shown}' on standard output")
             } else {
@@ -1028,7 +1028,7 @@ fn settle<S: Link + ?Sized>(
             crate::units::human_bytes(size),
             rate(size, seconds),
             // Enough to compare by eye; JSON carries the whole digest.
-            format!("{}…", &hex(&digest)[..16])
+            &hex(&digest)[..16]
         )
     });
     reporter.event(
