@@ -234,6 +234,11 @@ pub struct RecvArgs {
     #[arg(long)]
     pub overwrite: bool,
 
+    /// Do what xfer refuses as a likely mistake: use a chosen code shorter
+    /// than a generated one, or write --stdout to a terminal.
+    #[arg(long)]
+    pub force: bool,
+
     /// Keep serving senders, several at once, until interrupted.
     #[arg(long)]
     pub keep_running: bool,

@@ -166,12 +166,18 @@ fn secret_from(args: &SecurityArgs, quiet: bool) -> Result<Option<Secret>, Failu
 /// A receiver's own chosen code must be at least as strong as a generated
 /// one (8 characters of Crockford's base 32: 40 bits), and when it comes
 /// from XFER_CODE rather than --code, the receiver says so.
-fn chosen_code(secret: &Option<Secret>, quiet: bool) -> Result<(), Failure> {
+fn chosen_code(secret: &Option<Secret>, quiet: bool, force: bool) -> Result<(), Failure> {
     let Some(Secret::Code(code)) = secret else {
         return Ok(());
     };
     let len = crate::secure::normalize_code(code).chars().count();
-    if len < crate::secure::CODE_LEN {
+    if len < crate::secure::CODE_LEN && force {
+        if !quiet {
+            crate::output::warning_line(&format!(
+                "a chosen code of {len} characters can be guessed; --force uses it anyway"
+            ));
+        }
+    } else if len < crate::secure::CODE_LEN {
         return Err(Failure::new(
             ExitCode::Usage,
             format!(
@@ -225,7 +231,19 @@ fn server_only(
 impl RecvConfig {
     pub fn from_args(args: RecvArgs) -> Result<Self, Failure> {
         let target = match args.output {
-            _ if args.stdout => Target::Stdout,
+            _ if args.stdout => {
+                use std::io::IsTerminal;
+                // As curl and zstd do: binary data over a terminal is a
+                // mistake unless asked for.
+                if std::io::stdout().is_terminal() && !args.force {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        "standard output is a terminal and the data would be written over it: \
+                         redirect it (| tar x, > FILE), use -o FILE, or add --force",
+                    ));
+                }
+                Target::Stdout
+            }
             Some(path) => {
                 let parent = match path.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -302,7 +320,7 @@ impl RecvConfig {
             },
             secret: {
                 let secret = secret_from(&args.security, args.common.quiet)?;
-                chosen_code(&secret, args.common.quiet)?;
+                chosen_code(&secret, args.common.quiet, args.force)?;
                 secret
             },
             quiet: args.common.quiet,

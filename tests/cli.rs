@@ -3503,3 +3503,28 @@ fn logs_read_well_one_line_per_file_and_counts_that_agree() {
         .assert_stderr_contains("1 of 3 entries failed");
     r.finish();
 }
+
+/// Issue 16: `recv --stdout` at a terminal wrote binary data over it;
+/// refused unless --force, as curl and zstd do.
+#[test]
+fn stdout_to_a_terminal_is_refused_unless_forced() {
+    use std::process::{Command, Stdio};
+    let receiver = format!(
+        "{} recv --port 0 --insecure --stdout",
+        env!("CARGO_BIN_EXE_xfer")
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &receiver, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{shown}");
+    assert!(shown.contains("standard output is a terminal"), "{shown}");
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .args(["recv", "--port", "0", "--code", "ab", "--force", "--json"]);
+    let mut r = RecvProcess::spawn(cmd);
+    let _ = r.child.kill();
+    r.finish().assert_stderr_contains("--force uses it anyway");
+}
