@@ -106,7 +106,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Make a random 256-bit key for --key-file (give both ends the same file).
-    #[command(after_help = keygen_help())]
+    #[command(after_help = keygen_help(), override_usage = "xfer keygen [--out PATH]")]
     Keygen {
         /// Write the key to this new file, readable only by you, instead of
         /// to standard output.
@@ -114,6 +114,7 @@ pub enum Command {
         out: Option<std::path::PathBuf>,
     },
     /// Print the man page (roff), or write every page into a directory.
+    #[command(override_usage = "xfer man [--out-dir DIR]")]
     Man {
         /// Write xfer.1 and one page per subcommand into this directory.
         #[arg(long, value_name = "DIR")]

@@ -87,33 +87,51 @@ impl Reporter {
             // Nothing to draw, so nothing to style: this runs once per file.
             return Progress {
                 bar: ProgressBar::hidden(),
+                estimating: std::sync::atomic::AtomicBool::new(true),
             };
         }
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        // No estimate before the first byte: "eta 0s" at 0 B said nothing.
         let template = if total.is_some() {
-            "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {decimal_bytes_per_sec} eta {eta}"
+            "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {decimal_bytes_per_sec}"
         } else {
             "{msg:.bold} {spinner} {binary_bytes} {decimal_bytes_per_sec}"
         };
-        bar.set_style(
-            ProgressStyle::with_template(template)
-                .expect("the template is valid")
-                .progress_chars("=> "),
-        );
+        bar.set_style(style(template));
         bar.set_message(escape_for_terminal(name));
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress { bar }
+        Progress {
+            bar,
+            estimating: std::sync::atomic::AtomicBool::new(total.is_none()),
+        }
     }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("the template is valid")
+        .progress_chars("=> ")
 }
 
 /// A live progress bar; cleared when dropped.
 pub struct Progress {
     bar: ProgressBar,
+    /// The estimate is shown (or there is none to show: no total).
+    estimating: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
     pub fn set(&self, done: u64) {
         self.bar.set_position(done);
+        if done > 0
+            && !self
+                .estimating
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.bar.set_style(style(
+                "{msg:.bold} [{bar:30}] {binary_bytes}/{binary_total_bytes} {decimal_bytes_per_sec} eta {eta}",
+            ));
+        }
     }
 
     /// What the bar is about now (the current file); escaped here.

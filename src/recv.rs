@@ -887,7 +887,7 @@ fn receive_pending<S: Link + ?Sized>(
         offer,
         output,
         (size, digest),
-        started,
+        (started, start),
         reporter,
     )
 }
@@ -925,7 +925,7 @@ fn settle<S: Link + ?Sized>(
     offer: &Offer,
     output: Output,
     (size, digest): (u64, Digest),
-    started: Instant,
+    (started, start): (Instant, u64),
     reporter: &Reporter,
 ) -> anyhow::Result<anyhow::Result<Received>> {
     let shown = shown(&offer.name);
@@ -1025,15 +1025,25 @@ fn settle<S: Link + ?Sized>(
             } else {
                 format!("'{}'", escape_for_terminal(&path.display().to_string()))
             },
-            crate::units::human_bytes(size),
-            rate(size, seconds),
+            if start > 0 {
+                format!(
+                    "{}, resumed at {}",
+                    crate::units::human_bytes(size),
+                    crate::units::human_bytes(start)
+                )
+            } else {
+                crate::units::human_bytes(size)
+            },
+            // The rate of what crossed the wire, not of the whole file.
+            rate(size - start, seconds),
             // Enough to compare by eye; JSON carries the whole digest.
             &hex(&digest)[..16]
         )
     });
     reporter.event(
         "file-done",
-        || json!({ "name": offer.name, "path": path.display().to_string(), "bytes": size, "sha256": hex(&digest), "seconds": seconds }),
+        || json!({ "name": offer.name, "path": path.display().to_string(), "bytes": size,
+                   "received": size - start, "offset": start, "sha256": hex(&digest), "seconds": seconds }),
     );
     Ok(Ok(Received {
         name: offer.name.clone(),

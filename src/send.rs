@@ -1211,7 +1211,12 @@ fn send_paths(
             )
         }
     });
-    let progress = reporter.progress("", Some(total_bytes));
+    let label = if as_paths {
+        ""
+    } else {
+        plan.entries[0].name.as_str()
+    };
+    let progress = reporter.progress(label, Some(total_bytes));
     let options = Options {
         resume: config.resume,
         idle_timeout: config.idle_timeout,

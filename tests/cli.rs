@@ -1239,8 +1239,20 @@ fn a_killed_transfer_resumes_sending_only_the_missing_bytes() {
     );
     assert_eq!(sha256_file(&env.dst().join("big.bin")), sha256_file(&file));
     assert_eq!(entries(&env.dst()), vec!["big.bin"]);
+    // Issue 16: both sides count and rate what crossed, not the whole file.
+    let sent = again.event("file-done");
+    assert_eq!(sent["sent"].as_u64(), Some(size as u64 - offset), "{sent}");
     r.signal(Signal::TERM);
-    r.finish();
+    let out = r.finish();
+    let received = out
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "file-done")
+        .last()
+        .unwrap();
+    assert_eq!(received["received"].as_u64(), Some(size as u64 - offset));
+    assert_eq!(received["offset"].as_u64(), Some(offset));
+    out.assert_stderr_contains("resumed at");
 }
 
 #[test]
