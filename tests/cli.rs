@@ -1247,8 +1247,7 @@ fn a_killed_transfer_resumes_sending_only_the_missing_bytes() {
     let received = out
         .events()
         .into_iter()
-        .filter(|e| e["event"] == "file-done")
-        .last()
+        .rfind(|e| e["event"] == "file-done")
         .unwrap();
     assert_eq!(received["received"].as_u64(), Some(size as u64 - offset));
     assert_eq!(received["offset"].as_u64(), Some(offset));
