@@ -50,6 +50,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let policy = Policy {
         target: Target::Dir(workdir.path().to_path_buf()),
         overwrite: false,
+        backups: None,
         secret: secret.clone(),
         limits: crate::config::Limits::default(),
         handshake_timeout: TIMEOUT,

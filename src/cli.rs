@@ -235,6 +235,18 @@ pub struct RecvArgs {
     #[arg(long)]
     pub overwrite: bool,
 
+    /// Replace an existing, different file, keeping the old one beside it
+    /// as NAME~20261130T033001.123Z~ (its time of replacement, UTC), so a
+    /// mistaken or compromised sender cannot destroy earlier copies.
+    #[arg(long, conflicts_with_all = ["overwrite", "stdout"])]
+    pub backup: bool,
+
+    /// With --backup: keep at most N old copies per name, removing the
+    /// oldest (default: keep them all; a sender can then fill the disk,
+    /// while with N it can push out copies older than N).
+    #[arg(long, value_name = "N", requires = "backup")]
+    pub keep_backups: Option<usize>,
+
     /// Do what xfer refuses as a likely mistake: use a chosen code shorter
     /// than a generated one, or write --stdout to a terminal.
     #[arg(long)]

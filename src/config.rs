@@ -61,6 +61,8 @@ pub struct RecvConfig {
     pub port: u16,
     pub target: Target,
     pub overwrite: bool,
+    /// Keep replaced files aside (`--backup`), how many per name.
+    pub backups: Option<crate::destination::Backups>,
     pub keep_running: bool,
     /// With `keep_running`: sessions served at once.
     pub max_connections: usize,
@@ -282,6 +284,16 @@ impl RecvConfig {
             port: args.port,
             target,
             overwrite: args.overwrite,
+            backups: match (args.backup, args.keep_backups) {
+                (_, Some(0)) => {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        "--keep-backups must be at least 1 (leave out --backup to keep none)",
+                    ));
+                }
+                (true, keep) => Some(crate::destination::Backups { keep }),
+                (false, _) => None,
+            },
             keep_running: args.keep_running,
             max_connections: server_only(
                 args.max_connections,

@@ -170,6 +170,8 @@ const SPACE_FRESH: Duration = Duration::from_secs(1);
 pub struct Destination {
     target: Target,
     overwrite: bool,
+    /// Keep a replaced file aside instead of losing it.
+    backups: Option<Backups>,
     /// Open directories by their path relative to the root ("" is the root).
     dirs: HashMap<PathBuf, DirFd>,
     /// Bytes believed free, and when that was read.
@@ -195,6 +197,7 @@ pub struct PartialFile {
     path: PathBuf,
     final_path: PathBuf,
     overwrite: bool,
+    backups: Option<Backups>,
     resumable: bool,
     /// Bytes already held from an earlier, interrupted transfer.
     held: u64,
@@ -253,10 +256,21 @@ impl Destination {
         Destination {
             target,
             overwrite,
+            backups: None,
             dirs: HashMap::new(),
             space: None,
             seen: crate::names::Seen::default(),
         }
+    }
+
+    /// The same destination, keeping each file it replaces aside (which
+    /// implies replacing).
+    pub fn with_backups(mut self, backups: Option<Backups>) -> Self {
+        if backups.is_some() {
+            self.overwrite = true;
+        }
+        self.backups = backups;
+        self
     }
 
     /// Decides where `offer` would land and opens its partial file, finds
@@ -326,6 +340,7 @@ impl Destination {
             path,
             final_path,
             overwrite: self.overwrite,
+            backups: self.backups,
             resumable,
             held,
             settled: false,
@@ -557,7 +572,7 @@ fn existing(
             return Err(Refusal::new(
                 Reason::Exists,
                 format!(
-                    "'{}' already exists (the receiver can allow --overwrite)",
+                    "'{}' already exists (the receiver can allow --overwrite, or --backup to keep the old copy)",
                     shown_final()
                 ),
             ));
@@ -936,6 +951,15 @@ impl PartialFile {
                 _ => return Err(replaced()),
             }
         }
+        // Keeping old copies: the file about to be replaced gets a second
+        // name first (a hard link, so the final name is never missing),
+        // then the new file is renamed over the final name.
+        let kept_aside = match self.backups {
+            Some(_) => self
+                .keep_aside()
+                .map_err(|e| io_refusal("cannot keep the old copy of", &e))?,
+            None => None,
+        };
         let renamed = if self.overwrite {
             rfs::renameat(&*self.dir, &self.temp_name, &*self.dir, &self.final_name)
                 .map_err(io::Error::from)
@@ -965,10 +989,100 @@ impl PartialFile {
             }
             Err(e) => return Err(io_refusal("cannot check", &e.into())),
         }
+        if let (Some(backups), Some(_)) = (self.backups, &kept_aside) {
+            self.prune_backups(backups);
+        }
         // The rename is durable only once the directory is synced.
         let _ = rfs::fsync(&*self.dir);
         Ok(self.final_path.clone())
     }
+
+    /// Links the file now under the final name (if there is one, a regular
+    /// file) to a backup name: `NAME~20261130T033001.123Z~`, the UTC time
+    /// to the millisecond, with `-2`, `-3`, ... before the last `~` if
+    /// that name is taken. Returns the name used.
+    fn keep_aside(&self) -> io::Result<Option<OsString>> {
+        match rfs::statat(&*self.dir, &self.final_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+            _ => return Ok(None),
+        }
+        let stamp = humantime::format_rfc3339_millis(SystemTime::now())
+            .to_string()
+            .replace(['-', ':'], "");
+        for n in 1..=1000 {
+            let mut name = self.final_name.clone();
+            name.push(if n == 1 {
+                format!("~{stamp}~")
+            } else {
+                format!("~{stamp}-{n}~")
+            });
+            match rfs::linkat(
+                &*self.dir,
+                &self.final_name,
+                &*self.dir,
+                &name,
+                AtFlags::empty(),
+            ) {
+                Ok(()) => return Ok(Some(name)),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free backup name after 1000 tries",
+        ))
+    }
+
+    /// With a limit, removes the oldest copies kept aside for this name
+    /// beyond it (their names sort by time).
+    fn prune_backups(&self, backups: Backups) {
+        let Some(keep) = backups.keep else { return };
+        let mut prefix = self.final_name.as_encoded_bytes().to_vec();
+        prefix.extend_from_slice(b"~");
+        let Ok(listing) = rfs::Dir::read_from(&*self.dir) else {
+            return;
+        };
+        let mut kept: Vec<OsString> = listing
+            .filter_map(Result::ok)
+            .map(|e| OsString::from(std::ffi::OsStr::from_bytes(e.file_name().to_bytes())))
+            .filter(|n| {
+                let b = n.as_encoded_bytes();
+                b.starts_with(&prefix) && is_backup_suffix(&b[prefix.len()..])
+            })
+            .collect();
+        kept.sort();
+        let excess = kept.len().saturating_sub(keep);
+        for old in &kept[..excess] {
+            let _ = rfs::unlinkat(&*self.dir, old, AtFlags::empty());
+        }
+    }
+}
+
+/// Whether `suffix` (after `NAME~`) is one of ours: `20261130T033001.123Z~`
+/// or `...Z-N~`.
+fn is_backup_suffix(suffix: &[u8]) -> bool {
+    let Some(body) = suffix.strip_suffix(b"~") else {
+        return false;
+    };
+    let stamp = match body.iter().position(|&b| b == b'Z') {
+        Some(z) => &body[..z],
+        None => return false,
+    };
+    stamp.len() == 19
+        && stamp[8] == b'T'
+        && stamp[15] == b'.'
+        && stamp
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 8 || i == 15 || b.is_ascii_digit())
+}
+
+/// Old copies kept aside when a file is replaced, and how many per name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backups {
+    /// `None`: every copy is kept.
+    pub keep: Option<usize>,
 }
 
 /// Whether two stats are of one file system object.
@@ -1206,6 +1320,43 @@ mod tests {
             left.iter().any(|n| n.ends_with(PARTIAL_SUFFIX)),
             "b's partial stays"
         );
+    }
+
+    /// Issue 12: two replacements within one millisecond still keep both
+    /// old copies, under distinct names.
+    #[test]
+    fn copies_kept_aside_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target::Dir(dir.path().into());
+        for (i, body) in [b"one", b"two", b"3rd", b"4th"].iter().enumerate() {
+            let mut o = offer("f", 3);
+            o.mtime_secs += i as i64;
+            let mut p = Destination::new(t.clone(), false)
+                .with_backups(Some(Backups { keep: None }))
+                .prepare(&o)
+                .unwrap()
+                .partial()
+                .unwrap();
+            p.writer().write_all(*body).unwrap();
+            p.commit(&o, o.size).unwrap();
+        }
+        let names = entries(dir.path());
+        assert_eq!(names.len(), 4, "{names:?}");
+        let mut bodies: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| fs::read(dir.path().join(n)).unwrap())
+            .collect();
+        bodies.sort();
+        assert_eq!(
+            bodies,
+            [
+                b"3rd".to_vec(),
+                b"4th".to_vec(),
+                b"one".to_vec(),
+                b"two".to_vec()
+            ]
+        );
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"4th");
     }
 
     #[test]

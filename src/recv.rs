@@ -36,6 +36,8 @@ use crate::signals;
 pub struct Policy {
     pub target: Target,
     pub overwrite: bool,
+    /// Keep replaced files aside (`--backup`).
+    pub backups: Option<destination::Backups>,
     /// What a sender must know to be served.
     pub secret: Secret,
     pub limits: Limits,
@@ -114,7 +116,8 @@ fn serve_session<S: Link + ?Sized>(
         policy,
         reporter,
         failures,
-        destination: destination::Destination::new(policy.target.clone(), policy.overwrite),
+        destination: destination::Destination::new(policy.target.clone(), policy.overwrite)
+            .with_backups(policy.backups),
         pending: std::collections::VecDeque::new(),
         received: Vec::new(),
         directories: Vec::new(),
@@ -1292,6 +1295,7 @@ fn serve_connection(
     let policy = Policy {
         target: config.target.clone(),
         overwrite: config.overwrite,
+        backups: config.backups,
         secret: secret.clone(),
         limits: config.limits,
         handshake_timeout: config.connect_timeout,

@@ -2731,6 +2731,7 @@ fn both_sides_run_in_one_process_over_an_in_memory_link() {
     let policy = xfer::recv::Policy {
         target: xfer::destination::Target::Dir(env.dst()),
         overwrite: false,
+        backups: None,
         secret: test_secret(),
         limits: xfer::config::Limits::default(),
         handshake_timeout: STEP,
@@ -3538,4 +3539,105 @@ fn stdout_to_a_terminal_is_refused_unless_forced() {
     let mut r = RecvProcess::spawn(cmd);
     let _ = r.child.kill();
     r.finish().assert_stderr_contains("--force uses it anyway");
+}
+
+/// Issue 12, night after night: the README's nightly recipe sends the same
+/// name every night. With --backup each night's file replaces the last,
+/// which is kept aside under its time; --keep-backups bounds how many.
+#[test]
+fn four_nights_of_backups_keep_the_newest_and_the_copies_asked_for() {
+    let env = TestEnv::new();
+    let file = env.src().join("home.tgz");
+    let mut r = env.recv(&["--keep-running", "--backup", "--keep-backups", "2"]);
+    let mut nights = Vec::new();
+    for night in 0..4u64 {
+        let data = random_bytes(100_000 + night as usize, 60 + night);
+        fs::write(&file, &data).unwrap();
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_800_000_000 + night * 86_400);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        env.send(&file, &r.addr(), &["--quiet"]).assert_code(0);
+        nights.push(data);
+    }
+    let _ = r.child.kill();
+    r.finish();
+    let mut names = entries(&env.dst());
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], "home.tgz");
+    assert!(
+        names[1].starts_with("home.tgz~") && names[1].ends_with("Z~"),
+        "{names:?}"
+    );
+    // The newest under the name; the two nights before it aside, in order.
+    assert_eq!(fs::read(env.dst().join(&names[0])).unwrap(), nights[3]);
+    assert_eq!(fs::read(env.dst().join(&names[1])).unwrap(), nights[1]);
+    assert_eq!(fs::read(env.dst().join(&names[2])).unwrap(), nights[2]);
+}
+
+/// Issue 12: the shipped unit and the README's cron recipe, three nights
+/// in a row: the receiver runs with the unit's own options, the sender
+/// with the recipe's, and every night's data is kept.
+#[test]
+fn the_shipped_unit_and_cron_recipe_keep_three_nights() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = fs::read_to_string(root.join("contrib/xfer-recv.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    let mut recv_args = vec!["--keep-running"];
+    for (i, w) in words.iter().enumerate() {
+        match *w {
+            "--backup" => recv_args.push("--backup"),
+            "--keep-backups" => recv_args.extend(["--keep-backups", words[i + 1]]),
+            _ => {}
+        }
+    }
+    assert!(
+        recv_args.contains(&"--backup"),
+        "the unit keeps old copies: {exec}"
+    );
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    let cron = readme
+        .lines()
+        .find(|l| l.starts_with("30 3 * * *"))
+        .expect("the cron line");
+    assert!(cron.contains("xfer send --key-file"), "{cron}");
+    let env = TestEnv::new();
+    let file = env.src().join("home.tgz");
+    let mut r = env.recv(&recv_args);
+    let mut nights = Vec::new();
+    for night in 0..3u64 {
+        let data = random_bytes(50_000, 70 + night);
+        fs::write(&file, &data).unwrap();
+        let mtime = UNIX_EPOCH + Duration::from_secs(1_800_000_000 + night * 86_400);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let out = env.send(&file, &r.addr(), &["--quiet", "--json"]);
+        out.assert_code(0);
+        assert!(
+            out.stderr.is_empty(),
+            "the recipe's error log stays empty: {out}"
+        );
+        nights.push(data);
+    }
+    let _ = r.child.kill();
+    r.finish();
+    let mut kept: Vec<Vec<u8>> = entries(&env.dst())
+        .iter()
+        .map(|n| fs::read(env.dst().join(n)).unwrap())
+        .collect();
+    kept.sort();
+    nights.sort();
+    assert_eq!(kept, nights, "every night's data is on the receiver");
 }
