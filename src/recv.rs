@@ -1381,7 +1381,7 @@ fn summarize(
             let directories = files.iter().filter(|f| f.is_dir).count();
             let mut fields = json!({
                 "ok": true, "exit_code": 0, "peer": peer, "files": files.len() - directories,
-                "directories": directories, "skipped": skipped,
+                "directories": directories, "skipped": skipped, "unchanged": skipped,
                 "bytes": bytes, "seconds": seconds, "failed": 0, "failures": [],
             });
             if let [one] = files.as_slice() {

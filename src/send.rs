@@ -863,7 +863,8 @@ impl Totals {
         };
         let mut summary = json!({
             "ok": outcome.is_ok(), "exit_code": code, "files": self.sent.len(),
-            "directories": self.directories, "skipped": skipped, "failed": failures.len(),
+            "directories": self.directories, "skipped": skipped, "unchanged": skipped,
+            "passed_over": self.passed_over, "failed": failures.len(),
             "bytes": bytes, "seconds": seconds, "failures": failures,
         });
         if let [one] = self.sent.as_slice() {

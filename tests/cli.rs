@@ -3641,3 +3641,23 @@ fn the_shipped_unit_and_cron_recipe_keep_three_nights() {
     nights.sort();
     assert_eq!(kept, nights, "every night's data is on the receiver");
 }
+
+/// Issue 12, logs a script can keep: the sender's summary counts a link it
+/// passed over as passed over, not as nothing (it said "skipped": 0).
+#[test]
+fn the_summary_counts_what_was_passed_over_and_what_was_unchanged() {
+    let env = TestEnv::new();
+    let tree = env.src().join("t");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("a"), b"a").unwrap();
+    std::os::unix::fs::symlink("a", tree.join("link")).unwrap();
+    let mut r = env.recv(&["--keep-running"]);
+    env.send(&tree, &r.addr(), &[]).assert_code(0);
+    let again = env.send(&tree, &r.addr(), &["--json"]);
+    again.assert_code(0);
+    let summary = again.event("summary");
+    assert_eq!(summary["passed_over"], 1, "{summary}");
+    assert_eq!(summary["unchanged"], 1, "{summary}");
+    let _ = r.child.kill();
+    r.finish();
+}
