@@ -241,6 +241,12 @@ pub struct RecvArgs {
     #[arg(long, conflicts_with_all = ["overwrite", "stdout"])]
     pub backup: bool,
 
+    /// Remove xfer's partial files that no transfer has written for this
+    /// long (at start-up, and every hour with --keep-running): attempts that
+    /// will never be resumed. E.g. 7d, 12h.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration, env = "XFER_PARTIAL_MAX_AGE")]
+    pub partial_max_age: Duration,
+
     /// With --backup: keep at most N old copies per name, removing the
     /// oldest (default: keep them all; a sender can then fill the disk,
     /// while with N it can push out copies older than N).

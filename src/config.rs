@@ -63,6 +63,8 @@ pub struct RecvConfig {
     pub overwrite: bool,
     /// Keep replaced files aside (`--backup`), how many per name.
     pub backups: Option<crate::destination::Backups>,
+    /// Partial files untouched for longer are removed.
+    pub partial_max_age: Duration,
     pub keep_running: bool,
     /// With `keep_running`: sessions served at once.
     pub max_connections: usize,
@@ -294,6 +296,7 @@ impl RecvConfig {
                 (true, keep) => Some(crate::destination::Backups { keep }),
                 (false, _) => None,
             },
+            partial_max_age: positive(args.partial_max_age, "--partial-max-age")?,
             keep_running: args.keep_running,
             max_connections: server_only(
                 args.max_connections,

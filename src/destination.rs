@@ -597,6 +597,86 @@ enum Placed {
     Directory(PathBuf),
 }
 
+/// Removes xfer's partial files under `root` that no transfer has written
+/// for longer than `max_age` (resumable `.partial` files of attempts that
+/// never came back, and `.part` files a killed receiver left): only regular
+/// files of this user that no session holds, never through a symbolic
+/// link, below subdirectories too when `recursive`. Returns each one
+/// removed, with how long it had lain untouched.
+pub fn reap_partials(root: &Path, max_age: Duration, recursive: bool) -> Vec<(PathBuf, Duration)> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(fd) = rfs::open(root, flags, rfs::Mode::empty()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    reap_in(&fd, root, max_age, recursive, 0, &mut removed);
+    removed
+}
+
+fn reap_in(
+    dir: &OwnedFd,
+    path: &Path,
+    max_age: Duration,
+    recursive: bool,
+    depth: usize,
+    removed: &mut Vec<(PathBuf, Duration)>,
+) {
+    // Deep enough for any real tree; a bound all the same.
+    if depth > 4096 {
+        return;
+    }
+    let Ok(listing) = rfs::Dir::read_from(dir) else {
+        return;
+    };
+    let names: Vec<OsString> = listing
+        .filter_map(Result::ok)
+        .map(|e| OsString::from(OsStr::from_bytes(e.file_name().to_bytes())))
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    for name in names {
+        let bytes = name.as_encoded_bytes();
+        let ours = bytes.starts_with(TEMP_PREFIX.as_bytes())
+            && (bytes.ends_with(PARTIAL_SUFFIX.as_bytes())
+                || bytes.ends_with(TEMP_SUFFIX.as_bytes()));
+        if ours {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let Ok(fd) = rfs::openat(dir, &name, flags, rfs::Mode::empty()) else {
+                continue;
+            };
+            let Ok(st) = rfs::fstat(&fd) else { continue };
+            #[allow(clippy::unnecessary_cast)]
+            let written = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+            let age = SystemTime::now()
+                .duration_since(written)
+                .unwrap_or_default();
+            let stale = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && st.st_nlink == 1
+                && st.st_uid == our_uid()
+                && age > max_age;
+            if stale
+                && rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_ok()
+                && rfs::unlinkat(dir, &name, AtFlags::empty()).is_ok()
+            {
+                removed.push((path.join(&name), age));
+            }
+            continue;
+        }
+        if recursive {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            if let Ok(child) = rfs::openat(dir, &name, flags, rfs::Mode::empty()) {
+                reap_in(
+                    &child,
+                    &path.join(&name),
+                    max_age,
+                    recursive,
+                    depth + 1,
+                    removed,
+                );
+            }
+        }
+    }
+}
+
 /// Opens (or with `create` makes) the directory `name` inside `parent`,
 /// never following a symbolic link. The error is a reason and the rest of
 /// a message after the path.

@@ -1108,6 +1108,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         }
     }
     reporter.info(|| the_other_side(config, &secret, local));
+    reap_partials(config, &reporter);
     reporter.event(
         "listening",
         || json!({ "address": local.to_string(), "port": local.port(), "code": code }),
@@ -1139,6 +1140,15 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     let active = AtomicUsize::new(0);
     let handshaking = AtomicUsize::new(0);
     std::thread::scope(|scope| {
+        // While serving, old partial files are reaped every hour.
+        let reporter_ref = &reporter;
+        let _ = std::thread::Builder::new()
+            .name("xfer-reaper".into())
+            .spawn_scoped(scope, move || {
+                while sleep_or_stop(std::time::Duration::from_secs(3600)) {
+                    reap_partials(config, reporter_ref);
+                }
+            });
         while !signals::interrupted() {
             let (stream, peer) = match accept(&listener) {
                 Ok(accepted) => accepted,
@@ -1221,6 +1231,44 @@ fn the_other_side(config: &RecvConfig, secret: &Secret, local: SocketAddr) -> St
             more.join(", ")
         ),
     }
+}
+
+/// Removes the partial files nothing has written for `--partial-max-age`
+/// (below `--dir`, or beside `-o`), saying which.
+fn reap_partials(config: &RecvConfig, reporter: &Reporter) {
+    let (root, recursive) = match &config.target {
+        Target::Dir(dir) => (dir.clone(), true),
+        Target::Output(path) => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => (p.to_path_buf(), false),
+            _ => (PathBuf::from("."), false),
+        },
+        Target::Stdout => return,
+    };
+    for (path, age) in destination::reap_partials(&root, config.partial_max_age, recursive) {
+        let shown = escape_for_terminal(&path.display().to_string());
+        let days = age.as_secs() / 86_400;
+        reporter.info(|| {
+            format!(
+                "removed '{shown}', a partial file untouched for {days} day(s) (--partial-max-age)"
+            )
+        });
+        reporter.event(
+            "partial-removed",
+            || json!({ "path": path.display().to_string(), "reason": "older than --partial-max-age", "age_seconds": age.as_secs() }),
+        );
+    }
+}
+
+/// Sleeps for `d` in short steps; false as soon as a signal arrived.
+fn sleep_or_stop(d: std::time::Duration) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if signals::interrupted() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    !signals::interrupted()
 }
 
 /// A served connection's outcome, with a probe counted as nothing.

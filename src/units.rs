@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `10s`, `500ms`, `2m`, `1h`, `7d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (value, unit) =
@@ -16,7 +16,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("'{s}': unknown unit '{other}' (use ms, s, m or h)")),
+        "d" => value * 86_400.0,
+        other => {
+            return Err(format!(
+                "'{s}': unknown unit '{other}' (use ms, s, m, h or d)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{s}' is out of range"))
 }
@@ -114,6 +119,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());

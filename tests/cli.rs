@@ -3661,3 +3661,46 @@ fn the_summary_counts_what_was_passed_over_and_what_was_unchanged() {
     let _ = r.child.kill();
     r.finish();
 }
+
+/// Issue 12, no orphans: partial files no transfer has written for
+/// --partial-max-age are removed when the receiver starts (and hourly while
+/// it runs), each reported; a fresh one and anything not xfer's stay.
+#[test]
+fn stale_partial_files_are_reaped_at_start_up() {
+    let env = TestEnv::new();
+    let sub = env.dst().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    let plant = |path: std::path::PathBuf, when: std::time::SystemTime| {
+        fs::write(&path, b"partial data").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        path
+    };
+    let stale = plant(
+        env.dst().join(".xfer-0123456789abcdef-01234567.partial"),
+        old,
+    );
+    let deep = plant(sub.join(".xfer-aaaaaaaaaaaaaaaa-bbbbbbbb.partial"), old);
+    let fresh = plant(
+        env.dst().join(".xfer-cccccccccccccccc-dddddddd.partial"),
+        std::time::SystemTime::now(),
+    );
+    let not_ours = plant(env.dst().join("notes.partial"), old);
+    let mut r = env.recv(&["--keep-running"]);
+    r.wait_event("listening");
+    let _ = r.child.kill();
+    let out = r.finish();
+    assert!(!stale.exists() && !deep.exists(), "{out}");
+    assert!(fresh.exists() && not_ours.exists());
+    let reaped = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "partial-removed")
+        .count();
+    assert_eq!(reaped, 2, "{out}");
+}
