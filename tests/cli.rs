@@ -3339,12 +3339,30 @@ fn the_receiver_prints_the_command_for_the_other_machine_without_the_code() {
     assert!(!out.stderr.contains(&code), "the code was printed in {out}");
 }
 
+/// `command` (a shell command line) run by `script`, which gives it a
+/// terminal, as a person would: stdin and stdout piped to the test, no
+/// XFER_ variables (so no key file: a code is asked for).
+fn at_a_terminal(command: &str) -> std::process::Command {
+    use std::process::Stdio;
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-q", "-e", "-c", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("XFER_") {
+            script.env_remove(key);
+        }
+    }
+    script
+}
+
 /// Issue 16: Ctrl-C at the code prompt took the three-second grace period
 /// and printed its message on the prompt's line. Run under `script`, which
 /// gives the sender a terminal; ^C typed there reaches it as SIGINT.
 #[test]
 fn ctrl_c_at_the_code_prompt_stops_at_once_on_a_line_of_its_own() {
-    use std::process::{Command, Stdio};
     let env = TestEnv::new();
     let file = env.random_file("p.bin", 10, 7);
     // A receiver is there (the sender checks before it asks).
@@ -3355,19 +3373,7 @@ fn ctrl_c_at_the_code_prompt_stops_at_once_on_a_line_of_its_own() {
         file.display(),
         r.addr()
     );
-    let mut script = Command::new("script");
-    script
-        .args(["-q", "-e", "-c", &sender, "/dev/null"])
-        .env_remove("XFER_KEY_FILE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("XFER_") {
-            script.env_remove(key);
-        }
-    }
-    let mut child = script.spawn().unwrap();
+    let mut child = at_a_terminal(&sender).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
@@ -3421,7 +3427,6 @@ fn a_probe_is_not_a_failure_and_the_real_sender_gets_in() {
 /// before it asks for the code (it used to ask first, then fail).
 #[test]
 fn with_nothing_listening_a_sender_at_a_terminal_never_asks_for_the_code() {
-    use std::process::{Command, Stdio};
     let env = TestEnv::new();
     let file = env.random_file("n.bin", 10, 9);
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -3432,18 +3437,7 @@ fn with_nothing_listening_a_sender_at_a_terminal_never_asks_for_the_code() {
         env!("CARGO_BIN_EXE_xfer"),
         file.display()
     );
-    let mut script = Command::new("script");
-    script
-        .args(["-q", "-e", "-c", &sender, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("XFER_") {
-            script.env_remove(key);
-        }
-    }
-    let mut child = script.spawn().unwrap();
+    let mut child = at_a_terminal(&sender).spawn().unwrap();
     let _stdin = child.stdin.take();
     let mut shown = String::new();
     child
@@ -3520,13 +3514,12 @@ fn logs_read_well_one_line_per_file_and_counts_that_agree() {
 /// refused unless --force, as curl and zstd do.
 #[test]
 fn stdout_to_a_terminal_is_refused_unless_forced() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let receiver = format!(
         "{} recv --port 0 --insecure --stdout",
         env!("CARGO_BIN_EXE_xfer")
     );
-    let out = Command::new("script")
-        .args(["-q", "-e", "-c", &receiver, "/dev/null"])
+    let out = at_a_terminal(&receiver)
         .stdin(Stdio::null())
         .output()
         .unwrap();
