@@ -104,22 +104,11 @@ impl OpenDir {
             if name == keep || !name.as_encoded_bytes().starts_with(prefix.as_bytes()) {
                 return true;
             }
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-            let Ok(fd) = rfs::openat(&self.fd, name, flags, rfs::Mode::empty()) else {
-                return false; // gone already
-            };
-            let ours = rfs::fstat(&fd).is_ok_and(|st| {
-                FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && st.st_nlink == 1
-                    && st.st_uid == our_uid()
-            });
-            // Another session resuming it holds its lock.
-            let free = rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_ok();
-            if ours && free && rfs::unlinkat(&self.fd, name, AtFlags::empty()).is_ok() {
+            let gone = remove_own_partial(&self.fd, name, |_| true).is_some();
+            if gone {
                 removed.push(name.clone());
-                return false;
             }
-            true
+            !gone
         });
         removed
     }
@@ -127,17 +116,54 @@ impl OpenDir {
 
 /// The names of xfer's resumable partial files in a directory.
 fn list_partials(dir: &OwnedFd) -> Vec<OsString> {
-    let Ok(listing) = rfs::Dir::read_from(dir) else {
-        return Vec::new();
-    };
-    listing
-        .filter_map(Result::ok)
-        .map(|entry| OsString::from(std::ffi::OsStr::from_bytes(entry.file_name().to_bytes())))
+    names_in(dir)
+        .into_iter()
         .filter(|name| {
             let bytes = name.as_encoded_bytes();
             bytes.starts_with(TEMP_PREFIX.as_bytes()) && bytes.ends_with(PARTIAL_SUFFIX.as_bytes())
         })
         .collect()
+}
+
+/// The names in a directory, without `.` and `..` (none if it cannot be
+/// read).
+fn names_in(dir: &OwnedFd) -> Vec<OsString> {
+    let Ok(listing) = rfs::Dir::read_from(dir) else {
+        return Vec::new();
+    };
+    listing
+        .filter_map(Result::ok)
+        .map(|entry| OsString::from(OsStr::from_bytes(entry.file_name().to_bytes())))
+        .filter(|name| name != "." && name != "..")
+        .collect()
+}
+
+/// Whether `st` is a partial file this process could have left: a regular
+/// file with one link, owned by this user. Nothing else is resumed or
+/// removed as xfer's own.
+fn could_be_ours(st: &rfs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+        && st.st_nlink == 1
+        && st.st_uid == our_uid()
+}
+
+/// Removes the partial file `name` in `dir` if it could be ours, no
+/// session holds its lock, and `also` agrees with its stat; that stat when
+/// it was removed. Opened without following a link or blocking on a FIFO.
+fn remove_own_partial(
+    dir: &OwnedFd,
+    name: &OsStr,
+    also: impl FnOnce(&rfs::Stat) -> bool,
+) -> Option<rfs::Stat> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, rfs::Mode::empty()).ok()?;
+    let st = rfs::fstat(&fd).ok()?;
+    let removable = could_be_ours(&st)
+        && also(&st)
+        // Another session resuming it holds its lock.
+        && rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_ok()
+        && rfs::unlinkat(dir, name, AtFlags::empty()).is_ok();
+    removable.then_some(st)
 }
 
 impl std::ops::Deref for OpenDir {
@@ -625,39 +651,21 @@ fn reap_in(
     if depth > 4096 {
         return;
     }
-    let Ok(listing) = rfs::Dir::read_from(dir) else {
-        return;
+    let age_of = |st: &rfs::Stat| {
+        #[allow(clippy::unnecessary_cast)]
+        let written = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+        SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default()
     };
-    let names: Vec<OsString> = listing
-        .filter_map(Result::ok)
-        .map(|e| OsString::from(OsStr::from_bytes(e.file_name().to_bytes())))
-        .filter(|n| n != "." && n != "..")
-        .collect();
-    for name in names {
+    for name in names_in(dir) {
         let bytes = name.as_encoded_bytes();
         let ours = bytes.starts_with(TEMP_PREFIX.as_bytes())
             && (bytes.ends_with(PARTIAL_SUFFIX.as_bytes())
                 || bytes.ends_with(TEMP_SUFFIX.as_bytes()));
         if ours {
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-            let Ok(fd) = rfs::openat(dir, &name, flags, rfs::Mode::empty()) else {
-                continue;
-            };
-            let Ok(st) = rfs::fstat(&fd) else { continue };
-            #[allow(clippy::unnecessary_cast)]
-            let written = UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
-            let age = SystemTime::now()
-                .duration_since(written)
-                .unwrap_or_default();
-            let stale = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                && st.st_nlink == 1
-                && st.st_uid == our_uid()
-                && age > max_age;
-            if stale
-                && rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_ok()
-                && rfs::unlinkat(dir, &name, AtFlags::empty()).is_ok()
-            {
-                removed.push((path.join(&name), age));
+            if let Some(st) = remove_own_partial(dir, &name, |st| age_of(st) > max_age) {
+                removed.push((path.join(&name), age_of(&st)));
             }
             continue;
         }
@@ -790,10 +798,7 @@ fn our_uid() -> u32 {
 
 fn trust_partial(fd: OwnedFd) -> Result<Option<(File, u64)>, PartialError> {
     let st = rfs::fstat(&fd).map_err(|e| PartialError::Io(e.into()))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-        || st.st_nlink != 1
-        || st.st_uid != our_uid()
-    {
+    if !could_be_ours(&st) {
         return Ok(None);
     }
     // Two senders of the same file must not write one partial file.
@@ -1120,12 +1125,8 @@ impl PartialFile {
         let Some(keep) = backups.keep else { return };
         let mut prefix = self.final_name.as_encoded_bytes().to_vec();
         prefix.extend_from_slice(b"~");
-        let Ok(listing) = rfs::Dir::read_from(&*self.dir) else {
-            return;
-        };
-        let mut kept: Vec<OsString> = listing
-            .filter_map(Result::ok)
-            .map(|e| OsString::from(std::ffi::OsStr::from_bytes(e.file_name().to_bytes())))
+        let mut kept: Vec<OsString> = names_in(&self.dir)
+            .into_iter()
             .filter(|n| {
                 let b = n.as_encoded_bytes();
                 b.starts_with(&prefix) && is_backup_suffix(&b[prefix.len()..])
