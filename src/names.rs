@@ -204,10 +204,16 @@ fn is_invisible_format(c: char) -> bool {
 /// bidirectional characters are shown as `\u{..}` escapes, backslashes are
 /// doubled so an escape cannot be faked, everything else is kept as is.
 pub fn escape_for_terminal(s: &str) -> String {
+    escape(s, true)
+}
+
+/// Control and invisible characters as `\u{..}`; backslashes doubled when
+/// `backslashes`, so an escape can be told from a name that looks like one.
+fn escape(s: &str, backslashes: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
-            '\\' => out.push_str("\\\\"),
+            '\\' if backslashes => out.push_str("\\\\"),
             c if c.is_control() || is_invisible_format(c) => {
                 out.push_str(&format!("\\u{{{:x}}}", c as u32));
             }
@@ -222,15 +228,7 @@ pub fn escape_for_terminal(s: &str) -> String {
 /// since the peer already escaped the names in it (escaping again showed
 /// `back\\\\slash.txt` for a name with one backslash).
 pub fn escape_peer_message(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() || is_invisible_format(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    escape(s, false)
 }
 
 /// Longest name shown in a message; a hostile peer must not be able to

@@ -1145,7 +1145,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         let _ = std::thread::Builder::new()
             .name("xfer-reaper".into())
             .spawn_scoped(scope, move || {
-                while sleep_or_stop(std::time::Duration::from_secs(3600)) {
+                while signals::sleep_unless_interrupted(std::time::Duration::from_secs(3600)) {
                     reap_partials(config, reporter_ref);
                 }
             });
@@ -1257,18 +1257,6 @@ fn reap_partials(config: &RecvConfig, reporter: &Reporter) {
             || json!({ "path": path.display().to_string(), "reason": "older than --partial-max-age", "age_seconds": age.as_secs() }),
         );
     }
-}
-
-/// Sleeps for `d` in short steps; false as soon as a signal arrived.
-fn sleep_or_stop(d: std::time::Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if signals::interrupted() {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    !signals::interrupted()
 }
 
 /// A served connection's outcome, with a probe counted as nothing.

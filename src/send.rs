@@ -572,20 +572,6 @@ fn backoff(n: u32) -> Duration {
     Duration::from_secs((1u64 << n.saturating_sub(1).min(5)).min(30))
 }
 
-/// Sleeps for `d` in short steps; false if a signal arrived meanwhile.
-fn sleep_unless_interrupted(d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if signals::interrupted() {
-            return false;
-        }
-        std::thread::sleep(
-            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
-        );
-    }
-    !signals::interrupted()
-}
-
 /// Where the data comes from: anything readable; files can also go back
 /// to an offset, which resuming needs.
 pub trait Source: Read + Send {
@@ -729,7 +715,7 @@ fn retrying<T>(
                     "retry",
                     || json!({ "attempt": tries, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
                 );
-                if !sleep_unless_interrupted(delay) {
+                if !signals::sleep_unless_interrupted(delay) {
                     return result;
                 }
             }

@@ -42,6 +42,21 @@ fn registry() -> MutexGuard<'static, Registry> {
 
 pub use crate::exit_codes::interrupted;
 
+/// Sleeps for `d` in short steps; false as soon as a signal has arrived
+/// (retry back-offs and a server's periodic chores must not hold up a
+/// stop).
+pub fn sleep_unless_interrupted(d: Duration) -> bool {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until {
+        if interrupted() {
+            return false;
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        std::thread::sleep(Duration::from_millis(50).min(left));
+    }
+    !interrupted()
+}
+
 /// Starts the watcher thread. Call once, from `main`.
 pub fn install() -> std::io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])?;
