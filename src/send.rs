@@ -724,15 +724,25 @@ fn retrying<T>(
     }
 }
 
+/// Connects to the target (within `--connect-timeout`), watched for
+/// signals, with `deadline` on every read and write; the peer as shown.
+fn connect(
+    config: &SendConfig,
+    deadline: Duration,
+) -> anyhow::Result<(std::net::TcpStream, signals::Watch, String)> {
+    let peer = config.target.to_string();
+    let stream = crate::net::connect(&config.target, config.connect_timeout)?;
+    let watch = signals::watch_socket(&stream);
+    crate::net::prepare(&stream, deadline)
+        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
+    Ok((stream, watch, peer))
+}
+
 /// Checks that a receiver is listening at the target: connect, read its
 /// preamble, close without a word (a receiver passes over such a probe: it
 /// is no failed handshake and costs no guess).
 fn probe(config: &SendConfig) -> anyhow::Result<()> {
-    let peer = config.target.to_string();
-    let mut stream = crate::net::connect(&config.target, config.connect_timeout)?;
-    let _watch = signals::watch_socket(&stream);
-    crate::net::prepare(&stream, config.connect_timeout)
-        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
+    let (mut stream, _watch, peer) = connect(config, config.connect_timeout)?;
     let mut preamble = [0u8; protocol::PREAMBLE_LEN];
     protocol::read_exact_or_closed(&mut stream, &mut preamble)
         .map_err(|e| link::describe(e, &peer).context("checking that the receiver is there"))?;
@@ -917,12 +927,8 @@ fn open_session(
     secret: &Secret,
     reporter: &Reporter,
 ) -> anyhow::Result<(Box<dyn Link>, signals::Watch, String)> {
-    let peer = config.target.to_string();
     let until = Instant::now() + config.connect_timeout;
-    let stream = crate::net::connect(&config.target, config.connect_timeout)?;
-    let watch = signals::watch_socket(&stream);
-    crate::net::prepare(&stream, config.idle_timeout)
-        .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
+    let (stream, watch, peer) = connect(config, config.idle_timeout)?;
     reporter.event("connected", || json!({ "peer": peer }));
     // Small files and frames go out together, a few syscalls per file.
     let mut stream = link::Buffered::new(stream);
