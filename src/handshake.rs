@@ -147,11 +147,11 @@ impl Opening {
     pub fn feed(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         assert!(bytes.len() <= self.needed(), "fed past the unit being read");
         self.unit.extend_from_slice(bytes);
-        if self.needed() > 0 {
-            return Ok(());
-        }
-        if !matches!(self.state, State::Preamble) && self.unit.len() == FRAME_HEADER {
-            // A header: check the length before waiting for the payload.
+        if !matches!(self.state, State::Preamble | State::Done) && self.unit.len() == FRAME_HEADER
+        {
+            // A whole header: its length is checked before anything waits
+            // for the payload (so `needed` never asks for more than a
+            // control frame).
             let len = self.payload_len();
             if len > protocol::MAX_CONTROL_FRAME as usize {
                 return Err(self.malformed(ProtocolError::FrameTooLarge {
@@ -159,9 +159,9 @@ impl Opening {
                     cap: protocol::MAX_CONTROL_FRAME,
                 }));
             }
-            if len > 0 {
-                return Ok(());
-            }
+        }
+        if self.needed() > 0 {
+            return Ok(());
         }
         let unit = std::mem::take(&mut self.unit);
         match std::mem::replace(&mut self.state, State::Done) {
@@ -447,5 +447,89 @@ fn transport_mismatch(role: Role, mine: Transport, theirs: Transport) -> String 
             )
         }
         _ => format!("{other} uses a code, not a key file: drop --key-file and give the code"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most any step of the exchange may ask for: a whole control frame.
+    const MOST: usize = FRAME_HEADER + protocol::MAX_CONTROL_FRAME as usize;
+
+    /// Runs both sides' machines against each other in memory, the byte at
+    /// `flip` of the side `dir` sends (0: sender, 1: receiver) changed by
+    /// `mask`; checks at every step that neither asks for more than a
+    /// control frame. Returns each side's outcome (None: still waiting).
+    fn run(flip: Option<(usize, usize, u8)>) -> [Option<bool>; 2] {
+        let secret = Secret::Code("7f3k-q9wd".into());
+        let mut sides = [
+            Opening::with_rng(Role::Sender, &secret, "receiver", SeededRng::new(1)),
+            Opening::with_rng(Role::Receiver, &secret, "sender", SeededRng::new(2)),
+        ];
+        let mut wire: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+        let mut read = [0usize; 2];
+        let mut outcome: [Option<bool>; 2] = [None, None];
+        for _ in 0..64 {
+            for (i, side) in sides.iter_mut().enumerate() {
+                let before = wire[i].len();
+                wire[i].extend_from_slice(&side.take_output());
+                if let Some((dir, at, mask)) = flip
+                    && dir == i
+                    && (before..wire[i].len()).contains(&at)
+                {
+                    wire[i][at] ^= mask;
+                }
+            }
+            for i in 0..2 {
+                if outcome[i].is_some() {
+                    continue;
+                }
+                if sides[i].finished().is_some() {
+                    outcome[i] = Some(true);
+                    continue;
+                }
+                let need = sides[i].needed();
+                assert!(need <= MOST, "side {i} asks for {need} bytes ({flip:?})");
+                let from = &wire[1 - i];
+                let want = need.min(from.len() - read[i]);
+                if want > 0 {
+                    if sides[i].feed(&from[read[i]..read[i] + want]).is_err() {
+                        outcome[i] = Some(false);
+                    }
+                    read[i] += want;
+                }
+            }
+        }
+        outcome
+    }
+
+    #[test]
+    fn a_changed_byte_anywhere_in_the_opening_fails_it_and_never_asks_for_more_than_a_frame() {
+        assert_eq!(run(None), [Some(true), Some(true)]);
+        let lens = {
+            // What each side sends in a clean exchange.
+            let secret = Secret::Code("x".into());
+            let s = Opening::with_rng(Role::Sender, &secret, "r", SeededRng::new(1));
+            let preamble = s.out.len();
+            // preamble, PAKE (33-byte message), CONFIRM (32-byte MAC).
+            preamble + FRAME_HEADER + 33 + FRAME_HEADER + 32
+        };
+        for dir in 0..2 {
+            for at in 0..lens {
+                for mask in [0x01, 0x80, 0xff] {
+                    let outcome = run(Some((dir, at, mask)));
+                    // Byte 7 is the preamble's reserved byte: ignored.
+                    if at == 7 {
+                        continue;
+                    }
+                    assert_ne!(
+                        outcome,
+                        [Some(true), Some(true)],
+                        "a change at byte {at} of side {dir} went unnoticed"
+                    );
+                }
+            }
+        }
     }
 }
