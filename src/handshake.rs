@@ -30,6 +30,11 @@ pub fn is_probe(e: &anyhow::Error) -> bool {
 /// Bytes of a frame header: type and length.
 const FRAME_HEADER: usize = 5;
 
+/// The largest frame the opening accepts: its frames are PAKE (at most 66
+/// bytes), CONFIRM (32) and ERROR (at most 1,030), so a connection still in
+/// its handshake never makes the receiver hold more than this.
+pub const MAX_OPENING_FRAME: u32 = 2048;
+
 /// Where the exchange stands.
 enum State {
     /// Waiting for the peer's preamble.
@@ -64,6 +69,23 @@ pub struct Opening {
     out: Vec<u8>,
     /// The randomness for SPAKE2, when a test injects it.
     rng: Option<PakeStart>,
+    /// Why the exchange failed, once it has.
+    failed: Option<Failed>,
+}
+
+/// Why an opening failed, as a server counts it against the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// A CONFIRM that did not match: a wrong code or key (a guess).
+    WrongCode,
+    /// The peer sent ERROR: it stopped for a reason of its own.
+    PeerStopped,
+    /// An xfer peer set up for another transport (plaintext against a
+    /// code, a code against a key file): a mistake, not an attack.
+    Mismatch,
+    /// Not xfer, a malformed or unexpected frame, or a bad key-exchange
+    /// message.
+    Garbage,
 }
 
 impl Opening {
@@ -80,6 +102,7 @@ impl Opening {
             unit: Vec::new(),
             out: ours.encode().to_vec(),
             rng: None,
+            failed: None,
         }
     }
 
@@ -141,22 +164,26 @@ impl Opening {
         }
     }
 
+    /// Why the exchange failed (after [`Opening::feed`] returned an error).
+    pub fn failed_as(&self) -> Failed {
+        self.failed.unwrap_or(Failed::Garbage)
+    }
+
     /// Takes bytes from the peer (at most [`Opening::needed`]). An error
     /// ends the exchange; what [`Opening::take_output`] then holds (an
     /// ERROR frame saying why) should still be sent.
     pub fn feed(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         assert!(bytes.len() <= self.needed(), "fed past the unit being read");
         self.unit.extend_from_slice(bytes);
-        if !matches!(self.state, State::Preamble | State::Done) && self.unit.len() == FRAME_HEADER
-        {
+        if !matches!(self.state, State::Preamble | State::Done) && self.unit.len() == FRAME_HEADER {
             // A whole header: its length is checked before anything waits
-            // for the payload (so `needed` never asks for more than a
-            // control frame).
+            // for the payload (so `needed` never asks for more than
+            // [`MAX_OPENING_FRAME`]).
             let len = self.payload_len();
-            if len > protocol::MAX_CONTROL_FRAME as usize {
+            if len > MAX_OPENING_FRAME as usize {
                 return Err(self.malformed(ProtocolError::FrameTooLarge {
                     len: len as u32,
-                    cap: protocol::MAX_CONTROL_FRAME,
+                    cap: MAX_OPENING_FRAME,
                 }));
             }
         }
@@ -211,6 +238,7 @@ impl Opening {
             .map_err(|e| Failure::new(ExitCode::Network, format!("{peer}: {e}")))?;
         let (mine, peers) = (self.ours.transport, theirs.transport);
         if mine != peers {
+            self.failed = Some(Failed::Mismatch);
             if self.role == Role::Receiver {
                 // For a peer that sends before it reads our preamble.
                 let told = transport_mismatch(self.role.other(), peers, mine);
@@ -275,6 +303,7 @@ impl Opening {
                 )));
             }
             Frame::Confirm { .. } => {
+                self.failed = Some(Failed::WrongCode);
                 self.send_error(Reason::Auth, "wrong code or key");
                 return Err(auth_failure(format!(
                     "{} failed to authenticate: wrong code or key",
@@ -296,7 +325,10 @@ impl Opening {
     /// other frame is a protocol error.
     fn unexpected(&mut self, frame: Frame, expected: &'static str) -> anyhow::Error {
         match frame {
-            Frame::Error(e) => crate::link::peer_aborted(&e, &self.peer),
+            Frame::Error(e) => {
+                self.failed = Some(Failed::PeerStopped);
+                crate::link::peer_aborted(&e, &self.peer)
+            }
             other => crate::link::unexpected(&other, expected, &self.peer),
         }
     }
@@ -384,7 +416,7 @@ pub fn drive<S: Link + ?Sized>(
     mut opening: Opening,
 ) -> anyhow::Result<Option<Keys>> {
     let peer = opening.peer.clone();
-    let mut buf = [0u8; FRAME_HEADER + protocol::MAX_CONTROL_FRAME as usize];
+    let mut buf = [0u8; FRAME_HEADER + MAX_OPENING_FRAME as usize];
     loop {
         let out = opening.take_output();
         if !out.is_empty() {
@@ -455,7 +487,7 @@ mod tests {
     use super::*;
 
     /// The most any step of the exchange may ask for: a whole control frame.
-    const MOST: usize = FRAME_HEADER + protocol::MAX_CONTROL_FRAME as usize;
+    const MOST: usize = FRAME_HEADER + MAX_OPENING_FRAME as usize;
 
     /// Runs both sides' machines against each other in memory, the byte at
     /// `flip` of the side `dir` sends (0: sender, 1: receiver) changed by

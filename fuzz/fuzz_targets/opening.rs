@@ -1,14 +1,14 @@
 //! The opening exchange (preambles, PAKE, CONFIRM) fed arbitrary bytes in
 //! arbitrary pieces, as either role: it fails or finishes, never panics,
-//! and never asks for more than one control frame at a time.
+//! and never asks for more than one opening frame at a time.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use xfer::handshake::{Opening, SeededRng};
 use xfer::secure::{Role, Secret};
 
-/// Preamble or frame header plus the largest control frame.
-const MOST: usize = 5 + xfer::protocol::MAX_CONTROL_FRAME as usize;
+/// A frame header plus the largest frame the opening takes.
+const MOST: usize = 5 + xfer::handshake::MAX_OPENING_FRAME as usize;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
