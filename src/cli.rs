@@ -267,10 +267,38 @@ pub struct RecvArgs {
     #[arg(long, value_name = "N", env = "XFER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// With --keep-running: how many connections may be in their handshake
-    /// at once (default 16); more get a "busy" refusal.
-    #[arg(long, value_name = "N", env = "XFER_MAX_HANDSHAKES")]
-    pub max_handshakes: Option<usize>,
+    /// How many connections may be in their handshake at once; when full,
+    /// the oldest handshake of the address holding the most is dropped.
+    /// Handshakes run without a thread each, so thousands cost little.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16384,
+        env = "XFER_MAX_HANDSHAKES"
+    )]
+    pub max_handshakes: usize,
+
+    /// How many connections from one address (an IPv6 /64) may be in their
+    /// handshake at once; one more drops that address's oldest.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        env = "XFER_MAX_PER_SOURCE"
+    )]
+    pub max_per_source: usize,
+
+    /// What failed handshakes cost their address: each wrong code, timeout
+    /// or malformed opening adds its time; once an address owes `min`, it
+    /// is refused until the time runs out (never more than `max`). `off`
+    /// turns penalties off.
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "wrong-code:5s,timeout:10s,garbage:5s,min:15s,max:10m",
+        env = "XFER_PENALTIES"
+    )]
+    pub penalties: String,
 
     /// Refuse any file (or stream) larger than this, e.g. 10GiB. Free
     /// space is always checked.

@@ -68,8 +68,12 @@ pub struct RecvConfig {
     pub keep_running: bool,
     /// With `keep_running`: sessions served at once.
     pub max_connections: usize,
-    /// With `keep_running`: connections in their handshake at once.
+    /// Connections in their handshake at once.
     pub max_handshakes: usize,
+    /// Connections in their handshake at once from one address (or IPv6 /64).
+    pub max_per_source: usize,
+    /// What failed handshakes cost their source; `None`: `--penalties off`.
+    pub penalties: Option<crate::admission::Penalties>,
     pub limits: Limits,
     /// What senders must know; `None`: a code made up for this run.
     pub secret: Option<Secret>,
@@ -208,6 +212,16 @@ impl SendConfig {
 
 /// A `--keep-running` setting: at least 1; given (flag or variable)
 /// without `--keep-running`, it changes nothing, which a warning says.
+fn at_least_one(n: usize, flag: &str) -> Result<usize, Failure> {
+    if n == 0 {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            format!("{flag} must be at least 1"),
+        ));
+    }
+    Ok(n)
+}
+
 fn server_only(
     given: Option<usize>,
     default: usize,
@@ -305,13 +319,14 @@ impl RecvConfig {
                 args.keep_running,
                 args.common.quiet,
             )?,
-            max_handshakes: server_only(
-                args.max_handshakes,
-                16,
-                "--max-handshakes",
-                args.keep_running,
-                args.common.quiet,
-            )?,
+            max_handshakes: at_least_one(args.max_handshakes, "--max-handshakes")?,
+            max_per_source: at_least_one(args.max_per_source, "--max-per-source")?,
+            penalties: match args.penalties.trim() {
+                "off" => None,
+                spec => Some(spec.parse().map_err(|e: String| {
+                    Failure::new(ExitCode::Usage, format!("--penalties: {e}"))
+                })?),
+            },
             limits: Limits {
                 max_size: args.max_size,
                 max_entries: match args.max_entries {

@@ -1,11 +1,13 @@
 //! xfer: verified file transfer. The binary is a thin shell around [`run`];
 //! everything else lives in one module per idea.
 
+pub mod admission;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod exit_codes;
+pub mod gate;
 pub mod handshake;
 pub mod link;
 pub mod manual;
@@ -97,10 +99,18 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["names", "exit_codes", "units"],
     &["output", "cli"],
-    &["signals", "net", "pipeline", "source", "session"],
+    &[
+        "signals",
+        "net",
+        "pipeline",
+        "source",
+        "session",
+        "admission",
+    ],
     &["link", "destination"],
     &["secure"],
     &["handshake", "config"],
+    &["gate"],
     &["send", "recv"],
     &["bench", "manual"],
 ];

@@ -6,7 +6,7 @@
 //! free space, and every read has a deadline. This module must never create
 //! a file under its final name except by committing a verified partial file.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use crate::config::{Limits, RecvConfig};
 use crate::destination::{self, Prepared, Target};
 use crate::exit_codes::{ExitCode, Failure};
+use crate::gate::Next as Gate;
 use crate::link::{self, Link};
 use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
@@ -1073,7 +1074,6 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     let local = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    let _watch = signals::watch_socket(&listener);
     // Without a key file or --insecure, senders need a code: a new one
     // for each run unless the user chose one.
     let secret = match &config.secret {
@@ -1113,32 +1113,49 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         "listening",
         || json!({ "address": local.to_string(), "port": local.port(), "code": code }),
     );
+    // Handshakes hold a socket each: allow as many as the system lets us.
+    let open_files = crate::gate::raise_open_files();
+    let reserve = 64 + 8 * config.max_connections as u64;
+    let max_handshakes =
+        (config.max_handshakes as u64).min(open_files.saturating_sub(reserve).max(1)) as usize;
+    let settings = crate::gate::Settings {
+        limits: crate::admission::Limits {
+            max_handshakes,
+            max_per_source: config.max_per_source,
+            penalties: config.penalties,
+            guess_budget: match &secret {
+                Secret::Code(code) => Some(crate::admission::guess_budget(
+                    &crate::secure::normalize_code(code),
+                )),
+                _ => None,
+            },
+        },
+        timeout: config.connect_timeout,
+        max_sessions: if config.keep_running {
+            config.max_connections
+        } else {
+            1
+        },
+        ends_on_failure: !config.keep_running && secret == Secret::Insecure,
+        one_shot: !config.keep_running,
+    };
+    let active = AtomicUsize::new(0);
+    let mut gate = crate::gate::Gate::new(listener, secret.clone(), settings, &reporter, &active)
+        .map_err(|e| Failure::network("cannot watch the listening socket", &e))?;
     if !config.keep_running {
         // One session: strangers and wrong guesses are turned away, and the
         // receiver goes on waiting for the sender who knows the secret.
-        loop {
-            let mut authenticated = false;
-            let result = accept(&listener).and_then(|(stream, peer)| {
-                serve_connection(stream, &peer, config, &secret, &reporter, &mut || {
-                    authenticated = true
-                })
-            });
-            if signals::interrupted() {
-                return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+        return match gate.next_opened() {
+            Gate::Session(opened) => {
+                // Nobody else gets in now.
+                drop(gate);
+                serve_opened(*opened, config, &secret, &reporter)
             }
-            match result {
-                // Someone checked that we are here: keep waiting, quietly.
-                Err(e) if crate::handshake::is_probe(&e) => {}
-                Err(e) if !authenticated && secret != Secret::Insecure => {
-                    crate::output::print_error(&e.context("still waiting for the sender"));
-                }
-                other => return other,
-            }
-        }
+            Gate::Stopped => Err(Failure::new(ExitCode::Interrupted, "interrupted").into()),
+            Gate::Failed(e) => Err(e),
+        };
     }
 
-    let active = AtomicUsize::new(0);
-    let handshaking = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         // While serving, old partial files are reaped every hour.
         let reporter_ref = &reporter;
@@ -1149,46 +1166,23 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                     reap_partials(config, reporter_ref);
                 }
             });
-        while !signals::interrupted() {
-            let (stream, peer) = match accept(&listener) {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    if !signals::interrupted() {
-                        crate::output::print_error(&e);
-                        // Out of descriptors or memory: let the load pass.
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                    continue;
+        loop {
+            let opened = match gate.next_opened() {
+                Gate::Session(opened) => opened,
+                Gate::Stopped => break,
+                Gate::Failed(e) => {
+                    crate::output::print_error(&e);
+                    break;
                 }
             };
-            if active.load(Ordering::SeqCst) >= config.max_connections {
-                let limit = config.max_connections;
-                let message = format!("receiver is busy with {limit} transfers; try again later");
-                refuse_busy(stream, &peer, &secret, &message, &reporter);
-                continue;
-            }
-            // Handshakes are cheap to start and slow to time out: cap them
-            // apart, so silent or trickling clients cannot crowd out senders.
-            if handshaking.load(Ordering::SeqCst) >= config.max_handshakes {
-                let limit = config.max_handshakes;
-                let message =
-                    format!("receiver has {limit} connections in their handshake; try again later");
-                refuse_busy(stream, &peer, &secret, &message, &reporter);
-                continue;
-            }
             active.fetch_add(1, Ordering::SeqCst);
-            let slot = Counted::take(&handshaking);
             let (active, reporter, secret) = (&active, &reporter, &secret);
+            let peer = opened.peer.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("xfer-session {peer}"))
                 .spawn_scoped(scope, move || {
                     // One failing or hostile session ends only itself.
-                    let mut slot = Some(slot);
-                    let served =
-                        serve_connection(stream, &peer, config, secret, reporter, &mut || {
-                            slot.take();
-                        });
-                    if let Err(e) = served.filter_probe() {
+                    if let Err(e) = serve_opened(*opened, config, secret, reporter) {
                         crate::output::print_error(&e);
                     }
                     active.fetch_sub(1, Ordering::SeqCst);
@@ -1200,6 +1194,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
                 );
             }
         }
+        drop(gate);
     });
     // A requested stop is not an error: the server says so plainly.
     reporter.info(|| "stopped");
@@ -1259,74 +1254,21 @@ fn reap_partials(config: &RecvConfig, reporter: &Reporter) {
     }
 }
 
-/// A served connection's outcome, with a probe counted as nothing.
-trait FilterProbe {
-    fn filter_probe(self) -> anyhow::Result<()>;
-}
-
-impl FilterProbe for anyhow::Result<()> {
-    fn filter_probe(self) -> anyhow::Result<()> {
-        match self {
-            Err(e) if crate::handshake::is_probe(&e) => Ok(()),
-            other => other,
-        }
-    }
-}
-
-/// One unit of a counter, given back when dropped.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn take(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Counted(counter)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Accepts one connection; the peer as shown in messages.
-fn accept(listener: &TcpListener) -> anyhow::Result<(TcpStream, String)> {
-    let (stream, addr) = listener
-        .accept()
-        .map_err(|e| Failure::network("cannot accept a connection", &e))?;
-    // Show IPv4 peers as IPv4 even on the dual-stack socket.
-    let peer = SocketAddr::new(addr.ip().to_canonical(), addr.port()).to_string();
-    Ok((stream, peer))
-}
-
-/// Over the connection limit: say so in a way the sender can report (our
-/// preamble, then ERROR busy), and close without leaving it hanging. Every
-/// step is bounded so a flood of connections cannot stall the accept loop.
-fn refuse_busy(
-    mut stream: TcpStream,
-    peer: &str,
-    secret: &Secret,
-    message: &str,
-    reporter: &Reporter,
-) {
-    let quick = std::time::Duration::from_millis(200);
-    let _ = crate::net::set_deadline(&stream, quick);
-    // Our usual preamble, so the sender reads on and finds the refusal.
-    let _ = protocol::Preamble::ours(secret.transport()).write_to(&mut stream);
-    link::send_error(&mut stream, Reason::Busy, message);
-    close_gently(&mut stream, quick);
-    reporter.info(|| format!("refused {peer}: {message}"));
-    reporter.event("refused", || json!({ "peer": peer, "reason": "busy" }));
-}
-
-fn serve_connection(
-    mut stream: TcpStream,
-    peer: &str,
+/// Serves the session of a connection the gate let in.
+fn serve_opened(
+    opened: crate::gate::Opened,
     config: &RecvConfig,
     secret: &Secret,
     reporter: &Reporter,
-    on_authenticated: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
+    let crate::gate::Opened {
+        mut stream,
+        peer,
+        keys,
+        unsent,
+        deadline,
+    } = opened;
+    let peer = peer.as_str();
     let _watch = signals::watch_socket(&stream);
     let policy = Policy {
         target: config.target.clone(),
@@ -1342,20 +1284,15 @@ fn serve_connection(
     reporter.event("connected", || json!({ "peer": peer }));
     let started = Instant::now();
     let mut failures = Vec::new();
-    let result = serve(
-        &mut link::Buffered::new(&mut stream),
-        peer,
-        &policy,
-        reporter,
-        &mut failures,
-        on_authenticated,
-    );
+    let result = std::io::Write::write_all(&mut stream, &unsent)
+        .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e).into())
+        .and_then(|()| {
+            let mut buffered = link::Buffered::new(&mut stream);
+            let mut link = crate::handshake::secured(&mut buffered, keys);
+            serve_session(&mut link, peer, &policy, reporter, &mut failures, deadline)
+        });
     let seconds = started.elapsed().as_secs_f64();
-    if let Err(e) = &result {
-        // A probe is nobody's session: no summary, no close to linger on.
-        if crate::handshake::is_probe(e) {
-            return result.map(drop);
-        }
+    if result.is_err() {
         close_gently(&mut stream, std::time::Duration::from_secs(1));
     }
     if let Ok(files) = &result {

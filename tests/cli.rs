@@ -1042,14 +1042,15 @@ fn a_busy_receiver_is_retried_until_it_has_room() {
     let env = TestEnv::new();
     let mut r = env.recv(&[
         "--keep-running",
-        "--max-handshakes",
+        "--max-connections",
         "1",
         "--connect-timeout",
         "2s",
     ]);
-    // A silent client holds the one handshake slot until its deadline.
-    let silent = TcpStream::connect(r.addr()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // An authenticated client that never offers holds the one session
+    // until its first offer is overdue.
+    let holder = raw_after_handshake(&r.addr());
+    r.wait_event("connected");
     let file = env.random_file("patient.bin", 100_000, 7);
     env.send(&file, &r.addr(), &["--retries", "4"])
         .assert_code(0)
@@ -1059,9 +1060,215 @@ fn a_busy_receiver_is_retried_until_it_has_room() {
         sha256_file(&env.dst().join("patient.bin")),
         sha256_file(&file)
     );
-    drop(silent);
+    drop(holder);
     r.signal(Signal::TERM);
     r.finish().assert_code(130);
+}
+
+/// A client socket from `source` (any 127.0.0.0/8 address is this machine).
+fn connect_from(source: &str, addr: &str) -> TcpStream {
+    let target: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&target.into()).unwrap();
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(STEP)).unwrap();
+    s
+}
+
+/// What a connection the receiver turned away read: its preamble, then an
+/// ERROR (None if it was closed without one).
+fn turned_away(s: &mut TcpStream) -> Option<xfer::protocol::ErrorFrame> {
+    protocol::read_preamble(s).ok()?;
+    match protocol::read_frame(s) {
+        Ok(Frame::Error(e)) => Some(e),
+        _ => None,
+    }
+}
+
+#[test]
+fn silent_connections_never_keep_the_sender_out_of_a_one_shot_receiver() {
+    // Issue 15: the one-shot receiver served one connection at a time, each
+    // for up to --connect-timeout, so four idle sockets kept the sender out.
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--connect-timeout", "60s"]);
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|i| connect_from(&format!("127.0.0.{}", 2 + i % 4), &r.addr()))
+        .collect();
+    let file = env.random_file("through.bin", 300_000, 41);
+    // Before, this attempt waited behind the silent ones and timed out.
+    env.send(
+        &file,
+        &r.addr(),
+        &["--connect-timeout", "10s", "--retries", "0"],
+    )
+    .assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(
+        sha256_file(&env.dst().join("through.bin")),
+        sha256_file(&file)
+    );
+    drop(silent);
+}
+
+#[test]
+fn a_full_handshake_table_drops_the_oldest_of_the_busiest_address() {
+    let env = TestEnv::new();
+    let r = env.recv(&[
+        "--keep-running",
+        "--max-handshakes",
+        "3",
+        "--connect-timeout",
+        "60s",
+    ]);
+    let addr = r.addr();
+    // One address holds two handshakes, another one.
+    let mut crowd_old = connect_from("127.0.0.2", &addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut crowd_new = connect_from("127.0.0.2", &addr);
+    let mut lone = connect_from("127.0.0.3", &addr);
+    std::thread::sleep(Duration::from_millis(300));
+    // A sender finds the table full: the crowd's oldest makes room.
+    let file = env.random_file("room.bin", 1000, 42);
+    env.send(&file, &addr, &["--retries", "0"]).assert_code(0);
+    let e = turned_away(&mut crowd_old).expect("the oldest hears why");
+    assert_eq!(e.reason, Reason::Busy);
+    assert!(e.message.contains("dropped the oldest"), "{}", e.message);
+    // The others are still waiting in their handshake.
+    for s in [&mut crowd_new, &mut lone] {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        protocol::read_preamble(s).unwrap();
+        let mut byte = [0u8; 1];
+        let still = s.read(&mut byte);
+        assert!(
+            matches!(&still, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{still:?}"
+        );
+    }
+    // And one address cannot hold more than --max-per-source.
+    let r2 = env.recv(&[
+        "--keep-running",
+        "--max-per-source",
+        "2",
+        "--connect-timeout",
+        "60s",
+    ]);
+    let mut first = connect_from("127.0.0.4", &r2.addr());
+    std::thread::sleep(Duration::from_millis(100));
+    let _second = connect_from("127.0.0.4", &r2.addr());
+    let _third = connect_from("127.0.0.4", &r2.addr());
+    let e = turned_away(&mut first).expect("the first hears why");
+    assert_eq!(e.reason, Reason::Busy);
+    for mut r in [r, r2] {
+        r.signal(Signal::TERM);
+        r.finish().assert_code(130);
+    }
+}
+
+#[test]
+fn an_address_that_keeps_failing_is_refused_for_a_while_and_told_so() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running", "--penalties", "wrong-code:3s,min:7s"]);
+    let addr = r.addr();
+    let wrong = env.root.path().join("wrong.key");
+    fs::write(&wrong, format!("{}\n", "cd".repeat(32))).unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
+    let file = env.random_file("penalty.bin", 1000, 43);
+    for _ in 0..3 {
+        env.send(
+            &file,
+            &addr,
+            &["--key-file", wrong.to_str().unwrap(), "--retries", "0"],
+        )
+        .assert_code(9);
+    }
+    // 9 s owed (over 7 s): even the right key is turned away, with how
+    // long for.
+    env.send(&file, &addr, &["--retries", "0"])
+        .assert_code(5)
+        .assert_stderr_contains("refused for")
+        .assert_stderr_contains("try again later");
+    // Another address is not.
+    let mut other = connect_from("127.0.0.5", &addr);
+    other
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    protocol::read_preamble(&mut other).unwrap();
+    let mut byte = [0u8; 1];
+    assert!(other.read(&mut byte).is_err(), "127.0.0.5 was refused too");
+    // Retries wait it out.
+    env.send(&file, &addr, &["--retries", "5"])
+        .assert_code(0)
+        .assert_stderr_contains("retrying in");
+    let penalised = r.wait_event("penalised");
+    assert_eq!(penalised["source"], "127.0.0.1");
+    r.signal(Signal::TERM);
+    r.finish().assert_code(130);
+
+    // --penalties off: wrong keys cost nothing.
+    let mut r = env.recv(&["--keep-running", "--penalties", "off", "--overwrite"]);
+    for _ in 0..4 {
+        env.send(
+            &file,
+            &r.addr(),
+            &["--key-file", wrong.to_str().unwrap(), "--retries", "0"],
+        )
+        .assert_code(9);
+    }
+    env.send(&file, &r.addr(), &["--retries", "0"])
+        .assert_code(0);
+    r.signal(Signal::TERM);
+    // The log showed the first wrong key and summed up the rest at the end.
+    let out = r.finish();
+    assert_eq!(
+        out.stderr.matches("wrong code or key").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    out.assert_stderr_contains("not shown one by one: 3 wrong-code");
+}
+
+#[test]
+fn a_short_code_is_retired_once_its_guesses_are_spent() {
+    // A 4-symbol code (20 bits) allows one wrong guess: after it, the
+    // chance that some guess was right would pass one in a million.
+    let env = TestEnv::new();
+    let file = env.random_file("guess.bin", 1000, 44);
+    let mut r = env.recv_with(&["--code", "abcd", "--force", "--penalties", "off"], true);
+    env.send(&file, &r.addr(), &["--code", "abce", "--retries", "0"])
+        .assert_code(9);
+    r.finish()
+        .assert_code(9)
+        .assert_stderr_contains("no longer accepted");
+    assert!(entries(&env.dst()).is_empty());
+
+    // A server keeps running but lets no one in on that code.
+    let mut r = env.recv(&[
+        "--keep-running",
+        "--code",
+        "abcd",
+        "--force",
+        "--penalties",
+        "off",
+    ]);
+    env.send(&file, &r.addr(), &["--code", "abce", "--retries", "0"])
+        .assert_code(9);
+    env.send(&file, &r.addr(), &["--code", "abcd", "--retries", "0"])
+        .assert_code(9)
+        .assert_stderr_contains("no longer accepts its code");
+    let retired = r.wait_event("code-retired");
+    assert_eq!(retired["wrong_guesses"], 1);
+    r.signal(Signal::TERM);
+    r.finish().assert_code(130);
+    assert!(entries(&env.dst()).is_empty());
 }
 
 #[test]
@@ -2090,14 +2297,16 @@ fn hostile_peers_get_the_right_refusal_and_the_server_keeps_serving() {
         &["--key-file", wrong.to_str().unwrap(), "--retries", "0"],
     )
     .assert_code(9);
-    expected.push(("wrong key", 9));
+    // Failed handshakes are not sessions: each is a handshake-failed event
+    // with its reason.
+    let mut failed_handshakes = vec!["wrong-code"];
     {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(STEP)).unwrap();
         Preamble::ours(Transport::Plain).write_to(&mut s).unwrap();
         protocol::read_preamble(&mut s).unwrap();
         assert_eq!(error_from(&mut s).reason, Reason::Auth);
-        expected.push(("plaintext client", 9));
+        failed_handshakes.push("mismatch");
     }
 
     // A slowloris handshake: dropped at the 2 s deadline, whatever it sends.
@@ -2118,8 +2327,16 @@ fn hostile_peers_get_the_right_refusal_and_the_server_keeps_serving() {
             "{:?}",
             started.elapsed()
         );
-        expected.push(("slowloris", 7));
+        failed_handshakes.push("timeout");
     }
+    let failures = r.wait_events("handshake-failed", failed_handshakes.len());
+    let mut reasons: Vec<&str> = failures
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    reasons.sort();
+    failed_handshakes.sort();
+    assert_eq!(reasons, failed_handshakes, "{failures:#?}");
 
     // Every hostile session ended with its own code...
     let summaries = r.wait_events("summary", expected.len());
@@ -2181,25 +2398,20 @@ fn limits_on_size_entries_and_handshakes_refuse_clearly() {
         .assert_stderr_contains("--max-entries");
     r.finish().assert_code(5);
 
-    // --max-handshakes: two silent clients hold both slots; a third is
-    // refused as busy at once instead of waiting.
-    let mut r = env.recv(&[
-        "--keep-running",
-        "--max-handshakes",
-        "2",
-        "--connect-timeout",
-        "30s",
-    ]);
-    let _a = TcpStream::connect(r.addr()).unwrap();
-    let _b = TcpStream::connect(r.addr()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let small = env.random_file("small.bin", 10, 33);
-    env.send(&small, &r.addr(), &["--retries", "0"])
-        .assert_code(5)
-        .assert_stderr_contains("handshake");
-    drop((_a, _b));
-    r.signal(Signal::TERM);
-    r.finish();
+    // --max-handshakes and --max-per-source: see
+    // a_full_handshake_table_drops_the_oldest_of_the_busiest_address.
+    for flag in ["--max-handshakes", "--max-per-source"] {
+        let mut cmd = xfer();
+        cmd.args(["recv", "--port", "0", flag, "0"]);
+        run_bounded(cmd)
+            .assert_code(2)
+            .assert_stderr_contains("at least 1");
+    }
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--penalties", "crash:90s"]);
+    run_bounded(cmd)
+        .assert_code(2)
+        .assert_stderr_contains("unknown penalty");
 }
 
 /// A hand-driven receiver on an ephemeral loopback port: it shakes hands
