@@ -10,12 +10,15 @@ end. `--ci` runs the reduced counts CI uses. Stdlib only.
 
 import argparse
 import hashlib
+import heapq
 import json
 import os
 import pty
 import random
 import re
+import resource
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -30,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-XFER = str(ROOT / "target" / "release" / "xfer")
+# STRESS_XFER runs the suite against another build (an older commit, say).
+XFER = os.environ.get("STRESS_XFER") or str(ROOT / "target" / "release" / "xfer")
 BADLINK = str(ROOT / "stress" / "badlink.py")
 MIB = 1 << 20
 CHUNK = 1 << 20  # src/pipeline.rs CHUNK_SIZE
@@ -128,6 +132,8 @@ class Env:
         self.mode = mode
 
     def security(self):
+        if self.mode == "code":
+            return []  # a code: the receiver generates one, the sender is given it
         return ["--insecure"] if self.mode == "plain" else ["--key-file", str(self.key)]
 
     def dir(self, name, clean=True):
@@ -1089,10 +1095,857 @@ def scenario_soak(work, rng, count):
     return sc
 
 
+# ------------------------------------------------------- 8. hostile load
+
+
+# Where attackers come from: every address of 127.0.0.0/8 but the real
+# sender's own 127.0.0.1 (Linux loopback answers to all of them as it is).
+ATTACK_SOURCES = [f"127.0.0.{i}" for i in range(2, 255)]
+# Attackers open their first connections at this many a second: a burst
+# much faster than this (tens of thousands a second) overflows the kernel's
+# accept queue, and what it turns away the client thinks is connected (SYN
+# cookies) while the receiver never sees it, which would hide the load.
+ATTACK_RATE = 5000
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
+
+
+def client_socket(source):
+    """A non-blocking TCP socket bound to `source`; its port is picked at
+    connect, by the whole 4-tuple, so many can share one address."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        s.bind((source, 0))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def raise_nofile(want):
+    """Raises this process's soft RLIMIT_NOFILE to its hard limit (children
+    inherit it). Returns (old soft limit, limit now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, want)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    return soft, target
+
+
+def restore_nofile(soft):
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    except (ValueError, OSError):
+        pass
+
+
+def nofile_of(pid):
+    """A live process's soft limit on open files, from /proc."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    return line.split()[3]
+    except OSError:
+        pass
+    return "-"
+
+
+TCP_STATES = {"01": "ESTABLISHED", "03": "SYN_RECV", "06": "TIME_WAIT", "08": "CLOSE_WAIT"}
+
+
+def tcp_states(port):
+    """The kernel's TCP sockets whose local port is `port`, counted by state
+    (from /proc/net/tcp and tcp6): what the receiver's side really holds."""
+    counts = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":
+                        name = TCP_STATES.get(fields[3], fields[3])
+                        counts[name] = counts.get(name, 0) + 1
+        except OSError:
+            pass
+    return counts
+
+
+def listen_overflows():
+    """The kernel's count of connections a full accept queue turned away
+    (TcpExt ListenOverflows, all sockets of this network namespace)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+        for names, values in zip(lines[::2], lines[1::2]):
+            if names.startswith("TcpExt:"):
+                return dict(zip(names.split()[1:], map(int, values.split()[1:]))).get("ListenOverflows", 0)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class Sampler:
+    """Samples a process's /proc status every `interval` seconds in a daemon
+    thread and keeps the peaks (VmHWM is the kernel's own peak of VmRSS)."""
+
+    def __init__(self, pid, interval=0.2):
+        self.pid = pid
+        self.interval = interval
+        self.peak = {"VmRSS": 0, "VmHWM": 0, "Threads": 0, "fds": 0}
+        self.last = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            st = proc_status(self.pid)
+            if st:
+                self.last = st
+                for k in self.peak:
+                    self.peak[k] = max(self.peak[k], st.get(k, 0))
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(5)
+        return self.peak
+
+
+class _Conn:
+    __slots__ = ("kind", "slot", "sock", "connected", "opened", "since", "pos", "got")
+
+    def __init__(self, kind, slot, sock, now):
+        self.kind, self.slot, self.sock = kind, slot, sock
+        self.connected = False
+        self.opened = now  # connect() called
+        self.since = None  # connection established
+        self.pos = 0  # slowloris: bytes sent
+        self.got = b""  # the first bytes the receiver said
+
+
+class Attack:
+    """Hostile clients on one selector loop in a daemon thread: `idle`
+    connections that send nothing, `slow` ones that send one byte of a
+    plausible start (preamble, then a PAKE frame) a second, each reopened
+    when the receiver closes it (a slot at most once a second; never, with
+    `reopen` False), and `churn` connect-and-close a second. Each client
+    socket is bound to the next of `sources` in turn."""
+
+    SLOW = (
+        b"XFER" + struct.pack(">HBB", 2, 2, 0)  # preamble: version 2, key transport
+        + struct.pack(">BI", 0x10, 35) + struct.pack(">H", 33) + b"A"  # PAKE frame, string16
+        + bytes(range(7, 7 + 32))
+    )
+    BATCH = 256  # most connects started per turn of the loop
+
+    def __init__(self, port, sources, idle=0, slow=0, churn=0, reopen=True, connect_timeout=5.0,
+                 host="127.0.0.1", rate=None):
+        self.port, self.host, self.sources = port, host, sources
+        self.rate = rate  # the slots' first connects, per second (None: as fast as they go)
+        self.idle, self.slow, self.churn = idle, slow, churn
+        self.reopen = reopen
+        self.connect_timeout = connect_timeout
+        self.stats = dict(attempts=0, made=0, failed=0, timed_out=0, closed_by_receiver=0, told=0,
+                          open=0, peak_open=0, pending=0, churned=0, bytes_in=0, bytes_out=0)
+        self.errors = {}  # connect errors by name
+        self.held = []  # seconds a client was open before the receiver closed it
+        self.first_words = None  # what the receiver said to an attacker it closed
+        self._next_src = 0
+        self._timers = []  # heap of (time, seq, action, slot or conn)
+        self._seq = 0
+        self._stop = threading.Event()
+        self.sel = None
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    # -- the loop
+
+    def _timer(self, when, action, what):
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, action, what))
+
+    def _run(self):
+        self.sel = selectors.DefaultSelector()
+        now = time.monotonic()
+        for slot in range(self.idle + self.slow):
+            self._timer(now + slot / self.rate if self.rate else now, "open", slot)
+        churned = 0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                budget = self.BATCH
+                while self._timers and self._timers[0][0] <= now and budget:
+                    _, _, action, what = heapq.heappop(self._timers)
+                    if action == "open":
+                        budget -= 1
+                        self._open("idle" if what < self.idle else "slow", what, now)
+                    elif action == "byte":
+                        self._byte(what, now)
+                    elif action == "expire" and what.sock is not None and not what.connected:
+                        self.stats["timed_out"] += 1
+                        self._fail(what, now, "connect timed out")
+                if self.churn:
+                    due = min(int((now - self.started) * self.churn) - churned, budget)
+                    for _ in range(max(0, due)):
+                        churned += 1
+                        self._open("churn", None, now)
+                wait = 0.005 if self.churn else 0.05
+                if self._timers:
+                    wait = max(0.0, min(wait, self._timers[0][0] - now))
+                for key, mask in self.sel.select(wait):
+                    self._event(key.data, time.monotonic())
+        except Exception as e:  # never let the harness die quietly
+            self.errors[f"loop: {e!r}"] = 1
+        finally:
+            for key in list(self.sel.get_map().values()):
+                try:
+                    key.fileobj.close()
+                except OSError:
+                    pass
+            self.sel.close()
+
+    def _open(self, kind, slot, now):
+        src = self.sources[self._next_src % len(self.sources)]
+        self._next_src += 1
+        self.stats["attempts"] += 1
+        try:
+            s = client_socket(src)
+        except OSError as e:
+            self._count_error(e)
+            self.stats["failed"] += 1
+            if slot is not None:
+                self._timer(now + 1.0, "open", slot)
+            return
+        err = s.connect_ex((self.host, self.port))
+        if err not in (0, 115):  # EINPROGRESS
+            s.close()
+            self._count_error(OSError(err, os.strerror(err)))
+            self.stats["failed"] += 1
+            if slot is not None:
+                self._timer(now + 1.0, "open", slot)
+            return
+        c = _Conn(kind, slot, s, now)
+        self.sel.register(s, selectors.EVENT_WRITE, c)
+        self.stats["pending"] += 1
+        self._timer(now + self.connect_timeout, "expire", c)
+
+    def _count_error(self, e):
+        name = getattr(e, "strerror", None) or repr(e)
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+    def _drop(self, c):
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+        c.sock = None
+
+    def _fail(self, c, now, why):
+        self.stats["pending"] -= 1
+        self.stats["failed"] += 1
+        self.errors[why] = self.errors.get(why, 0) + 1
+        self._drop(c)
+        if c.slot is not None and self.reopen:
+            self._timer(now + 1.0, "open", c.slot)
+
+    def _event(self, c, now):
+        if c.sock is None:
+            return
+        if not c.connected:
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._fail(c, now, os.strerror(err))
+                return
+            c.connected = True
+            c.since = now
+            self.stats["pending"] -= 1
+            self.stats["made"] += 1
+            if c.kind == "churn":
+                self.stats["churned"] += 1
+                self._drop(c)
+                return
+            self.stats["open"] += 1
+            self.stats["peak_open"] = max(self.stats["peak_open"], self.stats["open"])
+            self.sel.modify(c.sock, selectors.EVENT_READ, c)
+            if c.kind == "slow":
+                self._byte(c, now)
+            return
+        try:
+            data = c.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.stats["bytes_in"] += len(data)
+            if len(c.got) < 512:
+                c.got += data[: 512 - len(c.got)]
+            return
+        self._closed(c, now)
+
+    def _closed(self, c, now):
+        """The receiver closed (or reset) an established idle or slow client."""
+        self.stats["open"] -= 1
+        self.stats["closed_by_receiver"] += 1
+        self.held.append(now - c.since)
+        if c.got:
+            self.stats["told"] += 1
+            if self.first_words is None:
+                self.first_words = c.got
+        self._drop(c)
+        if self.reopen:
+            self._timer(max(now, c.opened + 1.0), "open", c.slot)
+
+    def _byte(self, c, now):
+        if c.sock is None or not c.connected or c.pos >= len(self.SLOW):
+            return
+        try:
+            c.sock.send(self.SLOW[c.pos : c.pos + 1])
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._closed(c, now)
+            return
+        else:
+            c.pos += 1
+            self.stats["bytes_out"] += 1
+        self._timer(now + 1.0, "byte", c)
+
+    # -- from outside
+
+    def wait_open(self, count, timeout):
+        """Until `count` clients are open at once, or `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.stats["open"] < count and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.05)
+        return self.stats["open"]
+
+    def wait_settled(self, count, timeout):
+        """Until `count` connects were tried and none is still pending."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.thread.is_alive():
+            if self.stats["attempts"] >= count and self.stats["pending"] <= 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def held_figure(self):
+        if not self.held:
+            return "none closed"
+        h = sorted(self.held)
+        return f"{len(h)} closed, held {h[0]:.1f}/{statistics.median(h):.1f}/{h[-1]:.1f} s (min/median/max)"
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(10)
+        return self.stats
+
+
+class Relay:
+    """Lets a real `xfer send` come from any address of 127.0.0.0/8: one
+    listener on 127.0.0.1 per address in `sources`; a connection to the
+    listener of address S is relayed to the receiver from a socket bound to
+    S. Everything runs in daemon threads; close() ends it all."""
+
+    def __init__(self, upstream_port, sources):
+        self.upstream = upstream_port
+        self.listeners = {}  # source -> listening socket
+        self.ports = {}  # source -> port
+        self.socks = set()
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        self.sel = selectors.DefaultSelector()
+        for src in sources:
+            lst = socket.create_server(("127.0.0.1", 0), backlog=64)
+            lst.setblocking(False)
+            self.listeners[src] = lst
+            self.ports[src] = lst.getsockname()[1]
+            self.sel.register(lst, selectors.EVENT_READ, src)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.closed.is_set():
+            try:
+                ready = self.sel.select(0.1)
+            except (OSError, ValueError):
+                return
+            for key, _ in ready:
+                try:
+                    client, _ = key.fileobj.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=self._pair, args=(client, key.data), daemon=True).start()
+
+    def _pair(self, client, src):
+        client.setblocking(True)
+        up = None
+        try:
+            up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            up.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            up.bind((src, 0))
+            up.settimeout(10)
+            up.connect(("127.0.0.1", self.upstream))
+        except OSError:
+            client.close()
+            if up:
+                up.close()
+            return
+        for s in (client, up):
+            s.settimeout(60)
+        with self.lock:
+            if self.closed.is_set():
+                client.close()
+                up.close()
+                return
+            self.socks.update((client, up))
+        done = []
+        threading.Thread(target=self._pump, args=(up, client, done), daemon=True).start()
+        self._pump(client, up, done)
+
+    def _pump(self, src, dst, done):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    break
+                dst.sendall(data)
+        except OSError:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        with self.lock:
+            done.append(1)
+            if len(done) == 2:
+                for s in (src, dst):
+                    self.socks.discard(s)
+                    s.close()
+
+    def close(self):
+        self.closed.set()
+        with self.lock:
+            for s in self.socks:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.socks.clear()
+        for lst in self.listeners.values():
+            lst.close()
+
+
+def timed_send(paths, target, args=(), timeout=60, env_vars=None):
+    """`xfer send -q` to HOST:PORT `target`, timed: (exit code, or None if
+    killed at `timeout` seconds; seconds; stderr). Nothing of XFER_* is
+    inherited but `env_vars`."""
+    cmd = [XFER, "send", *map(str, paths), target, "-q", *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XFER_")}
+    env.update(env_vars or {})
+    started = time.monotonic()
+    try:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=max(timeout, 0.5), env=env)
+        code, err = p.returncode, p.stderr
+    except subprocess.TimeoutExpired as e:
+        code, err = None, e.stderr or b""
+    return code, time.monotonic() - started, err.decode(errors="replace").strip()
+
+
+def guarded(fn):
+    """Runs `fn`; an unexpected harness error (out of descriptors, say) is a
+    failed check rather than the end of the whole run."""
+
+    def run():
+        try:
+            fn()
+        except Check:
+            raise
+        except Exception as e:
+            raise Check(f"harness error: {e!r}")
+
+    return run
+
+
+def spread(values):
+    if not values:
+        return "-"
+    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
+
+
+def event_counts(rcv):
+    """How many lines the receiver wrote, and its events by name."""
+    with rcv.cond:
+        names = {}
+        for e in rcv.events:
+            names[e.get("event")] = names.get(e.get("event"), 0) + 1
+        lines = len(rcv.events) + len(rcv.stderr)
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(names.items(), key=lambda kv: -kv[1])[:8])
+    return f"{lines} lines ({shown})"
+
+
+def distinct_lines(texts, most=3, width=160):
+    seen = []
+    for t in texts:
+        for line in t.splitlines():
+            line = line.strip()
+            if line and re.sub(r"\d+", "N", line) not in [re.sub(r"\d+", "N", s) for s in seen]:
+                seen.append(line[:width])
+    return seen[:most]
+
+
+def scenario_hostile(work, rng, n):
+    """Holds under hostile load: idle, slowloris and churning clients from
+    many addresses while real senders must get through quickly (A); the same
+    from the real sender's own address (B, measured only); many idle
+    connections held at small cost (C); a one-shot receiver under silent
+    connections and wrong guesses still takes its sender at once (D)."""
+    env = Env(work)
+    code_env = Env(work, "code")
+    # C holds c_idle sockets here and as many in the receiver, which
+    # inherits the limit; A and B about 1,300 at a time.
+    want_fds = max(n["c_idle"], n["a_idle"] + n["a_slow"] + n["a_churn"]) + 500
+    old_soft, nofile = raise_nofile(want_fds)
+    notes = []
+    if nofile < want_fds:
+        scaled = max(100, nofile - 500)
+        notes.append(f"RLIMIT_NOFILE hard limit {nofile}: C scaled down from {n['c_idle']} to {scaled} connections")
+        log(f"hostile: {notes[-1]}")
+        n = dict(n, c_idle=min(n["c_idle"], scaled))
+    phases = [
+        ("A", lambda: _hostile_a(env, rng, n, nofile)),
+        ("B", lambda: _hostile_b(env, rng, n)),
+        ("C", lambda: _hostile_c(env, n, notes)),
+        ("D", lambda: _hostile_d(code_env, rng, n)),
+    ]
+    out = []
+    try:
+        for name, phase in phases:
+            try:
+                out.append(phase())
+            except Exception as e:  # a receiver that would not start, say: this phase fails, the run goes on
+                sc = Scenario(f"hostile {name}")
+                sc.runs = 1
+                sc.failures.append(f"{name}: {e}")
+                log(f"FAIL hostile {name}: {e}")
+                out.append(sc.done())
+    finally:
+        restore_nofile(old_soft)
+    return out
+
+
+def _hostile_a(env, rng, n, nofile):
+    sc = Scenario("hostile A: idle+slowloris+churn from 127.0.0.2-254, real sends")
+    dest = env.dir("hostile-a-dest")
+    srcdir = env.dir("hostile-a-src")
+    rcv = Receiver(env, ["--dir", str(dest), "--keep-running"])
+    sampler = Sampler(rcv.pid)
+    att = None
+    times = []
+    codes = []
+    began = [0.0]
+    try:
+        att = Attack(rcv.port, ATTACK_SOURCES, idle=n["a_idle"], slow=n["a_slow"], churn=n["a_churn"],
+                     rate=ATTACK_RATE)
+        att.wait_open(n["a_idle"] + n["a_slow"], 2)
+        # Sends start once the attack has outlived the receiver's handshake
+        # deadline (10 s by default), with its drops, reopens and penalties,
+        # and go one after another, each at least a_gap after the last began.
+        time.sleep(n["warm"])
+        log(f"hostile A: {att.stats['open']} attackers open after {n['warm']} s, {att.stats['made']} connections made")
+        deadline = time.monotonic() + n["a_secs"]
+
+        def one(i):
+            if i:
+                time.sleep(max(0.0, began[0] + n["a_gap"] - time.monotonic()))
+            began[0] = time.monotonic()
+            left = deadline - time.monotonic()
+            check(left > 0, f"not started: the {n['a_secs']} s bound for A was reached")
+            name = f"hostile-{i:02}.bin"
+            write_random(srcdir / name, MIB, rng)
+            want = sha256(srcdir / name)
+            code, secs, err = timed_send([srcdir / name], f"127.0.0.1:{rcv.port}", env.security(),
+                                         timeout=max(left, n["a_judge"] + 1))
+            times.append(secs)
+            codes.append(code)
+            sc.saw("sender", "killed" if code is None else code)
+            check(code == OK, f"exit code {code} after {secs:.1f} s: {err[-300:]}")
+            check(sha256(dest / name) == want, "bytes differ")
+            check(secs <= n["a_judge"], f"took {secs:.2f} s, limit {n['a_judge']} s")
+            os.unlink(dest / name)
+            os.unlink(srcdir / name)
+
+        for i in range(n["a_sends"]):
+            sc.run(f"A send {i}", guarded(lambda: one(i)))
+        alive = rcv.proc.poll() is None
+        sc.run("A receiver survived", lambda: check(alive, f"receiver exited {rcv.proc.poll()}: {rcv.err()}"))
+    finally:
+        stats = att.stop() if att else {}
+        peak = sampler.stop()
+        rcv.stop()
+    within2 = sum(1 for t, c in zip(times, codes) if c == OK and t <= 2.0)
+    st = stats
+    sc.figures = {
+        "attack": f"{n['a_idle']} idle + {n['a_slow']} slowloris (1 byte/s) clients, reopened when closed, "
+                  f"+ {n['a_churn']} connect-and-close/s, from {len(ATTACK_SOURCES)} addresses",
+        "real sends": f"{n['a_sends']} × 1 MiB, `xfer send --key-file K -q`, one after another, each "
+                      f"{n['a_gap']:.0f} s or more after the last began, from {n['warm']} s into the attack",
+        "seconds per send (min/median/max)": spread(times),
+        "sends that exited 0 within 2 s": f"{within2}/{n['a_sends']} (judged against {n['a_judge']} s)",
+        "sender exit codes": (", ".join("killed" if c is None else str(c) for c in codes) or "-")
+                             + (f"; {n['a_sends'] - len(codes)} not started within {n['a_secs']} s"
+                                if len(codes) < n["a_sends"] else ""),
+        "receiver peak RSS (VmHWM)": f"{peak['VmHWM'] / 1024:.1f} MiB",
+        "receiver peak threads / fds": f"{peak['Threads']} / {peak['fds']} (fd limit {nofile})",
+        "attacker connections made / open at peak": f"{st.get('made', 0)} / {st.get('peak_open', 0)}",
+        "attackers closed by the receiver": f"{st.get('closed_by_receiver', 0)} ({st.get('told', 0)} told something first), "
+                                            f"failed connects {st.get('failed', 0)}"
+                                            + (f" {dict(list(att.errors.items())[:3])}" if att and att.errors else ""),
+        "idle/slow attackers held": att.held_figure() if att else "-",
+        "receiver log": event_counts(rcv),
+    }
+    if att and att.first_words:
+        sc.figures["what the receiver told a closed attacker"] = repr(att.first_words[:80])
+    return sc.done()
+
+
+def _hostile_b(env, rng, n):
+    sc = Scenario("hostile B: the same attack from 127.0.0.1 (measured only)")
+    dest = env.dir("hostile-b-dest")
+    srcdir = env.dir("hostile-b-src")
+    src = srcdir / "hostile-b.bin"
+    write_random(src, MIB, rng)
+    want = sha256(src)
+    rcv = Receiver(env, ["--dir", str(dest), "--keep-running"])
+    sampler = Sampler(rcv.pid)
+    att = None
+    attempts = []  # (exit code, seconds, stderr)
+    got_in = None
+    try:
+        att = Attack(rcv.port, ["127.0.0.1"], idle=n["a_idle"], slow=n["a_slow"], churn=n["a_churn"],
+                     rate=ATTACK_RATE)
+        att.wait_open(n["a_idle"] + n["a_slow"], 2)
+        time.sleep(n["warm"])  # as in A: past the receiver's handshake deadline
+        log(f"hostile B: {att.stats['open']} attackers open after {n['warm']} s, {att.stats['made']} connections made")
+        started = time.monotonic()
+        deadline = started + n["b_secs"]
+
+        def measure():
+            nonlocal got_in
+            while time.monotonic() < deadline:
+                code, secs, err = timed_send([src], f"127.0.0.1:{rcv.port}", env.security(),
+                                             timeout=deadline - time.monotonic())
+                attempts.append((code, secs, err))
+                sc.saw("sender", "killed at the bound" if code is None else code)
+                if code == OK:
+                    got_in = time.monotonic() - started
+                    check(sha256(dest / src.name) == want, "bytes differ")
+                    break
+                time.sleep(0.2)
+            alive = rcv.proc.poll() is None
+            check(alive, f"receiver exited {rcv.proc.poll()}: {rcv.err()}")
+
+        sc.run("B measure (receiver survives)", guarded(measure))
+    finally:
+        stats = att.stop() if att else {}
+        peak = sampler.stop()
+        rcv.stop()
+    sc.figures = {
+        "attack": f"as A ({n['a_idle']} idle, {n['a_slow']} slowloris, {n['a_churn']}/s churn), all from 127.0.0.1; "
+                  f"from {n['warm']} s into the attack the real sender tried (default flags), again and again, for at most "
+                  f"{n['b_secs']} s",
+        "sender attempts (exit code, seconds)": (", ".join(
+            f"{'killed' if c is None else c} {s:.1f}" for c, s, _ in attempts[:10]) or "-")
+            + (f", … {len(attempts)} attempts in all" if len(attempts) > 10 else ""),
+        "time until the real sender got in": f"{got_in:.1f} s" if got_in is not None else f"never within {n['b_secs']} s",
+        "what the sender printed": " / ".join(distinct_lines(e for _, _, e in attempts)) or "-",
+        "receiver peak RSS / threads / fds": f"{peak['VmHWM'] / 1024:.1f} MiB / {peak['Threads']} / {peak['fds']}",
+        "attacker connections made / open at peak": f"{stats.get('made', 0)} / {stats.get('peak_open', 0)}",
+        "receiver log": event_counts(rcv),
+    }
+    return sc.done()
+
+
+def _hostile_c(env, n, notes):
+    sc = Scenario(f"hostile C: {n['c_idle']} idle connections held")
+    dest = env.dir("hostile-c-dest")
+    rcv = Receiver(env, ["--dir", str(dest), "--keep-running"])
+    count = n["c_idle"]
+    limit_kib = max(16 * 1024, 64 * 1024 * count // 10000)
+    sampler = None
+    att = None
+    fig = {}
+    try:
+        time.sleep(0.3)
+        before = proc_status(rcv.pid)
+        sampler = Sampler(rcv.pid)
+        overflows = listen_overflows()
+
+        def hold():
+            nonlocal att
+            started = time.monotonic()
+            att = Attack(rcv.port, ATTACK_SOURCES, idle=count, reopen=False, connect_timeout=20, rate=ATTACK_RATE)
+            settled = att.wait_settled(count, n["c_secs"])
+            opened = time.monotonic() - started
+            # Then let the receiver take what waits in its accept queue: until
+            # its descriptors stop growing for 1 s (at most 5 s; its handshake
+            # deadline is longer).
+            settle = time.monotonic()
+            seen, still = -1, settle
+            while time.monotonic() - settle < 5:
+                st = proc_status(rcv.pid)
+                fds = st["fds"] if st else -1
+                if fds != seen:
+                    seen, still = fds, time.monotonic()
+                elif time.monotonic() - still >= 1 or fds >= before["fds"] + count:
+                    break
+                time.sleep(0.2)
+            settled_in = time.monotonic() - settle
+            held = att.stats["open"]
+            states = tcp_states(rcv.port)
+            dropped = listen_overflows() - overflows
+            then = proc_status(rcv.pid)
+            check(then, f"the receiver died: {rcv.err()}")
+            extra = then["VmRSS"] - before["VmRSS"]
+            # Open on the clients' side may still be waiting in the kernel's
+            # accept queue: what the receiver holds shows in its descriptors.
+            accepted = then["fds"] - before["fds"]
+            fig.update({
+                "opened": f"{att.stats['made']} of {count} connected in {opened:.1f} s (paced at {ATTACK_RATE}/s)"
+                          + ("" if settled else f" (not all settled within {n['c_secs']} s)")
+                          + (f", {att.stats['failed']} failed {dict(list(att.errors.items())[:3])}" if att.stats["failed"] else ""),
+                f"held open {settled_in:.1f} s after the last was opened": f"{held}/{count} as the clients see it; the receiver "
+                                                           f"holds {accepted} more descriptors than before "
+                                                           f"({before['fds']} → {then['fds']}, limit {nofile_of(rcv.pid)})",
+                "receiver-side sockets then": ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+                                              + f"; accept queue overflows meanwhile: {dropped} (such a client"
+                                                " thinks it is connected, by a SYN cookie, but the receiver has"
+                                                " nothing of it)",
+                "closed by the receiver": att.held_figure(),
+                "receiver RSS before / then / extra": f"{before['VmRSS'] / 1024:.1f} / {then['VmRSS'] / 1024:.1f} / "
+                                                      f"{extra / 1024:.1f} MiB (limit {limit_kib / 1024:.1f} MiB)",
+                "receiver threads then": then["Threads"],
+            })
+            check(held == count, f"only {held} of {count} idle connections held open")
+            check(accepted >= count, f"the receiver holds {accepted} more descriptors, not {count}: the rest wait unaccepted")
+            check(extra <= limit_kib, f"receiver RSS grew {extra / 1024:.1f} MiB, limit {limit_kib / 1024:.1f} MiB")
+
+        sc.run("C hold", guarded(hold))
+    finally:
+        if att:
+            att.stop()
+        peak = sampler.stop() if sampler else {"VmHWM": 0}
+        rcv.stop()
+    sc.figures = {**fig, "receiver peak RSS (VmHWM)": f"{peak['VmHWM'] / 1024:.1f} MiB",
+                  "receiver log": event_counts(rcv)}
+    for note in notes:
+        sc.figures["note"] = note
+    return sc.done()
+
+
+def _hostile_d(env, rng, n):
+    sc = Scenario("hostile D: one-shot receiver, silent clients + wrong guesses")
+    dest = env.dir("hostile-d-dest")
+    srcdir = env.dir("hostile-d-src")
+    src = srcdir / "hostile-d.bin"
+    write_random(src, MIB, rng)
+    want = sha256(src)
+    rcv = Receiver(env, ["--dir", str(dest)])
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    att = relay = None
+    guesses = {}  # exit code -> count
+    told = []  # what some of the wrong guessers printed
+    fig = {}
+    try:
+        listening = rcv.wait_event("listening", 1) or {}
+        code = listening.get("code")
+
+        def attack_and_send():
+            nonlocal att, relay
+            check(code, f"no code in the listening event: {rcv.events[:1]}")
+            att = Attack(rcv.port, ATTACK_SOURCES, idle=n["d_silent"], rate=ATTACK_RATE)
+            att.wait_open(n["d_silent"], 5)
+            relay = Relay(rcv.port, ATTACK_SOURCES)
+            deadline = time.monotonic() + n["d_secs"]
+            lock = threading.Lock()
+            tried = [0]
+            started = time.monotonic()
+
+            def guess(i):
+                if time.monotonic() >= deadline or rcv.proc.poll() is not None:
+                    return
+                wrong = code
+                while wrong == code:
+                    wrong = "".join(rng.choice(alphabet) for _ in range(4)) + "-" + \
+                            "".join(rng.choice(alphabet) for _ in range(4))
+                source = ATTACK_SOURCES[i % len(ATTACK_SOURCES)]
+                c, _, err = timed_send([src], f"127.0.0.1:{relay.ports[source]}", ["--retries", "0"],
+                                     timeout=min(30, max(0, deadline - time.monotonic()) + 1),
+                                     env_vars={"XFER_CODE": wrong})
+                with lock:
+                    tried[0] += 1
+                    key = "killed" if c is None else str(c)
+                    guesses[key] = guesses.get(key, 0) + 1
+                    if err and len(told) < 200:
+                        told.append(err)
+
+            with ThreadPoolExecutor(8) as ex:
+                list(ex.map(guess, range(n["d_guesses"])))
+            guessing = time.monotonic() - started
+            fig["wrong guesses made (exit codes)"] = (
+                f"{tried[0]} of {n['d_guesses']} in {guessing:.1f} s, 8 at a time, from {len(ATTACK_SOURCES)} "
+                f"addresses through a relay ({', '.join(f'{k}×{v}' for k, v in sorted(guesses.items()))})"
+            )
+            fig["what wrong guessers printed"] = " / ".join(distinct_lines(told)) or "-"
+            fig["silent clients open / closed by the receiver"] = f"{att.stats['open']} / {att.held_figure()}"
+            check(rcv.proc.poll() is None, f"the receiver exited {rcv.proc.poll()} during the guesses: {rcv.err()}")
+            c, secs, err = timed_send([src], f"127.0.0.1:{rcv.port}", timeout=n["d_right"],
+                                      env_vars={"XFER_CODE": code})
+            sc.saw("right sender", "killed" if c is None else c)
+            fig["right sender (exit code, seconds)"] = f"{'killed' if c is None else c}, {secs:.2f} s"
+            try:
+                r_code = rcv.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                r_code = "still running"
+            sc.saw("receiver", r_code)
+            fig["one-shot receiver exit code"] = r_code
+            check(c == OK, f"right sender: exit code {c} after {secs:.1f} s: {err[-300:]}")
+            check(sha256(dest / src.name) == want, "bytes differ")
+            check(secs <= 2.0, f"the right sender took {secs:.2f} s, limit 2 s")
+            check(r_code == OK, f"receiver exit code {r_code}: {rcv.err()}")
+
+        sc.run("D right sender after the guesses", guarded(attack_and_send))
+    finally:
+        if att:
+            att.stop()
+        if relay:
+            relay.close()
+        rcv.stop()
+    retired = sum(1 for e in rcv.events if e.get("event") == "code-retired")
+    sc.figures = {
+        "attack": f"{n['d_silent']} silent connections (reopened when closed) from 127.0.0.2-254, "
+                  f"{n['d_guesses']} wrong guesses (`xfer send` with a wrong XFER_CODE), then the right code "
+                  f"from 127.0.0.1",
+        **fig,
+        "code-retired events": retired,
+        "receiver log": event_counts(rcv),
+    }
+    return sc.done()
+
+
 # -------------------------------------------------------------------- main
 
 
-SCENARIOS = ["kills", "corruption", "badnet", "load", "diskfull", "signals", "soak"]
+SCENARIOS = ["kills", "corruption", "badnet", "load", "diskfull", "signals", "soak", "hostile"]
 NEEDS_ROOT = {"badnet", "diskfull"}
 
 
@@ -1108,6 +1961,17 @@ def main():
         dict(kills=5, flips=10, net=10, net_parallel=10, idle=64, real=16, soak=50)
         if args.ci
         else dict(kills=100, flips=100, net=100, net_parallel=10, idle=256, real=64, soak=1000)
+    )
+    # hostile: the attack itself is the same in both modes; CI makes fewer
+    # sends and guesses, holds fewer connections, and judges a send by 5 s
+    # (still reporting how many took at most 2 s) on a loaded 2-core runner.
+    attack = dict(a_idle=1000, a_slow=200, a_churn=200, warm=11, a_gap=1.0)
+    counts["hostile"] = (
+        dict(attack, a_sends=5, a_judge=5.0, a_secs=10, b_secs=8, c_idle=2000, c_secs=15,
+             d_silent=10, d_guesses=50, d_secs=6, d_right=5)
+        if args.ci
+        else dict(attack, a_sends=20, a_judge=2.0, a_secs=240, b_secs=60, c_idle=10000, c_secs=60,
+                  d_silent=50, d_guesses=1000, d_secs=120, d_right=30)
     )
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     rng = random.Random(seed)
@@ -1137,6 +2001,8 @@ def main():
                 sc = [scenario_diskfull(work, rng).done()]
             elif name == "signals":
                 sc = [scenario_signals(work, rng).done()]
+            elif name == "hostile":
+                sc = scenario_hostile(work, rng, counts["hostile"])  # each row timed on its own
             else:
                 sc = [scenario_soak(work, rng, counts["soak"]).done()]
             for s in sc:
