@@ -283,8 +283,9 @@ impl<'a> Gate<'a> {
             Admit::Penalised(left) => {
                 let secs = left.as_secs().max(1);
                 let message = format!(
-                    "this address is refused for {secs} s more after failed attempts \
-                     (wrong codes, timeouts or malformed data); try again later"
+                    "this address is refused after failed attempts \
+                     (wrong codes, timeouts or malformed data); {}",
+                    protocol::retry_hint(left)
                 );
                 self.note(source, &peer, "penalised", || {
                     format!("refused {peer}: penalised for {secs} s more")

@@ -567,6 +567,14 @@ fn worth_retrying(e: &anyhow::Error) -> bool {
             ))
 }
 
+/// The wait a busy receiver asked for, if it did.
+fn retry_after(e: &anyhow::Error) -> Option<Duration> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<Failure>())
+        .filter(|f| f.transient)
+        .find_map(|f| protocol::parse_retry_hint(&f.message))
+}
+
 /// 1 s, 2 s, 4 s, ... at most 30 s before attempt `n + 1`.
 fn backoff(n: u32) -> Duration {
     Duration::from_secs((1u64 << n.saturating_sub(1).min(5)).min(30))
@@ -702,7 +710,9 @@ fn retrying<T>(
         match &result {
             Err(e) if may_retry && tries < config.retries && worth_retrying(e) => {
                 tries += 1;
-                let delay = backoff(tries);
+                // A receiver that says when to come back (a penalty) is
+                // taken at its word, rather than knocking again too soon.
+                let delay = backoff(tries).max(retry_after(e).unwrap_or_default());
                 reporter.info(|| {
                     format!(
                         "{e:#}; retrying in {} s (attempt {} of {})",

@@ -869,3 +869,41 @@ mod tests {
         }
     }
 }
+
+/// The end of a busy ERROR's message that says when to come back
+/// (docs/PROTOCOL.md, section 6): `retry in N s`, N whole seconds, rounded up.
+pub fn retry_hint(after: std::time::Duration) -> String {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    format!("retry in {} s", secs.max(1))
+}
+
+/// The wait a busy ERROR's message asks for, if it ends with
+/// [`retry_hint`]'s words; at most 10 minutes, whatever it says.
+pub fn parse_retry_hint(message: &str) -> Option<std::time::Duration> {
+    let rest = message.trim_end().strip_suffix(" s")?;
+    let at = rest.rfind("retry in ")?;
+    let secs: u64 = rest[at + "retry in ".len()..].parse().ok()?;
+    Some(std::time::Duration::from_secs(secs.min(600)))
+}
+
+#[cfg(test)]
+mod retry_hint_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_busy_message_carries_when_to_come_back() {
+        let said = format!(
+            "refused after failed attempts; {}",
+            retry_hint(Duration::from_millis(8_200))
+        );
+        assert!(said.ends_with("retry in 9 s"), "{said}");
+        assert_eq!(parse_retry_hint(&said), Some(Duration::from_secs(9)));
+        assert_eq!(
+            parse_retry_hint("retry in 99999 s"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(parse_retry_hint("busy; try again later"), None);
+        assert_eq!(parse_retry_hint("retry in soon s"), None);
+    }
+}

@@ -14,7 +14,8 @@ pub use chunks::{ChunkReader, ChunkWriter, DATA_FRAME, FLAG_STREAM, MAX_DATA_CHU
 pub use frame::{
     Accept, Ack, AckStatus, ErrorFrame, FLAG_CHECKSUM, FLAG_DIR, FLAG_PATH, Frame, FrameType,
     MAX_CONTROL_FRAME, MAX_MESSAGE_LEN, MAX_NAME_LEN, MAX_PAKE_LEN, MAX_PATH_LEN, Offer, Reason,
-    Refuse, Trailer, offer_digest, read_frame, read_frame_capped, write_frame,
+    Refuse, Trailer, offer_digest, parse_retry_hint, read_frame, read_frame_capped, retry_hint,
+    write_frame,
 };
 pub use preamble::{MAGIC, PREAMBLE_LEN, Preamble, Transport, VERSION, read_preamble};
 
