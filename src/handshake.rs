@@ -80,8 +80,9 @@ pub enum Failed {
     WrongCode,
     /// The peer sent ERROR: it stopped for a reason of its own.
     PeerStopped,
-    /// An xfer peer set up for another transport (plaintext against a
-    /// code, a code against a key file): a mistake, not an attack.
+    /// An xfer peer of another version, or set up for another transport
+    /// (plaintext against a code, a code against a key file): a mistake,
+    /// not an attack.
     Mismatch,
     /// Not xfer, a malformed or unexpected frame, or a bad key-exchange
     /// message.
@@ -233,9 +234,11 @@ impl Opening {
     fn on_preamble(&mut self, unit: &[u8]) -> anyhow::Result<()> {
         let peer = self.peer.clone();
         let theirs = protocol::read_preamble(&mut &unit[..]).map_err(|e| describe(e, &peer))?;
-        theirs
-            .check_compatible()
-            .map_err(|e| Failure::new(ExitCode::Network, format!("{peer}: {e}")))?;
+        if let Err(e) = theirs.check_compatible() {
+            // Another version of xfer: a mistake, not an attack.
+            self.failed = Some(Failed::Mismatch);
+            return Err(Failure::new(ExitCode::Network, format!("{peer}: {e}")).into());
+        }
         let (mine, peers) = (self.ours.transport, theirs.transport);
         if mine != peers {
             self.failed = Some(Failed::Mismatch);

@@ -1237,6 +1237,39 @@ fn an_address_that_keeps_failing_is_refused_for_a_while_and_told_so() {
 }
 
 #[test]
+fn timeouts_and_garbage_cost_their_address() {
+    let env = TestEnv::new();
+    let file = env.random_file("cost.bin", 1000, 45);
+    for (what, flags) in [
+        ("garbage", ["--penalties", "garbage:20s,min:15s"]),
+        ("timeout", ["--penalties", "timeout:20s,min:15s"]),
+    ] {
+        let mut r = env.recv(&[
+            "--keep-running",
+            "--connect-timeout",
+            "1s",
+            flags[0],
+            flags[1],
+        ]);
+        let mut s = TcpStream::connect(r.addr()).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        if what == "garbage" {
+            s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        }
+        // Either way the receiver ends it: at once, or at the deadline.
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        let failed = r.wait_event("handshake-failed");
+        assert_eq!(failed["reason"], what);
+        env.send(&file, &r.addr(), &["--retries", "0"])
+            .assert_code(5)
+            .assert_stderr_contains("refused after failed attempts");
+        r.signal(Signal::TERM);
+        r.finish().assert_code(130);
+    }
+}
+
+#[test]
 fn a_short_code_is_retired_once_its_guesses_are_spent() {
     // A 4-symbol code (20 bits) allows one wrong guess: after it, the
     // chance that some guess was right would pass one in a million.
@@ -3615,8 +3648,10 @@ fn ctrl_c_at_the_code_prompt_stops_at_once_on_a_line_of_its_own() {
 fn a_probe_is_not_a_failure_and_the_real_sender_gets_in() {
     let env = TestEnv::new();
     let file = env.random_file("probe.bin", 1000, 8);
-    let mut r = env.recv(&[]);
-    for _ in 0..3 {
+    // Probes cost their address nothing, however many: with a penalty of a
+    // minute for anything else, the sender still gets in after twenty.
+    let mut r = env.recv(&["--penalties", "garbage:60s,timeout:60s,min:1s"]);
+    for _ in 0..20 {
         let mut probe = TcpStream::connect(r.addr()).unwrap();
         probe.set_read_timeout(Some(STEP)).unwrap();
         let mut preamble = [0u8; 8];
