@@ -18,8 +18,6 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{AeadInOut, KeyInit};
 use byteorder::{BigEndian, ByteOrder};
 use hkdf::Hkdf;
 use sha2::{Digest as _, Sha256};
@@ -186,10 +184,46 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<([u8; KEY_LEN], Option<Strin
     Ok((key, warning))
 }
 
+/// AES-256-GCM under one key, sealing and opening records in place.
+///
+/// The implementation is aws-lc-rs (AWS-LC, the default provider of
+/// rustls): on this machine it seals at 12 GB/s on one core against 8 GB/s
+/// for ring and 3 GB/s for RustCrypto's `aes-gcm`; docs/PERFORMANCE.md has
+/// the figures, in place and in a whole transfer. The bytes on the wire are
+/// the same whichever implementation seals them.
+struct Cipher(aws_lc_rs::aead::LessSafeKey);
+
+impl Cipher {
+    fn new(key: &[u8; KEY_LEN]) -> Cipher {
+        let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, key)
+            .expect("a 32-byte AES-256 key");
+        Cipher(aws_lc_rs::aead::LessSafeKey::new(unbound))
+    }
+
+    /// Encrypts `body` in place under record number `n` with `aad`
+    /// authenticated; the tag.
+    fn seal(&self, n: u64, aad: &[u8], body: &mut [u8]) -> Result<[u8; TAG_LEN], ()> {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), aws_lc_rs::aead::Aad::from(aad), body)
+            .map_err(drop)?;
+        Ok(tag.as_ref().try_into().expect("a 16-byte tag"))
+    }
+
+    /// Decrypts `body` in place if `tag` authenticates it (and `aad`) under
+    /// record number `n`.
+    fn open(&self, n: u64, aad: &[u8], body: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), ()> {
+        self.0
+            .open_in_place_separate_tag(nonce(n), aws_lc_rs::aead::Aad::from(aad), tag, body)
+            .map(drop)
+            .map_err(drop)
+    }
+}
+
 /// The keys of one connection, one per direction.
 pub struct Keys {
-    seal: Aes256Gcm,
-    open: Aes256Gcm,
+    seal: Cipher,
+    open: Cipher,
 }
 
 impl fmt::Debug for Keys {
@@ -205,8 +239,8 @@ impl Keys {
     /// and the fuzz targets.
     pub fn from_raw(seal: [u8; KEY_LEN], open: [u8; KEY_LEN]) -> Self {
         Keys {
-            seal: Aes256Gcm::new(&seal.into()),
-            open: Aes256Gcm::new(&open.into()),
+            seal: Cipher::new(&seal),
+            open: Cipher::new(&open),
         }
     }
 }
@@ -354,10 +388,10 @@ fn cut_short() -> io::Error {
 
 /// The nonce of record number `n`: four zero bytes, then `n` big-endian.
 /// Each direction has its own key, so the two counters never collide.
-fn nonce(n: u64) -> aes_gcm::Nonce<aes_gcm::aead::consts::U12> {
+fn nonce(n: u64) -> aws_lc_rs::aead::Nonce {
     let mut bytes = [0u8; 12];
     bytes[4..].copy_from_slice(&n.to_be_bytes());
-    bytes.into()
+    aws_lc_rs::aead::Nonce::assume_unique_for_key(bytes)
 }
 
 /// A link whose bytes travel as AES-256-GCM records: a big-endian u32
@@ -416,8 +450,8 @@ impl<S: Link> Encrypted<S> {
         let tag = self
             .keys
             .seal
-            .encrypt_inout_detached(&nonce(n), header, body.into())
-            .map_err(|_| io::Error::other("cannot encrypt a record"))?;
+            .seal(n, header, body)
+            .map_err(|()| io::Error::other("cannot encrypt a record"))?;
         self.out.extend_from_slice(&tag);
         // One write for the whole record: a large one passes the buffered
         // link below in one system call.
@@ -460,8 +494,8 @@ impl<S: Link> Encrypted<S> {
         let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("split at the tag");
         self.keys
             .open
-            .decrypt_inout_detached(&nonce(self.received), &header, body.into(), tag.into())
-            .map_err(|_| {
+            .open(self.received, &header, body, tag)
+            .map_err(|()| {
                 forged(
                     "an encrypted record failed authentication (altered, replayed or out of order)",
                 )
@@ -539,12 +573,12 @@ mod tests {
         let d = derive(b"shared secret from spake2", &[9; 32]);
         (
             Keys {
-                seal: Aes256Gcm::new(&d.sender_to_receiver.into()),
-                open: Aes256Gcm::new(&d.receiver_to_sender.into()),
+                seal: Cipher::new(&d.sender_to_receiver),
+                open: Cipher::new(&d.receiver_to_sender),
             },
             Keys {
-                seal: Aes256Gcm::new(&d.receiver_to_sender.into()),
-                open: Aes256Gcm::new(&d.sender_to_receiver.into()),
+                seal: Cipher::new(&d.receiver_to_sender),
+                open: Cipher::new(&d.sender_to_receiver),
             },
         )
     }
