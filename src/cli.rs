@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::exit_codes::ExitCode;
-use crate::units::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_rate, parse_size};
 
 /// A yes/no environment variable, read as people write them: `1`/`0`,
 /// `yes`/`no`, `on`/`off`, `true`/`false` (any case); a bad value names
@@ -167,6 +167,22 @@ pub struct CommonArgs {
     /// the timeout exit code.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "XFER_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
+
+    /// Move at most this many bytes a second over the wire, for the whole
+    /// session (after encryption; resumed or skipped bytes cost nothing):
+    /// 5M or 5MiB/s = 5 x 2^20, 5MB/s = 5,000,000. 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, env = "XFER_BWLIMIT")]
+    pub bwlimit: Option<u64>,
+
+    /// Fail the attempt (timeout code; --retries and resume take over) when
+    /// a file's data moves slower than this for --min-speed-time, as curl's
+    /// --speed-limit does. Time held back by --bwlimit does not count.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, env = "XFER_MIN_SPEED")]
+    pub min_speed: Option<u64>,
+
+    /// The window --min-speed is measured over.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "XFER_MIN_SPEED_TIME")]
+    pub min_speed_time: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,8 @@ pub struct SendConfig {
     pub json: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `--bwlimit`, `--min-speed`.
+    pub pace: crate::pace::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ pub struct RecvConfig {
     pub json: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// `--bwlimit`, `--min-speed`, for each session.
+    pub pace: crate::pace::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +146,7 @@ impl SendConfig {
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
             idle_timeout: positive(args.common.idle_timeout, "--idle-timeout")?,
+            pace: pace_limits(&args.common)?,
         })
     }
 }
@@ -212,6 +217,15 @@ impl SendConfig {
 
 /// A `--keep-running` setting: at least 1; given (flag or variable)
 /// without `--keep-running`, it changes nothing, which a warning says.
+/// `--bwlimit`, `--min-speed` and `--min-speed-time`.
+fn pace_limits(common: &crate::cli::CommonArgs) -> Result<crate::pace::Limits, Failure> {
+    Ok(crate::pace::Limits {
+        bwlimit: common.bwlimit.filter(|&n| n > 0),
+        min_speed: common.min_speed.filter(|&n| n > 0),
+        floor_window: positive(common.min_speed_time, "--min-speed-time")?,
+    })
+}
+
 fn at_least_one(n: usize, flag: &str) -> Result<usize, Failure> {
     if n == 0 {
         return Err(Failure::new(
@@ -357,6 +371,7 @@ impl RecvConfig {
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
             idle_timeout: positive(args.common.idle_timeout, "--idle-timeout")?,
+            pace: pace_limits(&args.common)?,
         })
     }
 }

@@ -242,7 +242,11 @@ impl Failure {
             ExitCode::Network
         };
         let reason = if is_timeout(err) {
-            "timed out".to_string()
+            // A deadline of our own (--min-speed) says which.
+            match err.get_ref() {
+                Some(why) => format!("timed out: {why}"),
+                None => "timed out".to_string(),
+            }
         } else {
             io_reason(err)
         };

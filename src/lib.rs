@@ -14,6 +14,7 @@ pub mod manual;
 pub mod names;
 pub mod net;
 pub mod output;
+pub mod pace;
 pub mod pipeline;
 pub mod protocol;
 pub mod recv;
@@ -108,7 +109,7 @@ const LAYERS: &[&[&str]] = &[
         "admission",
     ],
     &["link", "destination"],
-    &["secure"],
+    &["secure", "pace"],
     &["handshake", "config"],
     &["gate"],
     &["send", "recv"],

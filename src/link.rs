@@ -17,6 +17,10 @@ pub trait Link: Read + Write + Send {
     fn set_deadline(&mut self, _timeout: Duration) -> io::Result<()> {
         Ok(())
     }
+
+    /// A file's data starts (`true`) or stops (`false`) flowing: the
+    /// `--min-speed` floor counts only while it does (see `pace`).
+    fn floor(&mut self, _armed: bool) {}
 }
 
 impl Link for TcpStream {
@@ -29,11 +33,19 @@ impl<S: Link + ?Sized> Link for &mut S {
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         (**self).set_deadline(timeout)
     }
+
+    fn floor(&mut self, armed: bool) {
+        (**self).floor(armed)
+    }
 }
 
 impl<S: Link + ?Sized> Link for Box<S> {
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         (**self).set_deadline(timeout)
+    }
+
+    fn floor(&mut self, armed: bool) {
+        (**self).floor(armed)
     }
 }
 
@@ -265,6 +277,10 @@ impl<S: Link> Write for Buffered<S> {
 impl<S: Link> Link for Buffered<S> {
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         self.inner.set_deadline(timeout)
+    }
+
+    fn floor(&mut self, armed: bool) {
+        self.inner.floor(armed)
     }
 }
 

@@ -835,6 +835,7 @@ fn receive_pending<S: Link + ?Sized>(
         done.store(start + n, Ordering::Relaxed);
         progress.set(start + n);
     };
+    stream.floor(true);
     let copied = {
         let mut stdout;
         let mut file_writer;
@@ -868,6 +869,7 @@ fn receive_pending<S: Link + ?Sized>(
             Ok(done)
         })
     };
+    stream.floor(false);
     drop(progress);
     let (size, digest) = match copied {
         Ok(d) => d,
@@ -1108,6 +1110,9 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         }
     }
     reporter.info(|| the_other_side(config, &secret, local));
+    if let Some(limits) = config.pace.describe() {
+        reporter.info(|| format!("each session: {limits}"));
+    }
     reap_partials(config, &reporter);
     reporter.event(
         "listening",
@@ -1287,7 +1292,8 @@ fn serve_opened(
     let result = std::io::Write::write_all(&mut stream, &unsent)
         .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e).into())
         .and_then(|()| {
-            let mut buffered = link::Buffered::new(&mut stream);
+            let paced = crate::pace::Paced::new(&mut stream, config.pace);
+            let mut buffered = link::Buffered::new(paced);
             let mut link = crate::handshake::secured(&mut buffered, keys);
             serve_session(&mut link, peer, &policy, reporter, &mut failures, deadline)
         });

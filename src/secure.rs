@@ -563,6 +563,10 @@ impl<S: Link> Link for Encrypted<S> {
     fn set_deadline(&mut self, timeout: std::time::Duration) -> io::Result<()> {
         self.inner.set_deadline(timeout)
     }
+
+    fn floor(&mut self, armed: bool) {
+        self.inner.floor(armed)
+    }
 }
 
 #[cfg(test)]

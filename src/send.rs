@@ -435,6 +435,7 @@ where
         done.store(start + n, Ordering::Relaxed);
         on_bytes(start + n);
     };
+    stream.floor(true);
     let copied = if streamed {
         let mut framed = ChunkWriter::new(&mut *stream);
         copy_hashed_to_end(source, &mut framed, hasher, &on_progress).and_then(|done| {
@@ -451,6 +452,7 @@ where
         )
         .map(|digest| (offer.size, digest))
     };
+    stream.floor(false);
     let (size, digest) = match copied {
         Ok(d) => d,
         Err(CopyError::Source(e)) => {
@@ -651,6 +653,9 @@ fn prefix_matches<R: Source + ?Sized>(
 /// `xfer send FILE HOST:PORT`.
 pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     let reporter = Reporter::new(config.quiet, config.json);
+    if let Some(limits) = config.pace.describe() {
+        reporter.info(|| format!("each session: {limits}"));
+    }
     let started = Instant::now();
     let secret = match &config.secret {
         Some(secret) => Ok(secret.clone()),
@@ -940,8 +945,9 @@ fn open_session(
     let until = Instant::now() + config.connect_timeout;
     let (stream, watch, peer) = connect(config, config.idle_timeout)?;
     reporter.event("connected", || json!({ "peer": peer }));
-    // Small files and frames go out together, a few syscalls per file.
-    let mut stream = link::Buffered::new(stream);
+    // Small files and frames go out together, a few syscalls per file;
+    // --bwlimit paces what crosses the wire, under the records.
+    let mut stream = link::Buffered::new(crate::pace::Paced::new(stream, config.pace));
     let keys = {
         let mut bounded = link::WithDeadline::new(&mut stream, until);
         crate::handshake::exchange(&mut bounded, &peer, secret, Role::Sender)

@@ -76,6 +76,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses a rate in bytes a second: a size as [`parse_size`] reads it,
+/// with an optional `/s` (`5M`, `5MiB/s` = 5 × 2^20; `5MB/s` = 5,000,000).
+/// `0` means no limit.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("/S"))
+        .unwrap_or(t);
+    parse_size(t).map_err(|e| e.replace("a size", "a rate"))
+}
+
 /// `1.5 GiB`-style sizes for messages.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -104,6 +116,15 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_read_as_sizes_a_second() {
+        assert_eq!(parse_rate("5M"), Ok(5 << 20));
+        assert_eq!(parse_rate("5MiB/s"), Ok(5 << 20));
+        assert_eq!(parse_rate("5MB/s"), Ok(5_000_000));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert!(parse_rate("fast").unwrap_err().contains("not a rate"));
+    }
 
     #[test]
     fn human_bytes_reads_well() {

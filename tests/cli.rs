@@ -1574,6 +1574,153 @@ fn a_dropped_connection_is_retried_and_resumed() {
 }
 
 #[test]
+fn bwlimit_paces_files_trees_streams_and_resumes_in_both_modes() {
+    use std::process::Stdio;
+    let env = TestEnv::new();
+    // Encrypted, limited by the sender, through a cut and a resume: the
+    // rate is said back, and the retry sends only what was missing.
+    let file = env.random_file("paced.bin", 3 * MIB, 51);
+    let mut r = env.recv(&["--keep-running"]);
+    let flaky = Proxy::start(r.addr().parse().unwrap(), Mode::CutAfter(MIB as u64));
+    let out = env.send(
+        &file,
+        &flaky.addr(),
+        &["--json", "--retries", "2", "--bwlimit", "8MB/s"],
+    );
+    out.assert_code(0).assert_stderr_contains(
+        "at most 8.0 MB/s (8000000 bytes a second) over the wire (--bwlimit)",
+    );
+    let done = out.event("file-done");
+    assert!(done["sent"].as_u64().unwrap() < 3 * MIB as u64, "{out}");
+    assert_eq!(
+        sha256_file(&env.dst().join("paced.bin")),
+        sha256_file(&file)
+    );
+    r.signal(Signal::TERM);
+    r.finish();
+
+    // Plaintext, a tree, limited by the receiver.
+    let tree = env.src().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    for i in 0..5 {
+        fs::write(
+            tree.join("sub").join(format!("f{i}")),
+            vec![i as u8; 100_000],
+        )
+        .unwrap();
+    }
+    let dst = env.root.path().join("tree-dst");
+    let mut r = env.recv_with(
+        &[
+            "--insecure",
+            "--bwlimit",
+            "4MiB",
+            "--dir",
+            dst.to_str().unwrap(),
+        ],
+        false,
+    );
+    env.send(&tree, &r.addr(), &["--insecure"]).assert_code(0);
+    r.finish().assert_code(0);
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&tree)
+        .arg(dst.join("tree"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+
+    // A stream from standard input, limited on both ends.
+    let mut r = env.recv(&["--bwlimit", "16M"]);
+    let mut cmd = xfer();
+    cmd.args([
+        "send",
+        "-",
+        &r.addr(),
+        "--name",
+        "paced-stream.bin",
+        "--bwlimit",
+        "16M",
+    ]);
+    cmd.stdin(Stdio::from(fs::File::open(&file).unwrap()));
+    run_bounded(cmd).assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(
+        sha256_file(&env.dst().join("paced-stream.bin")),
+        sha256_file(&file)
+    );
+}
+
+#[test]
+fn a_trickling_or_stalled_peer_fails_the_min_speed_floor_and_a_retry_resumes() {
+    let env = TestEnv::new();
+    let file = env.random_file("crawl.bin", 4 * MIB, 52);
+    // The receiver's floor: the sender trickles after 1 MiB (one byte
+    // every 200 ms would keep --idle-timeout happy for ever).
+    let mut r = env.recv(&[
+        "--keep-running",
+        "--min-speed",
+        "100KB",
+        "--min-speed-time",
+        "2s",
+    ]);
+    let trickle = Proxy::start(r.addr().parse().unwrap(), Mode::TrickleAfter(MIB as u64));
+    let out = env.send(&file, &trickle.addr(), &["--json", "--retries", "2"]);
+    out.assert_code(0);
+    let starts: Vec<u64> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "file-start")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 2, "{out}");
+    assert!(starts[1] > 0, "the retry resumed: {starts:?}");
+    assert_eq!(
+        sha256_file(&env.dst().join("crawl.bin")),
+        sha256_file(&file)
+    );
+    r.signal(Signal::TERM);
+    r.finish()
+        .assert_stderr_contains("timed out: slower than --min-speed 97.7 KiB/s for 2 s");
+
+    // The sender's floor: a path that stops taking bytes altogether (the
+    // sender's writes block) is caught by the floor, not after the 60 s
+    // idle timeout.
+    let big = env.random_file("stall.bin", 32 * MIB, 53);
+    let mut r = env.recv(&["--keep-running", "--idle-timeout", "60s"]);
+    let stall = Proxy::start(r.addr().parse().unwrap(), Mode::HoldAfter(MIB as u64));
+    let started = Instant::now();
+    env.send(
+        &big,
+        &stall.addr(),
+        &[
+            "--retries",
+            "0",
+            "--idle-timeout",
+            "60s",
+            "--min-speed",
+            "1MB",
+            "--min-speed-time",
+            "2s",
+        ],
+    )
+    .assert_code(7)
+    .assert_stderr_contains("--min-speed");
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "{:?}",
+        started.elapsed()
+    );
+    stall.release();
+    r.signal(Signal::TERM);
+    r.finish();
+}
+
+#[test]
 fn an_unchanged_file_is_not_sent_again() {
     let env = TestEnv::new();
     let file = env.random_file("same.bin", 3 * MIB, 41);

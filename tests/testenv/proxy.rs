@@ -24,6 +24,9 @@ pub enum Mode {
     /// Forward this many sender-to-receiver bytes, then hold the rest back
     /// (the sender feels backpressure) until [`Proxy::release`].
     HoldAfter(u64),
+    /// Forward this many sender-to-receiver bytes, then one byte every
+    /// 200 ms (a peer that trickles to stay alive).
+    TrickleAfter(u64),
     /// Of an encrypted session, send the sender's record number N twice.
     ReplayRecord(u64),
     /// Of an encrypted session, send the sender's records N and N+1 in
@@ -179,6 +182,13 @@ fn pump(
             Mode::HoldAfter(limit) if offset < limit && !released.load(Ordering::SeqCst) => {
                 ((limit - offset) as usize).min(buf.len())
             }
+            Mode::TrickleAfter(limit) if offset < limit => {
+                ((limit - offset) as usize).min(buf.len())
+            }
+            Mode::TrickleAfter(_) => {
+                thread::sleep(Duration::from_millis(200));
+                1
+            }
             _ => buf.len(),
         };
         let n = match from.read(&mut buf[..want]) {
@@ -199,7 +209,7 @@ fn pump(
             Mode::StallAfter(limit) | Mode::CutAfter(limit) => {
                 limit.saturating_sub(start).min(n as u64) as usize
             }
-            Mode::HoldAfter(_) => n,
+            Mode::HoldAfter(_) | Mode::TrickleAfter(_) => n,
             Mode::ReplayRecord(_) | Mode::SwapRecords(_) => unreachable!("pump_records"),
         };
         if send > 0 && to.write_all(&chunk[..send]).is_err() {
