@@ -737,6 +737,10 @@ fn not_a_directory(parent: &OwnedFd, name: &str) -> (Reason, String) {
     }
 }
 
+/// How long a second sender of the same file waits for the first to let
+/// go of its partial file before it is refused as busy.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 enum PartialError {
     Busy,
     Io(io::Error),
@@ -801,9 +805,16 @@ fn trust_partial(fd: OwnedFd) -> Result<Option<(File, u64)>, PartialError> {
     if !could_be_ours(&st) {
         return Ok(None);
     }
-    // Two senders of the same file must not write one partial file.
-    if rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Err(PartialError::Busy);
+    // Two senders of the same file must not write one partial file. The
+    // holder may be a session on its way out (a sender's retry can arrive
+    // while the receiver still tears down the attempt it gave up on, e.g.
+    // after --min-speed), so wait a moment for the lock before refusing.
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    while rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        if std::time::Instant::now() >= until || crate::signals::interrupted() {
+            return Err(PartialError::Busy);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     Ok(Some((File::from(fd), st.st_size as u64)))
 }

@@ -1721,6 +1721,39 @@ fn a_trickling_or_stalled_peer_fails_the_min_speed_floor_and_a_retry_resumes() {
 }
 
 #[test]
+fn a_retry_that_arrives_while_the_first_attempt_is_torn_down_waits_for_it() {
+    // A sender that gave up (say, on --min-speed) retries at once, while
+    // the receiver may still hold the first attempt's partial file: the
+    // retry used to be refused as busy (5) outright.
+    let env = TestEnv::new();
+    let file = env.random_file("again.bin", 8 * MIB, 54);
+    let mut r = env.recv(&["--keep-running"]);
+    let held = Proxy::start(r.addr().parse().unwrap(), Mode::HoldAfter(2 * MIB as u64));
+    let mut first = env.spawn_send(&file, &held.addr(), &["--retries", "0"]);
+    r.wait_event("file-start");
+    let second = env.spawn_send(&file, &r.addr(), &["--retries", "0"]);
+    // The second is in and has offered the same file; now the first goes.
+    r.wait_events("connected", 2);
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    held.release();
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sha256_file(&env.dst().join("again.bin")),
+        sha256_file(&file)
+    );
+    r.signal(Signal::TERM);
+    r.finish();
+}
+
+#[test]
 fn an_unchanged_file_is_not_sent_again() {
     let env = TestEnv::new();
     let file = env.random_file("same.bin", 3 * MIB, 41);
