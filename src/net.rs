@@ -144,6 +144,13 @@ pub fn prepare(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     set_deadline(stream, idle)
 }
 
+/// Caps the kernel's receive buffer of `stream` at about `bytes` (at least
+/// 16 KiB); best effort.
+pub fn limit_receive_buffer(stream: &TcpStream, bytes: u64) {
+    let bytes = bytes.clamp(16 << 10, 64 << 20) as usize;
+    let _ = socket2::SockRef::from(stream).set_recv_buffer_size(bytes);
+}
+
 /// Sets the read and write deadline of `stream`.
 pub fn set_deadline(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     stream.set_read_timeout(Some(timeout))?;

@@ -1286,6 +1286,12 @@ fn serve_opened(
     };
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
+    if let Some(rate) = config.pace.bwlimit {
+        // Reading slowly is how a receiver limits the sender, but the kernel
+        // would first take in megabytes at full speed: keep its buffer to
+        // about a tenth of a second's worth.
+        crate::net::limit_receive_buffer(&stream, rate / 10);
+    }
     reporter.event("connected", || json!({ "peer": peer }));
     let started = Instant::now();
     let mut failures = Vec::new();

@@ -1945,7 +1945,136 @@ def _hostile_d(env, rng, n):
 # -------------------------------------------------------------------- main
 
 
-SCENARIOS = ["kills", "corruption", "badnet", "load", "diskfull", "signals", "soak", "hostile"]
+# ---------------------------------------------------------- 9. crawling peers
+
+
+class Crawl:
+    """A relay whose first connection forwards `after` bytes of the sender's,
+    then either trickles (one byte every `every` s, the kind of peer that
+    keeps an idle timeout happy for ever) or stalls (stops reading, so the
+    sender's writes block). Later connections (retries) pass unchanged."""
+
+    def __init__(self, upstream, after, mode, every=0.5):
+        self.upstream, self.after, self.mode, self.every = upstream, after, mode, every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        for n in range(8):
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, self.mode if n == 0 else None), daemon=True).start()
+
+    def _pump(self, src, dst, mode):
+        sent = 0
+        try:
+            while not self.stop.is_set():
+                if mode and sent >= self.after:
+                    if mode == "stall":
+                        self.stop.wait(0.2)
+                        continue
+                    self.stop.wait(self.every)
+                    data = src.recv(1)
+                else:
+                    want = (self.after - sent) if mode else 1 << 16
+                    data = src.recv(min(want, 1 << 16))
+                if not data:
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        # One end is gone: the other hears it as it would without us in
+        # between, a reset (a process that exits with unread data resets).
+        for x in (src, dst):
+            try:
+                x.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                x.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+
+
+def scenario_crawl(work, rng, runs):
+    """--min-speed against a trickling and a stalled peer: the first attempt
+    fails with the timeout code within a few floor windows (not the idle
+    timeout, which a trickle never trips), the retry resumes, the file
+    arrives whole. The floor is on the receiver for the trickle (it sees the
+    crawl in its reads) and on the sender for the stall (its writes block)."""
+    sc = Scenario("crawling peers and --min-speed")
+    env = Env(work, "encrypted")
+    size = 16 * MIB
+    src = env.work / "crawl.bin"
+    write_random(src, size, rng)
+    want = sha256(src)
+    # Both ends hold the floor, as a backup deployment would: the sender's
+    # makes it retry, the receiver's frees the session (and its partial
+    # file) the crawl was holding.
+    floor = ["--min-speed", "1MB", "--min-speed-time", "3s"]
+    took = {"trickle": [], "stall": []}
+
+    def one(mode):
+        dest = env.dir(f"crawl-dest-{mode}")
+        rcv = Receiver(env, ["--dir", str(dest), "--keep-running", *floor])
+        relay = Crawl(rcv.port, after=rng.randrange(1, 4) * MIB, mode=mode)
+        started = time.monotonic()
+        args = ["--retries", "3", "--json", *floor]
+        cmd = [XFER, "send", str(src), f"127.0.0.1:{relay.port}", *env.security(), *args]
+        try:
+            p = subprocess.run(cmd, capture_output=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            relay.close()
+            rcv.stop()
+            raise Check("the sender was still running after 120 s")
+        seconds = time.monotonic() - started
+        relay.close()
+        rcv.stop()
+        sc.saw("sender", p.returncode)
+        events = [json.loads(l) for l in p.stdout.decode().splitlines() if l.startswith("{")]
+        retries = [e for e in events if e.get("event") == "retry"]
+        starts = [e["offset"] for e in events if e.get("event") == "file-start"]
+        check(p.returncode == OK, f"{mode}: sender exit {p.returncode}: {p.stderr.decode()[-300:]}")
+        check(sha256(dest / src.name) == want, f"{mode}: the file differs")
+        check(len(retries) >= 1, f"{mode}: no retry: {p.stderr.decode()[-300:]}")
+        check(any("min-speed" in e for e in (retries[0].get("error", ""), rcv.err())),
+              f"{mode}: neither side failed on the floor: {retries[0]} | {rcv.err()}")
+        check(len(starts) >= 2 and starts[-1] > 0, f"{mode}: the retry did not resume: {starts}")
+        # Caught by the floor: well before the 30 s idle timeout would be.
+        check(seconds < 25, f"{mode}: took {seconds:.1f} s")
+        took[mode].append(seconds)
+
+    for i in range(runs):
+        for mode in ("trickle", "stall"):
+            sc.run(f"{mode} {i}", lambda: one(mode))
+    src.unlink()
+    sc.figures = {
+        "file": "16 MiB, encrypted; the crawl starts after 1-3 MiB; both ends --min-speed 1MB --min-speed-time 3s; sender --retries 3",
+        "seconds to a verified file, trickle (min/median/max)": minmedmax(took["trickle"]),
+        "seconds to a verified file, stall (min/median/max)": minmedmax(took["stall"]),
+    }
+    return sc
+
+
+def minmedmax(xs):
+    if not xs:
+        return "-"
+    xs = sorted(xs)
+    return f"{xs[0]:.1f}/{xs[len(xs) // 2]:.1f}/{xs[-1]:.1f}"
+
+
+SCENARIOS = ["kills", "corruption", "badnet", "load", "diskfull", "signals", "soak", "hostile", "crawl"]
 NEEDS_ROOT = {"badnet", "diskfull"}
 
 
@@ -1958,9 +2087,9 @@ def main():
     args = p.parse_args()
 
     counts = (
-        dict(kills=5, flips=10, net=10, net_parallel=10, idle=64, real=16, soak=50)
+        dict(kills=5, flips=10, net=10, net_parallel=10, idle=64, real=16, soak=50, crawl=2)
         if args.ci
-        else dict(kills=100, flips=100, net=100, net_parallel=10, idle=256, real=64, soak=1000)
+        else dict(kills=100, flips=100, net=100, net_parallel=10, idle=256, real=64, soak=1000, crawl=10)
     )
     # hostile: the attack itself is the same in both modes; CI makes fewer
     # sends and guesses, holds fewer connections, and judges a send by 5 s
@@ -2003,6 +2132,8 @@ def main():
                 sc = [scenario_signals(work, rng).done()]
             elif name == "hostile":
                 sc = scenario_hostile(work, rng, counts["hostile"])  # each row timed on its own
+            elif name == "crawl":
+                sc = [scenario_crawl(work, rng, counts["crawl"]).done()]
             else:
                 sc = [scenario_soak(work, rng, counts["soak"]).done()]
             for s in sc:
