@@ -55,6 +55,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         limits: crate::config::Limits::default(),
         handshake_timeout: TIMEOUT,
         idle_timeout: TIMEOUT,
+        hook: None,
     };
     let quiet = Reporter::new(true, false);
     let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<recv::Received>> {

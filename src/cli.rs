@@ -330,6 +330,19 @@ pub struct RecvArgs {
     )]
     pub max_entries: u64,
 
+    /// Run this command (with /bin/sh -c) after each file is verified,
+    /// durable and in place, one at a time per session. It gets the facts
+    /// in XFER_PATH, XFER_NAME, XFER_SIZE, XFER_SHA256 and XFER_PEER (never
+    /// interpolated into the command). A failing hook is logged and makes
+    /// the receiver exit 10; the file stays.
+    #[arg(long, value_name = "CMD", env = "XFER_EXEC")]
+    pub exec: Option<std::ffi::OsString>,
+
+    /// How long one --exec command may run before it is killed (and counts
+    /// as failed).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, env = "XFER_EXEC_TIMEOUT")]
+    pub exec_timeout: Duration,
+
     /// Largest control frame accepted (8KiB to 64KiB).
     #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size, env = "XFER_MAX_FRAME")]
     pub max_frame: u64,

@@ -85,6 +85,8 @@ pub struct RecvConfig {
     pub idle_timeout: Duration,
     /// `--bwlimit`, `--min-speed`, for each session.
     pub pace: crate::pace::Limits,
+    /// `--exec`, `--exec-timeout`.
+    pub hook: Option<crate::hook::Hook>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +311,22 @@ impl RecvConfig {
                 Target::Dir(args.dir)
             }
         };
+        let hook = match (args.exec, &target) {
+            (Some(_), Target::Stdout) => {
+                return Err(Failure::new(
+                    ExitCode::Usage,
+                    "--exec runs after a file is in place; with --stdout there is no file",
+                ));
+            }
+            (Some(command), _) if command.is_empty() => {
+                return Err(Failure::new(ExitCode::Usage, "--exec needs a command"));
+            }
+            (Some(command), _) => Some(crate::hook::Hook {
+                command,
+                timeout: positive(args.exec_timeout, "--exec-timeout")?,
+            }),
+            (None, _) => None,
+        };
         Ok(RecvConfig {
             bind: args.bind,
             port: args.port,
@@ -333,6 +351,7 @@ impl RecvConfig {
                 args.keep_running,
                 args.common.quiet,
             )?,
+            hook,
             max_handshakes: at_least_one(args.max_handshakes, "--max-handshakes")?,
             max_per_source: at_least_one(args.max_per_source, "--max-per-source")?,
             penalties: match args.penalties.trim() {

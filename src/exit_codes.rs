@@ -19,11 +19,13 @@ pub enum ExitCode {
     Timeout,
     Partial,
     Auth,
+    /// Every file arrived verified, but the receiver's `--exec` hook failed.
+    Hook,
     Interrupted,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 11] = [
+    pub const ALL: [ExitCode; 12] = [
         ExitCode::Success,
         ExitCode::Internal,
         ExitCode::Usage,
@@ -34,6 +36,7 @@ impl ExitCode {
         ExitCode::Timeout,
         ExitCode::Partial,
         ExitCode::Auth,
+        ExitCode::Hook,
         ExitCode::Interrupted,
     ];
 
@@ -49,6 +52,7 @@ impl ExitCode {
             ExitCode::Timeout => 7,
             ExitCode::Partial => 8,
             ExitCode::Auth => 9,
+            ExitCode::Hook => 10,
             ExitCode::Interrupted => 130,
         }
     }
@@ -72,6 +76,9 @@ impl ExitCode {
             ExitCode::Partial => "partial: some files failed, the others arrived verified",
             ExitCode::Auth => {
                 "authentication: wrong or missing code or key, or only one end is --insecure"
+            }
+            ExitCode::Hook => {
+                "receiver only: every file arrived verified, but its --exec command failed for some"
             }
             ExitCode::Interrupted => "interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT)",
         }
@@ -275,7 +282,7 @@ mod tests {
     #[test]
     fn numbers_are_the_documented_ones() {
         let got: Vec<i32> = ExitCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130]);
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 130]);
     }
 
     /// The README's table says what `--help` says, code for code.

@@ -9,6 +9,7 @@ pub mod destination;
 pub mod exit_codes;
 pub mod gate;
 pub mod handshake;
+pub mod hook;
 pub mod link;
 pub mod manual;
 pub mod names;
@@ -108,7 +109,7 @@ const LAYERS: &[&[&str]] = &[
         "session",
         "admission",
     ],
-    &["link", "destination"],
+    &["link", "destination", "hook"],
     &["secure", "pace"],
     &["handshake", "config"],
     &["gate"],

@@ -46,6 +46,8 @@ pub struct Policy {
     pub handshake_timeout: std::time::Duration,
     /// Deadline for every read and write after that.
     pub idle_timeout: std::time::Duration,
+    /// `--exec`: run after each file is in place.
+    pub hook: Option<crate::hook::Hook>,
 }
 
 impl Policy {
@@ -125,6 +127,7 @@ fn serve_session<S: Link + ?Sized>(
         failure: None,
         failed: 0,
         deadline: policy.idle_timeout,
+        hooks: crate::hook::Hooks::start(policy.hook.as_ref(), reporter),
     };
     let mut next = run.first_offer(until);
     let result: anyhow::Result<()> = loop {
@@ -179,6 +182,8 @@ struct Run<'a, S: Link + ?Sized> {
     failed: usize,
     /// The deadline set on the link now.
     deadline: std::time::Duration,
+    /// `--exec`, run for each file in place, one at a time.
+    hooks: crate::hook::Hooks,
 }
 
 impl<S: Link + ?Sized> Run<'_, S> {
@@ -294,7 +299,18 @@ impl<S: Link + ?Sized> Run<'_, S> {
             &mut self.rules,
         );
         match got {
-            Ok(Ok(received)) => self.received.push(received),
+            Ok(Ok(received)) => {
+                if received.path.as_os_str() != "-" {
+                    self.hooks.arrived(crate::hook::Arrived {
+                        path: received.path.clone(),
+                        name: received.name.clone(),
+                        size: received.bytes,
+                        sha256: hex(&received.sha256),
+                        peer: self.peer.to_string(),
+                    });
+                }
+                self.received.push(received)
+            }
             Ok(Err(e)) => self.entry_failed(&file.name, e),
             Err(e) => {
                 note_failure(self.reporter, self.failures, &file.name, &e);
@@ -358,9 +374,21 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 });
             }
         }
+        // The hooks still queued run before the session's verdict.
+        let hooks = self.hooks.finish();
         result?;
         let done = self.received.iter().filter(|f| !f.is_dir).count();
         let failed = self.failed;
+        if self.failure.is_none() && hooks.failed > 0 {
+            return Err(Failure::new(
+                ExitCode::Hook,
+                format!(
+                    "every file arrived verified, but --exec failed for {} of {}",
+                    hooks.failed, hooks.ran
+                ),
+            )
+            .into());
+        }
         match self.failure {
             Some(e) if done > 0 => Err(anyhow::Error::new(Failure::new(
                 ExitCode::Partial,
@@ -1283,6 +1311,7 @@ fn serve_opened(
         limits: config.limits,
         handshake_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
+        hook: config.hook.clone(),
     };
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;

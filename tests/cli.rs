@@ -1754,6 +1754,78 @@ fn a_retry_that_arrives_while_the_first_attempt_is_torn_down_waits_for_it() {
 }
 
 #[test]
+fn exec_runs_after_each_file_one_at_a_time_with_the_facts_in_the_environment() {
+    let env = TestEnv::new();
+    let tree = env.src().join("tree");
+    fs::create_dir(&tree).unwrap();
+    // A name a shell would act on if it were ever interpolated.
+    let names = ["a.txt", "b $(touch pwned); c.txt", "d.bin"];
+    for (i, name) in names.iter().enumerate() {
+        fs::write(tree.join(name), vec![b'x' + i as u8; 1000 * (i + 1)]).unwrap();
+    }
+    let log = env.root.path().join("hook.log");
+    let hook = format!(
+        "printf 'start %s\\n' \"$XFER_NAME\" >> {log}; sleep 0.2; \
+         printf 'end %s|%s|%s|%s|%s\\n' \"$XFER_NAME\" \"$XFER_SIZE\" \"$XFER_SHA256\" \"$XFER_PATH\" \"$XFER_PEER\" >> {log}",
+        log = log.display()
+    );
+    let mut r = env.recv(&["--exec", &hook]);
+    env.send(&tree, &r.addr(), &[]).assert_code(0);
+    let out = r.finish();
+    out.assert_code(0);
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for (i, name) in names.iter().enumerate() {
+        // One at a time, in order: each start followed by its own end.
+        assert_eq!(lines[2 * i], format!("start tree/{name}"), "{text}");
+        let fields: Vec<&str> = lines[2 * i + 1]["end ".len()..].split('|').collect();
+        let path = env.dst().join("tree").join(name);
+        assert_eq!(fields[0], format!("tree/{name}"));
+        assert_eq!(fields[1], (1000 * (i + 1)).to_string());
+        assert_eq!(fields[2], sha256_file(&path));
+        assert_eq!(fields[3], path.to_str().unwrap());
+        assert!(fields[4].starts_with("127.0.0.1:"), "{}", fields[4]);
+    }
+    assert!(!env.root.path().join("pwned").exists());
+    assert!(!env.dst().join("pwned").exists());
+    assert_eq!(
+        out.events()
+            .iter()
+            .filter(|e| e["event"] == "exec-done")
+            .count(),
+        3
+    );
+
+    // A failing hook: the file stays, the sender is content, the receiver
+    // exits 10 and says why.
+    let file = env.random_file("kept.bin", 5000, 55);
+    let mut r = env.recv(&["--exec", "exit 3", "--overwrite"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    let out = r.finish();
+    out.assert_code(10)
+        .assert_stderr_contains("--exec for")
+        .assert_stderr_contains("failed: exit status 3");
+    assert_eq!(out.event("exec-failed")["error"], "exit status 3");
+    assert_eq!(sha256_file(&env.dst().join("kept.bin")), sha256_file(&file));
+
+    // A hook that runs too long is killed, with what it started.
+    let slow = env.random_file("slow.bin", 5000, 56);
+    let mut r = env.recv(&["--exec", "sleep 60 & sleep 60", "--exec-timeout", "1s"]);
+    env.send(&slow, &r.addr(), &[]).assert_code(0);
+    r.finish()
+        .assert_code(10)
+        .assert_stderr_contains("--exec-timeout");
+
+    // No file, no hook.
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--stdout", "--exec", "true"]);
+    run_bounded(cmd)
+        .assert_code(2)
+        .assert_stderr_contains("--stdout");
+}
+
+#[test]
 fn an_unchanged_file_is_not_sent_again() {
     let env = TestEnv::new();
     let file = env.random_file("same.bin", 3 * MIB, 41);
@@ -3161,6 +3233,7 @@ fn both_sides_run_in_one_process_over_an_in_memory_link() {
         limits: xfer::config::Limits::default(),
         handshake_timeout: STEP,
         idle_timeout: STEP,
+        hook: None,
     };
     let quiet = xfer::output::Reporter::new(true, false);
     let receiver = std::thread::spawn(move || {
