@@ -186,14 +186,31 @@ pub struct CommonArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(override_usage = "xfer send [OPTIONS] PATH... HOST:PORT")]
+#[command(
+    override_usage = "xfer send [OPTIONS] PATH... HOST:PORT\n       xfer send --listen --port PORT [OPTIONS] PATH..."
+)]
 pub struct SendArgs {
     /// Files and directories to send (directories with everything in
     /// them), or `-` for standard input (needs --name); then, last, where
     /// `xfer recv` listens: HOST:PORT, with IPv6 in brackets ([::1]:9000).
-    /// Options may come anywhere.
+    /// With --listen, only paths. Options may come anywhere.
     #[arg(value_name = "PATH... HOST:PORT", required = true, num_args = 1..)]
     pub operands: Vec<PathBuf>,
+
+    /// Wait for the receiver to connect (`xfer recv --connect HOST:PORT`)
+    /// instead of connecting to it: for a receiver behind NAT or a
+    /// firewall. Same codes, keys, resume and exit codes.
+    #[arg(long)]
+    pub listen: bool,
+
+    /// With --listen: the TCP port to listen on; 0 picks a free one.
+    #[arg(short, long, requires = "listen")]
+    pub port: Option<u16>,
+
+    /// With --listen: listen only on this address (default: every IPv6 and
+    /// IPv4 address).
+    #[arg(long, value_name = "ADDR", requires = "listen")]
+    pub bind: Option<IpAddr>,
 
     /// Offer the file under this name instead of its own (required for `-`).
     #[arg(long)]
@@ -223,11 +240,24 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(override_usage = "xfer recv [OPTIONS] --port PORT")]
+#[command(
+    override_usage = "xfer recv [OPTIONS] --port PORT\n       xfer recv [OPTIONS] --connect HOST:PORT"
+)]
 pub struct RecvArgs {
     /// TCP port to listen on; 0 picks a free one (printed before accepting).
-    #[arg(short, long, env = "XFER_PORT")]
-    pub port: u16,
+    #[arg(short, long, env = "XFER_PORT", required_unless_present = "connect")]
+    pub port: Option<u16>,
+
+    /// Connect to a sender that waits with `xfer send --listen` instead of
+    /// listening (for a receiver behind NAT or a firewall); --port and
+    /// --bind are then not used.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "keep_running")]
+    pub connect: Option<String>,
+
+    /// With --connect: after a network failure or timeout, connect again
+    /// this many times (waiting 1 s, 2 s, 4 s, ...), resuming each time.
+    #[arg(long, value_name = "N", default_value_t = 3, env = "XFER_RETRIES")]
+    pub retries: u32,
 
     /// Listen only on this address (default: every IPv6 and IPv4 address).
     #[arg(long, value_name = "ADDR")]

@@ -40,7 +40,7 @@ pub struct SendConfig {
     pub paths: Vec<PathBuf>,
     /// The name offered for the one path (required for standard input).
     pub name: Option<String>,
-    pub target: net::PeerAddress,
+    pub target: Endpoint,
     /// Continue from what the receiver already holds of this file.
     pub resume: bool,
     /// Further attempts after a network failure or timeout.
@@ -57,8 +57,18 @@ pub struct SendConfig {
     pub pace: crate::pace::Limits,
 }
 
+/// Who connects: the sender to a listening receiver (the usual), or the
+/// receiver to a sender that listens (`send --listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Connect(net::PeerAddress),
+    Listen { bind: Option<IpAddr>, port: u16 },
+}
+
 #[derive(Debug, Clone)]
 pub struct RecvConfig {
+    /// `--connect HOST:PORT` to a listening sender, with `--retries`.
+    pub connect: Option<(net::PeerAddress, u32)>,
     pub bind: Option<IpAddr>,
     pub port: u16,
     pub target: Target,
@@ -102,21 +112,36 @@ pub struct BenchConfig {
 impl SendConfig {
     pub fn from_args(args: SendArgs) -> Result<Self, Failure> {
         let mut paths = args.operands;
-        let target = match paths.pop() {
-            Some(last) if !paths.is_empty() => last,
-            _ => {
+        let target = if args.listen {
+            let Some(port) = args.port else {
                 return Err(Failure::new(
                     ExitCode::Usage,
-                    "missing HOST:PORT: give where 'xfer recv' listens after the paths \
-                     (xfer send FILE HOST:PORT)",
+                    "--listen needs --port PORT (0 picks a free one)",
                 ));
+            };
+            Endpoint::Listen {
+                bind: args.bind,
+                port,
             }
+        } else {
+            let target = match paths.pop() {
+                Some(last) if !paths.is_empty() => last,
+                _ => {
+                    return Err(Failure::new(
+                        ExitCode::Usage,
+                        "missing HOST:PORT: give where 'xfer recv' listens after the paths \
+                         (xfer send FILE HOST:PORT), or wait for the receiver with --listen",
+                    ));
+                }
+            };
+            Endpoint::Connect(
+                target
+                    .to_str()
+                    .ok_or_else(|| "HOST:PORT is not valid text".to_string())
+                    .and_then(str::parse)
+                    .map_err(|e: String| Failure::new(ExitCode::Usage, e))?,
+            )
         };
-        let target: net::PeerAddress = target
-            .to_str()
-            .ok_or_else(|| "HOST:PORT is not valid text".to_string())
-            .and_then(str::parse)
-            .map_err(|e: String| Failure::new(ExitCode::Usage, e))?;
         let stdin = paths.iter().any(|p| p.as_os_str() == "-");
         if stdin && paths.len() > 1 {
             return Err(Failure::new(
@@ -143,7 +168,15 @@ impl SendConfig {
             resume: !args.no_resume,
             retries: args.retries,
             checksum: args.checksum,
-            secret: secret_from(&args.security, args.common.quiet)?,
+            secret: {
+                let secret = secret_from(&args.security, args.common.quiet)?;
+                // Listening, the code is ours to choose, and strangers can
+                // guess at it as at a receiver's.
+                if args.listen {
+                    chosen_code(&secret, args.common.quiet, false)?;
+                }
+                secret
+            },
             quiet: args.common.quiet,
             json: args.common.json,
             connect_timeout: positive(args.common.connect_timeout, "--connect-timeout")?,
@@ -329,7 +362,15 @@ impl RecvConfig {
         };
         Ok(RecvConfig {
             bind: args.bind,
-            port: args.port,
+            port: args.port.unwrap_or(0),
+            connect: match &args.connect {
+                None => None,
+                Some(text) => Some((
+                    text.parse()
+                        .map_err(|e: String| Failure::new(ExitCode::Usage, e))?,
+                    args.retries,
+                )),
+            },
             target,
             overwrite: args.overwrite,
             backups: match (args.backup, args.keep_backups) {
@@ -383,7 +424,10 @@ impl RecvConfig {
             },
             secret: {
                 let secret = secret_from(&args.security, args.common.quiet)?;
-                chosen_code(&secret, args.common.quiet, args.force)?;
+                // Connecting, the code is the listening sender's to choose.
+                if args.connect.is_none() {
+                    chosen_code(&secret, args.common.quiet, args.force)?;
+                }
                 secret
             },
             quiet: args.common.quiet,

@@ -51,9 +51,12 @@ pub struct Settings {
     /// A one-shot `--insecure` receiver ends on the first failed opening
     /// (there is no secret a stranger could be failing to know).
     pub ends_on_failure: bool,
-    /// One-shot receivers say "still waiting for the sender" after a
-    /// failed opening.
+    /// One-shot receivers (and a listening sender) say "still waiting for
+    /// the sender (receiver)" after a failed opening.
     pub one_shot: bool,
+    /// Our side of the opening: the receiver, or a sender that listens
+    /// (`send --listen`).
+    pub role: Role,
 }
 
 /// A connection whose opening is done: the session's to serve.
@@ -259,7 +262,7 @@ impl<'a> Gate<'a> {
                 if let Some(old) = drop {
                     self.drop_for_room(old);
                 }
-                let mut opening = Box::new(Opening::new(Role::Receiver, &self.secret, &peer));
+                let mut opening = Box::new(Opening::new(self.settings.role, &self.secret, &peer));
                 let out = opening.take_output();
                 let deadline = now + self.settings.timeout;
                 if self.register(id, &mut stream).is_err() {
@@ -441,6 +444,7 @@ impl<'a> Gate<'a> {
                     match conn.stream.read(&mut buf[..need]) {
                         Ok(0) => {
                             let probe = opening.nothing_heard();
+                            let guessed = opening.confirmed_to_a_stranger();
                             let peer = &conn.peer;
                             let e = Failure::new(
                                 ExitCode::Network,
@@ -448,6 +452,8 @@ impl<'a> Gate<'a> {
                             );
                             let outcome = if probe {
                                 Outcome::Probe
+                            } else if guessed {
+                                Outcome::WrongCode
                             } else {
                                 Outcome::Closed
                             };
@@ -458,6 +464,7 @@ impl<'a> Gate<'a> {
                             conn.out.extend_from_slice(&opening.take_output());
                             if let Err(e) = fed {
                                 let outcome = match opening.failed_as() {
+                                    _ if opening.confirmed_to_a_stranger() => Outcome::WrongCode,
                                     Failed::WrongCode => Outcome::WrongCode,
                                     Failed::PeerStopped => Outcome::Closed,
                                     Failed::Mismatch => Outcome::Mismatch,
@@ -553,7 +560,10 @@ impl<'a> Gate<'a> {
         let penalised = self.admission.leave(id, conn.source, outcome, now);
         if !matches!(outcome, Outcome::Probe) {
             let shown = if self.settings.one_shot && self.secret != Secret::Insecure {
-                e.context("still waiting for the sender")
+                e.context(match self.settings.role {
+                    Role::Receiver => "still waiting for the sender",
+                    Role::Sender => "still waiting for the receiver",
+                })
             } else {
                 e
             };

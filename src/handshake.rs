@@ -165,9 +165,17 @@ impl Opening {
         }
     }
 
-    /// Why the exchange failed (after [`Opening::feed`] returned an error).
+    /// Why the exchange failed (after [`Opening::feed`] returned an error,
+    /// or the peer went away).
     pub fn failed_as(&self) -> Failed {
         self.failed.unwrap_or(Failed::Garbage)
+    }
+
+    /// A sender that sent its CONFIRM and then did not see the receiver's:
+    /// the peer has tested one guess of the code against it (SPAKE2 allows
+    /// one per connection), whether it then says so or just goes away.
+    pub fn confirmed_to_a_stranger(&self) -> bool {
+        self.role == Role::Sender && matches!(self.state, State::Confirm { .. })
     }
 
     /// Takes bytes from the peer (at most [`Opening::needed`]). An error

@@ -17,6 +17,7 @@ pub mod net;
 pub mod output;
 pub mod pace;
 pub mod pipeline;
+pub mod prompt;
 pub mod protocol;
 pub mod recv;
 pub mod secure;
@@ -111,7 +112,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["link", "destination", "hook"],
     &["secure", "pace"],
-    &["handshake", "config"],
+    &["handshake", "config", "prompt"],
     &["gate"],
     &["send", "recv"],
     &["bench", "manual"],

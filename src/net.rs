@@ -157,6 +157,19 @@ pub fn set_deadline(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     stream.set_write_timeout(Some(timeout))
 }
 
+/// `HOST:PORT` forms another machine could use to reach a socket bound to
+/// `bind` (or everything) on `port`: the bound address, or up to three of
+/// [`reachable_names`].
+pub fn addresses_for(bind: Option<IpAddr>, port: u16) -> Vec<String> {
+    match bind {
+        Some(ip) if !ip.is_unspecified() => vec![std::net::SocketAddr::new(ip, port).to_string()],
+        _ => reachable_names(3)
+            .into_iter()
+            .map(|h| format!("{h}:{port}"))
+            .collect(),
+    }
+}
+
 /// Where another machine can plausibly reach this one: the host name, then
 /// this machine's own IPv4 and global IPv6 addresses (from /proc; loopback
 /// and link-local left out), at most `most` in all. For the command a

@@ -1100,6 +1100,9 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     if config.target == Target::Stdout {
         reporter = reporter.with_events_on_stderr();
     }
+    if let Some((target, retries)) = &config.connect {
+        return connect_to_sender(config, target, *retries, &reporter);
+    }
     let listener = crate::net::listen(config.bind, config.port)?;
     let local = listener
         .local_addr()
@@ -1171,6 +1174,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
         },
         ends_on_failure: !config.keep_running && secret == Secret::Insecure,
         one_shot: !config.keep_running,
+        role: Role::Receiver,
     };
     let active = AtomicUsize::new(0);
     let mut gate = crate::gate::Gate::new(listener, secret.clone(), settings, &reporter, &active)
@@ -1234,18 +1238,89 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
     Err(crate::exit_codes::Stopped.into())
 }
 
+/// `recv --connect HOST:PORT`: connects to a sender that listens (`send
+/// --listen`), shakes hands as the receiver and serves its one session,
+/// connecting again after a network failure or timeout (`--retries`), so
+/// an interrupted transfer resumes.
+fn connect_to_sender(
+    config: &RecvConfig,
+    target: &crate::net::PeerAddress,
+    retries: u32,
+    reporter: &Reporter,
+) -> anyhow::Result<()> {
+    reap_partials(config, reporter);
+    if let Some(limits) = config.pace.describe() {
+        reporter.info(|| format!("each session: {limits}"));
+    }
+    let secret = match &config.secret {
+        Some(secret) => secret.clone(),
+        None => {
+            let tty = crate::prompt::terminal("the sender's")?;
+            crate::prompt::ask_for_code(tty, "xfer send --listen")?
+        }
+    };
+    let peer = target.to_string();
+    let mut tries = 0;
+    loop {
+        let attempt = || -> anyhow::Result<()> {
+            let mut stream = crate::net::connect(target, config.connect_timeout)?;
+            let until = Instant::now() + config.connect_timeout;
+            let keys = {
+                let _watch = signals::watch_socket(&stream);
+                let mut bounded = link::WithDeadline::new(&mut stream, until);
+                crate::handshake::exchange(&mut bounded, &peer, &secret, Role::Receiver)?
+            };
+            let opened = crate::gate::Opened {
+                stream,
+                peer: peer.clone(),
+                keys,
+                unsent: Vec::new(),
+                deadline: until,
+            };
+            serve_opened(opened, config, &secret, reporter)
+        };
+        let result = attempt();
+        let again = match &result {
+            Err(e) => {
+                tries < retries
+                    && !signals::interrupted()
+                    && matches!(
+                        ExitCode::for_error(e),
+                        ExitCode::Network | ExitCode::Timeout
+                    )
+            }
+            Ok(()) => false,
+        };
+        if !again {
+            return result;
+        }
+        tries += 1;
+        let delay = std::time::Duration::from_secs((1u64 << (tries - 1).min(5)).min(30));
+        let e = result.expect_err("only failures are tried again");
+        reporter.info(|| {
+            format!(
+                "{e:#}; connecting again in {} s (attempt {} of {})",
+                delay.as_secs(),
+                tries + 1,
+                retries + 1
+            )
+        });
+        reporter.event(
+            "retry",
+            || json!({ "attempt": tries, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
+        );
+        if !signals::sleep_unless_interrupted(delay) {
+            return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+        }
+    }
+}
+
 /// What to type on the sending machine, as croc and wormhole print it: the
 /// command with addresses the other machine can plausibly reach (the bound
 /// address, or this machine's name and addresses), never the code.
 fn the_other_side(config: &RecvConfig, secret: &Secret, local: SocketAddr) -> String {
     let port = local.port();
-    let hosts: Vec<String> = match config.bind {
-        Some(ip) if !ip.is_unspecified() => vec![SocketAddr::new(ip, port).to_string()],
-        _ => crate::net::reachable_names(3)
-            .into_iter()
-            .map(|h| format!("{h}:{port}"))
-            .collect(),
-    };
+    let hosts = crate::net::addresses_for(config.bind, port);
     let how = match secret {
         Secret::Insecure => " --insecure",
         Secret::Key(_) => " --key-file KEYFILE",

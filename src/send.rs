@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::SendConfig;
+use crate::config::{Endpoint, SendConfig};
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
 use crate::link::{self, Link};
 use crate::names::escape_for_terminal;
@@ -31,6 +31,7 @@ use crate::session::allow_for_local_work;
 use crate::session::sender::{Answer, Offered, Sender};
 use crate::signals;
 use crate::source::{Identity, Kind, Opener, Plan};
+use anyhow::Context as _;
 
 /// A file the receiver verified and kept (or already had).
 #[derive(Debug, Clone)]
@@ -657,25 +658,33 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
         reporter.info(|| format!("each session: {limits}"));
     }
     let started = Instant::now();
-    let secret = match &config.secret {
-        Some(secret) => Ok(secret.clone()),
-        // A person is about to type the code: first make sure the receiver
-        // is there, so a wrong address or a receiver not yet started is
-        // said at once, not after the code was typed.
-        None => terminal().and_then(|tty| {
-            retrying(config, &reporter, true, || probe(config))?;
-            ask_for_code(tty)
-        }),
+    let sessions = std::sync::atomic::AtomicUsize::new(0);
+    let door = match &config.target {
+        Endpoint::Connect(target) => match &config.secret {
+            Some(secret) => Ok(Door::Connect {
+                target,
+                secret: secret.clone(),
+            }),
+            // A person is about to type the code: first make sure the
+            // receiver is there, so a wrong address or a receiver not yet
+            // started is said at once, not after the code was typed.
+            None => crate::prompt::terminal("the receiver's").and_then(|tty| {
+                retrying(config, &reporter, true, || probe(config, target))?;
+                let secret = crate::prompt::ask_for_code(tty, "xfer recv")?;
+                Ok(Door::Connect { target, secret })
+            }),
+        },
+        Endpoint::Listen { bind, port } => listen(config, *bind, *port, &reporter, &sessions),
     };
     // Digests for --checksum, taken before connecting and kept across
     // retries: hashing is never charged to the receiver's deadlines.
     let mut checksums = Checksums::new(config.checksum);
-    let result = secret.and_then(|secret| {
+    let result = door.and_then(|mut door| {
         retrying(config, &reporter, !config.stdin(), || {
             if config.stdin() {
-                send_stdin(config, &secret, &reporter)
+                send_stdin(config, &mut door, &reporter)
             } else {
-                send_paths(config, &secret, &reporter, &mut checksums)
+                send_paths(config, &mut door, &reporter, &mut checksums)
             }
         })
     });
@@ -743,10 +752,11 @@ fn retrying<T>(
 /// signals, with `deadline` on every read and write; the peer as shown.
 fn connect(
     config: &SendConfig,
+    target: &crate::net::PeerAddress,
     deadline: Duration,
 ) -> anyhow::Result<(std::net::TcpStream, signals::Watch, String)> {
-    let peer = config.target.to_string();
-    let stream = crate::net::connect(&config.target, config.connect_timeout)?;
+    let peer = target.to_string();
+    let stream = crate::net::connect(target, config.connect_timeout)?;
     let watch = signals::watch_socket(&stream);
     crate::net::prepare(&stream, deadline)
         .map_err(|e| Failure::network(format!("cannot set up the connection to {peer}"), &e))?;
@@ -756,48 +766,12 @@ fn connect(
 /// Checks that a receiver is listening at the target: connect, read its
 /// preamble, close without a word (a receiver passes over such a probe: it
 /// is no failed handshake and costs no guess).
-fn probe(config: &SendConfig) -> anyhow::Result<()> {
-    let (mut stream, _watch, peer) = connect(config, config.connect_timeout)?;
+fn probe(config: &SendConfig, target: &crate::net::PeerAddress) -> anyhow::Result<()> {
+    let (mut stream, _watch, peer) = connect(config, target, config.connect_timeout)?;
     let mut preamble = [0u8; protocol::PREAMBLE_LEN];
     protocol::read_exact_or_closed(&mut stream, &mut preamble)
         .map_err(|e| link::describe(e, &peer).context("checking that the receiver is there"))?;
     Ok(())
-}
-
-fn no_terminal() -> Failure {
-    Failure::new(
-        ExitCode::Auth,
-        "the receiver's code is needed and there is no terminal to ask at: \
-         set XFER_CODE or pass --code, or use --key-file (or --insecure on both ends)",
-    )
-}
-
-/// The terminal to ask the code at (never standard input, which may be the
-/// data).
-fn terminal() -> anyhow::Result<File> {
-    Ok(std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .map_err(|_| no_terminal())?)
-}
-
-/// Reads the receiver's code at the terminal.
-fn ask_for_code(tty: File) -> anyhow::Result<Secret> {
-    use std::io::{BufRead, Write};
-    let _prompting = signals::prompting();
-    (&tty)
-        .write_all(b"Code shown by xfer recv: ")
-        .map_err(|_| no_terminal())?;
-    let mut line = String::new();
-    std::io::BufReader::new(&tty)
-        .take(256)
-        .read_line(&mut line)
-        .map_err(|_| no_terminal())?;
-    if crate::secure::normalize_code(&line).is_empty() {
-        return Err(Failure::new(ExitCode::Auth, "no code was typed").into());
-    }
-    Ok(Secret::Code(line))
 }
 
 /// What a session achieved, file by file.
@@ -933,17 +907,136 @@ impl Totals {
     }
 }
 
-/// Connects, shakes hands and reports it; the stream is ready for offers.
+/// How each attempt's connection comes about.
+enum Door<'a> {
+    /// Connect to the receiver at `target`.
+    Connect {
+        target: &'a crate::net::PeerAddress,
+        secret: Secret,
+    },
+    /// Wait for the receiver to connect (`--listen`): the same front door
+    /// as a receiving server's, so strangers cannot keep it out.
+    Listen(Box<crate::gate::Gate<'a>>),
+}
+
+/// `send --listen`: listens, says what to type on the other machine, and
+/// makes up a code unless one was given.
+fn listen<'a>(
+    config: &SendConfig,
+    bind: Option<std::net::IpAddr>,
+    port: u16,
+    reporter: &'a Reporter,
+    sessions: &'a std::sync::atomic::AtomicUsize,
+) -> anyhow::Result<Door<'a>> {
+    let listener = crate::net::listen(bind, port)?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let (secret, code) = match &config.secret {
+        Some(secret) => (secret.clone(), None),
+        None => {
+            let code =
+                crate::secure::generate_code().context("cannot make a code from random bytes")?;
+            (Secret::Code(code.clone()), Some(code))
+        }
+    };
+    reporter.info(|| format!("waiting for the receiver on {local}"));
+    if let Some(code) = &code
+        && !config.json
+    {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr().lock(),
+            format!("xfer: code: {code}  (the receiver types it, or passes it in XFER_CODE)\n")
+                .as_bytes(),
+        );
+    }
+    let how = match &secret {
+        Secret::Insecure => " --insecure",
+        Secret::Key(_) => " --key-file KEYFILE",
+        Secret::Code(_) => "",
+    };
+    let hosts = crate::net::addresses_for(bind, local.port());
+    reporter.info(|| match hosts.split_first() {
+        None => format!(
+            "on the other machine, run: xfer recv{how} --dir DIR --connect THIS-HOST:{}",
+            local.port()
+        ),
+        Some((first, [])) => {
+            format!("on the other machine, run: xfer recv{how} --dir DIR --connect {first}")
+        }
+        Some((first, more)) => format!(
+            "on the other machine, run: xfer recv{how} --dir DIR --connect {first} (or {})",
+            more.join(", ")
+        ),
+    });
+    reporter.event(
+        "listening",
+        || json!({ "address": local.to_string(), "port": local.port(), "code": code }),
+    );
+    let settings = crate::gate::Settings {
+        limits: crate::admission::Limits {
+            max_handshakes: 1024,
+            max_per_source: 64,
+            penalties: Some(crate::admission::Penalties::default()),
+            guess_budget: match &secret {
+                Secret::Code(code) => Some(crate::admission::guess_budget(
+                    &crate::secure::normalize_code(code),
+                )),
+                _ => None,
+            },
+        },
+        timeout: config.connect_timeout,
+        max_sessions: 1,
+        ends_on_failure: secret == Secret::Insecure,
+        one_shot: true,
+        role: Role::Sender,
+    };
+    crate::gate::raise_open_files();
+    let gate = crate::gate::Gate::new(listener, secret, settings, reporter, sessions)
+        .map_err(|e| Failure::network("cannot watch the listening socket", &e))?;
+    Ok(Door::Listen(Box::new(gate)))
+}
+
+/// Opens the next attempt's session (connects, or waits for the receiver),
+/// shakes hands and reports it; the stream is ready for offers.
 /// `--connect-timeout` covers the connection and the whole handshake, as
 /// OpenSSH's ConnectTimeout does: a peer that trickles bytes cannot hold a
 /// sender before it has proved it knows the secret.
 fn open_session(
     config: &SendConfig,
-    secret: &Secret,
+    door: &mut Door<'_>,
     reporter: &Reporter,
 ) -> anyhow::Result<(Box<dyn Link>, signals::Watch, String)> {
+    let (target, secret) = match door {
+        Door::Connect { target, secret } => (*target, &*secret),
+        Door::Listen(gate) => {
+            let opened = match gate.next_opened() {
+                crate::gate::Next::Session(opened) => *opened,
+                crate::gate::Next::Stopped => {
+                    return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
+                }
+                crate::gate::Next::Failed(e) => return Err(e),
+            };
+            let crate::gate::Opened {
+                stream,
+                peer,
+                keys,
+                unsent,
+                ..
+            } = opened;
+            let watch = signals::watch_socket(&stream);
+            crate::net::prepare(&stream, config.idle_timeout).map_err(|e| {
+                Failure::network(format!("cannot set up the connection from {peer}"), &e)
+            })?;
+            reporter.event("connected", || json!({ "peer": peer }));
+            let mut stream = link::Buffered::new(crate::pace::Paced::new(stream, config.pace));
+            std::io::Write::write_all(&mut stream, &unsent)
+                .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
+            return Ok((crate::handshake::secured(stream, keys), watch, peer));
+        }
+    };
     let until = Instant::now() + config.connect_timeout;
-    let (stream, watch, peer) = connect(config, config.idle_timeout)?;
+    let (stream, watch, peer) = connect(config, target, config.idle_timeout)?;
     reporter.event("connected", || json!({ "peer": peer }));
     // Small files and frames go out together, a few syscalls per file;
     // --bwlimit paces what crosses the wire, under the records.
@@ -1016,9 +1109,13 @@ impl Entries for StdinEntry {
 }
 
 /// `xfer send - HOST:PORT --name NAME`: standard input as one stream.
-fn send_stdin(config: &SendConfig, secret: &Secret, reporter: &Reporter) -> anyhow::Result<Totals> {
+fn send_stdin(
+    config: &SendConfig,
+    door: &mut Door<'_>,
+    reporter: &Reporter,
+) -> anyhow::Result<Totals> {
     let name = config.name.clone().unwrap_or_default();
-    let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
+    let (mut stream, _watch, peer) = open_session(config, door, reporter)?;
     reporter.info(|| {
         format!(
             "sending '{}' from standard input to {peer}",
@@ -1167,7 +1264,7 @@ impl Entries for PathEntries<'_> {
 /// `xfer send PATH... HOST:PORT`: every file and directory in one session.
 fn send_paths(
     config: &SendConfig,
-    secret: &Secret,
+    door: &mut Door<'_>,
     reporter: &Reporter,
     checksums: &mut Checksums,
 ) -> anyhow::Result<Totals> {
@@ -1203,7 +1300,7 @@ fn send_paths(
         return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
     }
 
-    let (mut stream, _watch, peer) = open_session(config, secret, reporter)?;
+    let (mut stream, _watch, peer) = open_session(config, door, reporter)?;
     let files = plan.entries.iter().filter(|e| e.kind == Kind::File).count();
     reporter.info(|| {
         if as_paths {

@@ -1825,6 +1825,129 @@ fn exec_runs_after_each_file_one_at_a_time_with_the_facts_in_the_environment() {
         .assert_stderr_contains("--stdout");
 }
 
+/// `xfer send --listen --port 0 --json PATHS EXTRA`, started and listening.
+fn listening_sender(paths: &[&std::path::Path], extra: &[&str]) -> RecvProcess {
+    let mut cmd = xfer();
+    cmd.args(["send", "--listen", "--port", "0", "--json"])
+        .args(paths)
+        .args(extra);
+    honour_security_flags(&mut cmd, extra);
+    RecvProcess::spawn(cmd)
+}
+
+/// `xfer recv --connect ADDR --dir DIR EXTRA`, to completion.
+fn connecting_receiver(addr: &str, dir: &std::path::Path, extra: &[&str]) -> Outcome {
+    let mut cmd = xfer();
+    cmd.args(["recv", "--connect", addr, "--json", "--dir"])
+        .arg(dir)
+        .args(extra);
+    honour_security_flags(&mut cmd, extra);
+    run_bounded(cmd)
+}
+
+#[test]
+fn a_receiver_behind_nat_connects_to_a_sender_that_listens() {
+    let env = TestEnv::new();
+    // A tree, with the key file, and the exact command to type printed.
+    let tree = env.src().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("a.txt"), b"alpha").unwrap();
+    fs::write(tree.join("sub").join("b.bin"), vec![7u8; 300_000]).unwrap();
+    let mut s = listening_sender(&[&tree], &[]);
+    // Strangers that connect and say nothing do not keep the receiver out:
+    // a listening sender has a receiving server's front door.
+    let silent: Vec<TcpStream> = (0..10)
+        .map(|i| connect_from(&format!("127.0.0.{}", 2 + i % 3), &s.addr()))
+        .collect();
+    connecting_receiver(&s.addr(), &env.dst(), &["--connect-timeout", "5s"]).assert_code(0);
+    drop(silent);
+    let out = s.finish();
+    out.assert_code(0).assert_stderr_contains(
+        "on the other machine, run: xfer recv --key-file KEYFILE --dir DIR --connect ",
+    );
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&tree)
+        .arg(env.dst().join("tree"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+
+    // A generated code: a wrong guess fails with 9 and the sender keeps
+    // waiting; the right code gets the file, in plaintext mode too.
+    let file = env.random_file("coded.bin", 200_000, 61);
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .args(["send", "--listen", "--port", "0", "--json"])
+        .arg(&file);
+    let mut s = RecvProcess::spawn(cmd);
+    let code = s.wait_event("listening")["code"]
+        .as_str()
+        .expect("a generated code")
+        .to_string();
+    let dst2 = env.root.path().join("coded");
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .env("XFER_CODE", "0000-0000")
+        .args(["recv", "--retries", "0", "--connect", &s.addr(), "--dir"])
+        .arg(&dst2);
+    run_bounded(cmd)
+        .assert_code(9)
+        .assert_stderr_contains("wrong code or key");
+    let mut cmd = xfer();
+    cmd.env_remove("XFER_KEY_FILE")
+        .env("XFER_CODE", &code)
+        .args(["recv", "--connect", &s.addr(), "--dir"])
+        .arg(&dst2);
+    run_bounded(cmd).assert_code(0);
+    s.finish()
+        .assert_code(0)
+        .assert_stderr_contains("still waiting for the receiver");
+    assert_eq!(sha256_file(&dst2.join("coded.bin")), sha256_file(&file));
+
+    let mut s = listening_sender(&[&file], &["--insecure"]);
+    let dst3 = env.root.path().join("plain");
+    connecting_receiver(&s.addr(), &dst3, &["--insecure"]).assert_code(0);
+    s.finish().assert_code(0);
+    assert_eq!(sha256_file(&dst3.join("coded.bin")), sha256_file(&file));
+}
+
+#[test]
+fn a_connecting_receiver_killed_mid_file_comes_back_and_resumes() {
+    let env = TestEnv::new();
+    let file = env.random_file("long.bin", 8 * MIB, 62);
+    let mut s = listening_sender(&[&file], &["--retries", "3"]);
+    // The first receiver reads slowly and is killed part way.
+    let mut cmd = xfer();
+    cmd.args(["recv", "--connect", &s.addr(), "--bwlimit", "2MiB", "--dir"])
+        .arg(env.dst())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut first = cmd.spawn().unwrap();
+    s.wait_event("file-start");
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The sender goes back to listening; a new receiver resumes.
+    connecting_receiver(&s.addr(), &env.dst(), &[]).assert_code(0);
+    let out = s.finish();
+    out.assert_code(0);
+    let starts: Vec<u64> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "file-start")
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 2, "{out}");
+    assert!(starts[1] > 0, "the second receiver resumed: {starts:?}");
+    assert_eq!(sha256_file(&env.dst().join("long.bin")), sha256_file(&file));
+    assert_eq!(entries(&env.dst()), vec!["long.bin"]);
+}
+
 #[test]
 fn an_unchanged_file_is_not_sent_again() {
     let env = TestEnv::new();

@@ -61,7 +61,7 @@ pub fn xfer() -> Command {
 
 /// Drops the test key where a test chose another way to authenticate
 /// (`--insecure`, `--code`, its own `--key-file`).
-fn honour_security_flags(cmd: &mut Command, extra: &[&str]) {
+pub fn honour_security_flags(cmd: &mut Command, extra: &[&str]) {
     if extra
         .iter()
         .any(|a| matches!(*a, "--insecure" | "--code" | "--key-file"))
