@@ -95,6 +95,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         resume: false,
         idle_timeout: TIMEOUT,
         report_each: false,
+        remove_source_files: false,
     };
     let sent = send::over_link(
         &mut Buffered::new(&mut stream),

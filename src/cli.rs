@@ -232,6 +232,13 @@ pub struct SendArgs {
     #[arg(long)]
     pub checksum: bool,
 
+    /// Move instead of copy: remove each file here once the receiver has
+    /// verified it, made it durable and put it in place, if it is still
+    /// exactly the file that was read. Never for standard input; files the
+    /// receiver already had are kept; directories stay.
+    #[arg(long)]
+    pub remove_source_files: bool,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 

@@ -47,6 +47,8 @@ pub struct SendConfig {
     pub retries: u32,
     /// Skip by SHA-256 instead of size and mtime.
     pub checksum: bool,
+    /// `--remove-source-files`.
+    pub remove_source_files: bool,
     /// How to authenticate; `None`: ask for the code at the terminal.
     pub secret: Option<Secret>,
     pub quiet: bool,
@@ -149,6 +151,12 @@ impl SendConfig {
                 "'-' (standard input) cannot be combined with other paths",
             ));
         }
+        if stdin && args.remove_source_files {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                "--remove-source-files cannot remove standard input",
+            ));
+        }
         if stdin && args.name.is_none() {
             return Err(Failure::new(
                 ExitCode::Usage,
@@ -168,6 +176,7 @@ impl SendConfig {
             resume: !args.no_resume,
             retries: args.retries,
             checksum: args.checksum,
+            remove_source_files: args.remove_source_files,
             secret: {
                 let secret = secret_from(&args.security, args.common.quiet)?;
                 // Listening, the code is ours to choose, and strangers can

@@ -62,6 +62,15 @@ pub trait Entries {
     fn name(&self, index: usize) -> String;
     /// Bytes of entry `index` for the progress bar when it cannot be opened.
     fn size_hint(&self, index: usize) -> u64;
+    /// Removes entry `index`'s file if it is still exactly as `read`
+    /// (`--remove-source-files`); `Ok(Err(why))` when it is kept.
+    fn remove(
+        &mut self,
+        _index: usize,
+        _read: &Identity,
+    ) -> std::io::Result<Result<(), &'static str>> {
+        Ok(Err("it is not a file on disk"))
+    }
 }
 
 /// An entry ready to offer.
@@ -81,6 +90,9 @@ pub struct Options {
     /// Say each entry's failure as it happens (several entries); with one,
     /// its failure is the command's one error line.
     pub report_each: bool,
+    /// `--remove-source-files`: a file the receiver verified and keeps is
+    /// removed here, if it is still exactly the file that was read.
+    pub remove_source_files: bool,
 }
 
 /// Runs one session over `stream` after the handshake: offers every entry,
@@ -116,7 +128,7 @@ pub fn drive<S: Link + ?Sized>(
             break;
         }
         let answer = run.next_answer()?;
-        run.act_on(answer)?;
+        run.act_on(answer, entries)?;
     }
     // Everything is settled, each file verified or failed; a lost END
     // changes nothing.
@@ -208,6 +220,53 @@ impl<S: Link + ?Sized> Run<'_, S> {
         Ok(())
     }
 
+    /// `--remove-source-files`, once the receiver has verified, made
+    /// durable and kept entry `index`: removes it here if it is still
+    /// exactly what was read (`read`: `None` if it changed while read).
+    fn remove_source(
+        &mut self,
+        entries: &mut dyn Entries,
+        index: usize,
+        name: &str,
+        read: Option<&Identity>,
+    ) {
+        let outcome = match read {
+            None => Ok(Err("it changed while it was read")),
+            Some(read) => entries.remove(index, read),
+        };
+        let shown = escape_for_terminal(name);
+        match outcome {
+            Ok(Ok(())) => {
+                self.totals.removed += 1;
+                self.reporter
+                    .info(|| format!("removed '{shown}' here (--remove-source-files)"));
+                self.reporter
+                    .event("source-removed", || json!({ "name": name }));
+            }
+            Ok(Err(why)) => self.kept(name, why),
+            Err(e) => {
+                let why = crate::exit_codes::io_reason(&e);
+                crate::output::warning_line(&format!(
+                    "cannot remove '{shown}' (--remove-source-files): {why}"
+                ));
+                self.reporter.event(
+                    "source-kept",
+                    || json!({ "name": name, "reason": format!("cannot remove it: {why}") }),
+                );
+            }
+        }
+    }
+
+    /// A source `--remove-source-files` leaves, and why.
+    fn kept(&self, name: &str, why: &str) {
+        let shown = escape_for_terminal(name);
+        crate::output::warning_line(&format!(
+            "kept '{shown}' here despite --remove-source-files: {why}"
+        ));
+        self.reporter
+            .event("source-kept", || json!({ "name": name, "reason": why }));
+    }
+
     fn fail(&mut self, name: &str, e: anyhow::Error) {
         if self.options.report_each {
             report_failure(self.reporter, &e);
@@ -215,7 +274,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         self.totals.record_failure(name, e, self.reporter);
     }
 
-    fn act_on(&mut self, answer: Answer) -> anyhow::Result<()> {
+    fn act_on(&mut self, answer: Answer, entries: &mut dyn Entries) -> anyhow::Result<()> {
         if let Answer::PeerAborted(e) = &answer {
             return Err(link::peer_aborted(e, self.peer));
         }
@@ -224,8 +283,14 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 .unacked
                 .pop_front()
                 .expect("the rules track each file sent");
+            let (index, read) = (in_flight.index, in_flight.read);
             match judge(&answer, in_flight, &offer, self.peer) {
-                Ok(sent) => self.totals.record_sent(sent, self.reporter),
+                Ok(sent) => {
+                    self.totals.record_sent(sent, self.reporter);
+                    if self.options.remove_source_files {
+                        self.remove_source(entries, index, &offer.name, read.as_ref());
+                    }
+                }
                 Err(e) => self.fail(&offer.name, e),
             }
             return Ok(());
@@ -270,6 +335,16 @@ impl<S: Link + ?Sized> Run<'_, S> {
                     "file-skipped",
                     || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
                 );
+                if self.options.remove_source_files {
+                    // Only a copy the receiver wrote and verified lets the
+                    // source go: an unchanged one was judged by size and
+                    // time, or (--checksum) may be this very file, seen
+                    // through a shared disk.
+                    self.kept(
+                        &offer.name,
+                        "the receiver already had it, and only a copy it wrote and verified in this session lets the source go",
+                    );
+                }
                 let sent = Sent {
                     name: offer.name.clone(),
                     size: offer.size,
@@ -357,7 +432,16 @@ impl<S: Link + ?Sized> Run<'_, S> {
         // The snapshot taken when the file was listed and opened, checked
         // again now that it was read: a file written meanwhile may have
         // sent a mix of old and new content, verified as sent.
-        if let (Some(before), Some(after)) = (before, source.identity())
+        let mut in_flight = in_flight;
+        in_flight.index = index;
+        let after = source.identity();
+        in_flight.read = match (before, after) {
+            (Some(before), Some(after)) if !changed_while_read(offer, &before, &after) => {
+                Some(after)
+            }
+            _ => None,
+        };
+        if let (Some(before), Some(after)) = (before, after)
             && changed_while_read(offer, &before, &after)
         {
             let name = escape_for_terminal(&offer.name);
@@ -400,6 +484,10 @@ pub fn over_link<S: Link + ?Sized>(
 
 /// A file whose data and TRAILER are sent and whose ACK is awaited.
 struct InFlight {
+    /// The entry, and its identity once read (`None`: it changed while
+    /// read, or is no file on disk), for `--remove-source-files`.
+    index: usize,
+    read: Option<Identity>,
     size: u64,
     /// Where this session's data started.
     start: u64,
@@ -495,6 +583,8 @@ where
         peer,
     )?;
     Ok(InFlight {
+        index: 0,
+        read: None,
         size,
         start,
         digest,
@@ -782,6 +872,8 @@ pub struct Totals {
     failures: Vec<(String, anyhow::Error)>,
     /// Entries passed over on this side (symbolic links, devices).
     passed_over: usize,
+    /// Sources removed after the receiver kept them (`--remove-source-files`).
+    removed: usize,
 }
 
 impl Totals {
@@ -849,7 +941,7 @@ impl Totals {
         let mut summary = json!({
             "ok": outcome.is_ok(), "exit_code": code, "files": self.sent.len(),
             "directories": self.directories, "skipped": skipped, "unchanged": skipped,
-            "passed_over": self.passed_over, "failed": failures.len(),
+            "passed_over": self.passed_over, "removed": self.removed, "failed": failures.len(),
             "bytes": bytes, "seconds": seconds, "failures": failures,
         });
         if let [one] = self.sent.as_slice() {
@@ -1128,6 +1220,7 @@ fn send_stdin(
         resume: false,
         idle_timeout: config.idle_timeout,
         report_each: false,
+        remove_source_files: false,
     };
     drive(
         &mut stream,
@@ -1210,6 +1303,14 @@ struct PathEntries<'a> {
 }
 
 impl Entries for PathEntries<'_> {
+    fn remove(
+        &mut self,
+        index: usize,
+        read: &Identity,
+    ) -> std::io::Result<Result<(), &'static str>> {
+        self.opener.remove_file(self.plan, index, read)
+    }
+
     fn count(&self) -> usize {
         self.plan.entries.len()
     }
@@ -1327,6 +1428,7 @@ fn send_paths(
         resume: config.resume,
         idle_timeout: config.idle_timeout,
         report_each,
+        remove_source_files: config.remove_source_files,
     };
     let mut entries = PathEntries {
         plan: &plan,

@@ -350,6 +350,61 @@ impl Opener {
         Ok((File::from(fd.0), fd.1))
     }
 
+    /// Removes the file of entry `index` (`--remove-source-files`) if it is
+    /// still exactly the file that was read: same device, inode, size,
+    /// modification and change time as `read`. Found through the same
+    /// directory handles as when it was opened, never through a link. `Ok`
+    /// with the reason when it is kept instead.
+    pub fn remove_file(
+        &mut self,
+        plan: &Plan,
+        index: usize,
+        read: &Identity,
+    ) -> std::io::Result<Result<(), &'static str>> {
+        let entry = &plan.entries[index];
+        let (dir, name): (OwnedFd, OsString) = match entry.parent {
+            None => {
+                let path = Path::new(&entry.local);
+                let Some(name) = path.file_name() else {
+                    return Ok(Err("it has no file name to remove"));
+                };
+                let parent = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                let fd = rfs::open(
+                    parent,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                (fd, name.to_os_string())
+            }
+            Some(parent) => {
+                let dir = self.dir(plan, parent)?;
+                (dir.try_clone()?, entry.local.clone())
+            }
+        };
+        let now = match rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Identity::of(&st),
+            Err(rustix::io::Errno::NOENT) => return Ok(Err("it is no longer there")),
+            Err(e) => return Err(e.into()),
+        };
+        if now.file_type() == FileType::Symlink {
+            return Ok(Err("the path is now (or was given as) a symbolic link"));
+        }
+        if !now.same_object(read)
+            || now.size != read.size
+            || now.mtime != read.mtime
+            || now.ctime != read.ctime
+        {
+            return Ok(Err(
+                "it changed or was replaced since it was read (or the receiver wrote over this very file)",
+            ));
+        }
+        rfs::unlinkat(&dir, &name, AtFlags::empty())?;
+        Ok(Ok(()))
+    }
+
     /// The handle of directory entry `index`, opened along the chain from
     /// its command-line path, each checked against the walk.
     fn dir(&mut self, plan: &Plan, index: usize) -> rustix::io::Result<&OwnedFd> {
@@ -473,6 +528,50 @@ mod tests {
                 .open_file(&plan, index_of(&plan, "t/a"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_the_very_file_that_was_read_is_removed() {
+        let top = tempfile::tempdir().unwrap();
+        let t = top.path().join("t");
+        fs::create_dir(&t).unwrap();
+        for name in ["same", "grown", "swapped"] {
+            fs::write(t.join(name), b"contents").unwrap();
+        }
+        let plan = plan_of(&t);
+        let mut opener = Opener::default();
+        let mut read = |name: &str| {
+            let (mut f, _) = opener.open_file(&plan, index_of(&plan, name)).unwrap();
+            read(&mut f);
+            Identity::of(&rfs::fstat(&f).unwrap())
+        };
+        let (same, grown, swapped) = (read("t/same"), read("t/grown"), read("t/swapped"));
+        // Written to after it was read: kept.
+        use std::io::Write as _;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(t.join("grown"))
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        // Replaced by a link to something else: kept, and so is the target.
+        let elsewhere = top.path().join("elsewhere");
+        fs::write(&elsewhere, b"contents").unwrap();
+        fs::remove_file(t.join("swapped")).unwrap();
+        symlink(&elsewhere, t.join("swapped")).unwrap();
+        let mut opener = Opener::default();
+        let mut remove = |name: &str, id: &Identity| {
+            opener
+                .remove_file(&plan, index_of(&plan, name), id)
+                .unwrap()
+        };
+        assert!(remove("t/grown", &grown).is_err());
+        assert!(remove("t/swapped", &swapped).is_err());
+        assert_eq!(remove("t/same", &same), Ok(()));
+        assert!(!t.join("same").exists());
+        assert!(t.join("grown").exists() && t.join("swapped").exists() && elsewhere.exists());
+        // Gone already: kept (nothing to do), not an error.
+        assert!(remove("t/same", &same).is_err());
     }
 
     #[test]

@@ -1949,6 +1949,89 @@ fn a_connecting_receiver_killed_mid_file_comes_back_and_resumes() {
 }
 
 #[test]
+fn remove_source_files_moves_only_what_the_receiver_verified_and_kept() {
+    let env = TestEnv::new();
+    let tree = env.src().join("moving");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    for (name, n) in [("a.bin", 1000), ("sub/b.bin", 200_000), ("sub/c.txt", 5)] {
+        fs::write(tree.join(name), vec![n as u8; n]).unwrap();
+    }
+    let copy = env.root.path().join("copy");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&tree)
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut r = env.recv(&[]);
+    let out = env.send(&tree, &r.addr(), &["--remove-source-files", "--json"]);
+    out.assert_code(0);
+    r.finish().assert_code(0);
+    // Every file arrived as it was, and is gone here; directories stay.
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&copy)
+        .arg(env.dst().join("moving"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert!(entries(&tree) == vec!["sub"] && entries(&tree.join("sub")).is_empty());
+    assert_eq!(out.event("summary")["removed"], 3);
+
+    // A file the receiver already had is kept, with the reason.
+    let file = env.random_file("twice.bin", 5000, 63);
+    let mut r = env.recv(&["--keep-running"]);
+    env.send(&file, &r.addr(), &[]).assert_code(0);
+    env.send(&file, &r.addr(), &["--remove-source-files"])
+        .assert_code(0)
+        .assert_stderr_contains("kept 'twice.bin' here despite --remove-source-files");
+    assert!(file.exists());
+    r.signal(Signal::TERM);
+    r.finish();
+
+    // Receiver and sender on the same file (here one directory; a shared
+    // disk alike): the receiver finds it unchanged, by checksum too, since
+    // it is the very same file; a source the receiver did not write in this
+    // session is never removed, so the only copy survives.
+    let same = env.random_file("same.bin", 70_000, 64);
+    let want = sha256_file(&same);
+    let mut r = env.recv_with(
+        &["--overwrite", "--dir", env.src().to_str().unwrap()],
+        false,
+    );
+    let mut cmd = xfer();
+    cmd.args(["send", "--remove-source-files", "--checksum"])
+        .arg(&same)
+        .arg(r.addr());
+    run_bounded(cmd)
+        .assert_code(0)
+        .assert_stderr_contains("kept 'same.bin' here");
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&same), want);
+
+    // Standard input cannot be removed.
+    let mut cmd = xfer();
+    cmd.args([
+        "send",
+        "-",
+        "127.0.0.1:9",
+        "--name",
+        "x",
+        "--remove-source-files",
+    ]);
+    run_bounded(cmd)
+        .assert_code(2)
+        .assert_stderr_contains("standard input");
+}
+
+#[test]
 fn an_unchanged_file_is_not_sent_again() {
     let env = TestEnv::new();
     let file = env.random_file("same.bin", 3 * MIB, 41);
@@ -3382,6 +3465,7 @@ fn both_sides_run_in_one_process_over_an_in_memory_link() {
             resume: true,
             idle_timeout: STEP,
             report_each: false,
+            remove_source_files: false,
         },
         &xfer::output::Reporter::new(true, false),
     )
