@@ -284,7 +284,22 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 .pop_front()
                 .expect("the rules track each file sent");
             let (index, read) = (in_flight.index, in_flight.read);
+            let changed = in_flight.changed;
             match judge(&answer, in_flight, &offer, self.peer) {
+                // Like GNU tar's "file changed as we read it": the copy is
+                // verified as read, but may be no version the file ever
+                // had, so this is no success.
+                Ok(_) if changed => {
+                    let name = escape_for_terminal(&offer.name);
+                    let e = Failure::new(
+                        ExitCode::LocalFile,
+                        format!(
+                            "'{name}' changed while it was read: the receiver kept and verified \
+                             what was read, which may mix old and new content; send it again"
+                        ),
+                    );
+                    self.fail(&offer.name, e.into());
+                }
                 Ok(sent) => {
                     self.totals.record_sent(sent, self.reporter);
                     if self.options.remove_source_files {
@@ -444,10 +459,8 @@ impl<S: Link + ?Sized> Run<'_, S> {
         if let (Some(before), Some(after)) = (before, after)
             && changed_while_read(offer, &before, &after)
         {
-            let name = escape_for_terminal(&offer.name);
-            crate::output::warning_line(&format!(
-                "'{name}' changed while it was read; the receiver verified what was read, which may mix old and new content"
-            ));
+            // Said now; the file fails once its verdict is in.
+            in_flight.changed = true;
             self.reporter
                 .event("file-changed", || json!({ "name": offer.name }));
         }
@@ -488,6 +501,8 @@ struct InFlight {
     /// read, or is no file on disk), for `--remove-source-files`.
     index: usize,
     read: Option<Identity>,
+    /// It changed while it was read: what arrived may mix old and new.
+    changed: bool,
     size: u64,
     /// Where this session's data started.
     start: u64,
@@ -585,6 +600,7 @@ where
     Ok(InFlight {
         index: 0,
         read: None,
+        changed: false,
         size,
         start,
         digest,

@@ -3745,9 +3745,12 @@ fn a_file_that_grows_while_it_is_read_is_reported() {
         .unwrap();
     proxy.release();
     let out = collect(&mut { sender });
-    out.assert_code(0)
-        .assert_stderr_contains("changed while it was read");
+    // As GNU tar does, a file that changed as it was read is no success.
+    out.assert_code(6)
+        .assert_stderr_contains("changed while it was read")
+        .assert_stderr_contains("send it again");
     assert!(out.events().iter().any(|e| e["event"] == "file-changed"));
+    assert_eq!(out.event("summary")["failed"], 1);
     r.finish().assert_code(0);
     let kept = fs::read(env.dst().join("growing.log")).unwrap();
     assert_eq!(kept.len(), 32 * MIB, "the size offered, as read");
