@@ -269,8 +269,8 @@ impl<'a> Gate<'a> {
                     self.admission.leave(id, source, Outcome::Closed, now);
                     return;
                 }
-                self.deadlines.insert((deadline, id));
-                self.conns.insert(
+                let phase = Phase::Opening(opening);
+                self.track(
                     id,
                     Conn {
                         stream,
@@ -278,10 +278,9 @@ impl<'a> Gate<'a> {
                         source,
                         deadline,
                         out,
-                        phase: Phase::Opening(opening),
+                        phase,
                     },
                 );
-                self.drive(id);
             }
             Admit::Penalised(left) => {
                 let secs = left.as_secs().max(1);
@@ -334,9 +333,8 @@ impl<'a> Gate<'a> {
             return;
         }
         let deadline = Instant::now() + LINGER;
-        self.deadlines.insert((deadline, id));
-        self.closing += 1;
-        self.conns.insert(
+        let phase = Phase::Closing { shut: false };
+        self.track(
             id,
             Conn {
                 stream,
@@ -344,9 +342,19 @@ impl<'a> Gate<'a> {
                 source,
                 deadline,
                 out,
-                phase: Phase::Closing { shut: false },
+                phase,
             },
         );
+    }
+
+    /// Keeps `conn` until it is done or its deadline passes, and does what
+    /// it can do now.
+    fn track(&mut self, id: u64, conn: Conn) {
+        self.deadlines.insert((conn.deadline, id));
+        if matches!(conn.phase, Phase::Closing { .. }) {
+            self.closing += 1;
+        }
+        self.conns.insert(id, conn);
         self.drive(id);
     }
 
@@ -616,10 +624,7 @@ impl<'a> Gate<'a> {
         conn.out = out;
         conn.deadline = now + LINGER;
         conn.phase = Phase::Closing { shut: false };
-        self.deadlines.insert((conn.deadline, id));
-        self.closing += 1;
-        self.conns.insert(id, conn);
-        self.drive(id);
+        self.track(id, conn);
     }
 
     /// One refusal or drop for the log: in full the first time in a window
