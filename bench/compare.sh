@@ -99,28 +99,37 @@ check() { # the destination file must be identical
 }
 
 # --- one run of each tool; each prints its seconds ----------------------------
-run_xfer() { xfer_once "$XFER" xfer; }
-run_xfer_plain() { xfer_once plain "xfer --insecure"; }
-xfer_once() { # $1 = command (the binary, or plain), $2 = name for messages
+# Each side runs under /usr/bin/time, which leaves its user + system CPU
+# seconds (its waited-for children included) in $work/cpu.TOOL.SIDE, one
+# line a run: CPU per GiB is the figure that holds still on a shared VM.
+cpu() { # $1 = tool, $2 = side (send or recv), then the command
+  local tool=$1 side=$2; shift 2
+  /usr/bin/time -f '%U %S' -a -o "$work/cpu.$tool.$side" "$@"
+}
+run_xfer() { xfer_once xfer; }
+run_xfer_plain() { xfer_once xfer_plain --insecure; }
+xfer_once() { # $1 = tool name, $2 = --insecure for plaintext on both ends
+  local tool=$1 how=(env "XFER_KEY_FILE=$XFER_KEY_FILE" "$XFER") extra=()
+  if [ "${2:-}" = --insecure ]; then how=(env -u XFER_KEY_FILE "$XFER"); extra=(--insecure); fi
   rm -f "$dst/data.bin"
   local port; port=$(free_port)
-  "$1" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  cpu "$tool" recv "${how[@]}" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet "${extra[@]}" & local r=$!
   pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  "$1" send "$src" "127.0.0.1:$port" --quiet
+  cpu "$tool" send "${how[@]}" send "$src" "127.0.0.1:$port" --quiet "${extra[@]}"
   wait "$r"
   local t1; t1=$(now)
-  check "$dst/data.bin" "$2"
+  check "$dst/data.bin" "$tool"
   echo "$t1 - $t0" | bc -l
 }
 
 run_socat() {
   rm -f "$dst/out"
   local port; port=$(free_port)
-  socat -u -b 1048576 "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr" "OPEN:$dst/out,creat,trunc" & local r=$!
+  cpu socat recv socat -u -b 1048576 "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr" "OPEN:$dst/out,creat,trunc" & local r=$!
   pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  socat -u -b 1048576 "OPEN:$src" "TCP:127.0.0.1:$port"
+  cpu socat send socat -u -b 1048576 "OPEN:$src" "TCP:127.0.0.1:$port"
   wait "$r"
   local t1; t1=$(now)
   check "$dst/out" socat
@@ -130,11 +139,10 @@ run_socat() {
 run_nc() { # by hand: hash, send, receive, hash again, compare
   rm -f "$dst/out"
   local port; port=$(free_port)
-  ( nc -l 127.0.0.1 "$port" > "$dst/out" && sha256sum "$dst/out" | cut -d' ' -f1 > "$work/rx.sum" ) & local r=$!
+  cpu nc recv bash -c 'nc -l 127.0.0.1 "$1" > "$2/out" && sha256sum "$2/out" | cut -d" " -f1 > "$3/rx.sum"' _ "$port" "$dst" "$work" & local r=$!
   pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  sha256sum "$src" | cut -d' ' -f1 > "$work/tx.sum"
-  nc -N 127.0.0.1 "$port" < "$src"
+  cpu nc send bash -c 'sha256sum "$1" | cut -d" " -f1 > "$2/tx.sum" && nc -N 127.0.0.1 "$3" < "$1"' _ "$src" "$work" "$port"
   wait "$r"
   cmp -s "$work/tx.sum" "$work/rx.sum" || { echo "compare: nc digests differ" >&2; exit 1; }
   local t1; t1=$(now)
@@ -157,11 +165,17 @@ EOF
   rsync --daemon --no-detach --address=127.0.0.1 --port="$rsync_port" --config="$work/rsyncd.conf" & pids+=($!)
   wait_port "$rsync_port"
 }
-run_rsync() {
+run_rsync() { # a daemon of its own, so its CPU (its forked child's) is this run's
   rm -f "$dst/data.bin"
+  local port; port=$(free_port)
+  sed "s/^pid file = .*/pid file = ${work//\//\\/}\/rsyncd1.pid/" "$work/rsyncd.conf" > "$work/rsyncd1.conf"
+  cpu rsync recv rsync --daemon --no-detach --address=127.0.0.1 --port="$port" --config="$work/rsyncd1.conf" & local r=$!
+  pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  rsync --whole-file "$src" "rsync://127.0.0.1:$rsync_port/dst/"
+  cpu rsync send rsync --whole-file "$src" "rsync://127.0.0.1:$port/dst/"
   local t1; t1=$(now)
+  kill -TERM "$(cat "$work/rsyncd1.pid")" 2>/dev/null || true
+  wait "$r" || true
   check "$dst/data.bin" rsync
   echo "$t1 - $t0" | bc -l
 }
@@ -190,12 +204,20 @@ EOF
   /usr/sbin/sshd -D -f "$work/sshd_config" & pids+=($!)
   wait_port "$ssh_port"
 }
-run_scp() {
+run_scp() { # an sshd of its own, so its CPU (and its session's) is this run's
   rm -f "$dst/out"
+  local port; port=$(free_port)
+  sed -e "s/^Port .*/Port $port/" -e "s/^PidFile .*/PidFile ${work//\//\\/}\/sshd1.pid/" "$work/sshd_config" > "$work/sshd1_config"
+  cpu scp recv /usr/sbin/sshd -D -f "$work/sshd1_config" & local r=$!
+  pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
-  scp -q -i "$work/client_key" -P "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no \
+  cpu scp send scp -q -i "$work/client_key" -P "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
     -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$src" "root@127.0.0.1:$dst/out"
   local t1; t1=$(now)
+  # The daemon itself, not the shell around it (which would run our own
+  # cleanup trap): /usr/bin/time then reports and returns.
+  kill -TERM "$(cat "$work/sshd1.pid")" 2>/dev/null || true
+  wait "$r" || true
   check "$dst/out" scp
   echo "$t1 - $t0" | bc -l
 }
@@ -294,6 +316,9 @@ log "time to first byte"
 ttfb_small=$(ttfb_run "$src")
 ttfb_sparse=$(ttfb_run "$sparse")
 
+# --- the floor: one SHA-256 of the data, alone (xfer hashes once per side) ------
+for _ in $(seq 1 "$ROUNDS"); do cpu sha256 send sha256sum "$src" > /dev/null; done
+
 # --- report --------------------------------------------------------------------
 xfer_med=$(echo "${times[xfer]}" | median)
 plain_med=$(echo "${times[xfer_plain]}" | median)
@@ -312,6 +337,24 @@ for t in "${tools[@]}"; do
   printf '| %s | %s | %.3f | %.0f | %.2f | %.2f |\n' "$name" "$v" "$med" \
     "$(echo "$bytes / $med / 1000000" | bc -l)" "$(echo "$med / $xfer_med" | bc -l)" "$(echo "$med / $plain_med" | bc -l)"
 done
+echo
+# CPU seconds per GiB, medians over the rounds (user + system, each side's
+# process and the children it waited for).
+gib=$(echo "$bytes / 1073741824" | bc -l)
+cpu_med() { # $1 = tool, $2 = side: median CPU s per GiB
+  grep -E '^[0-9.]+ [0-9.]+$' "$work/cpu.$1.$2" | awk '{print $1 + $2}' | tr '\n' ' ' | median |
+    awk -v g="$gib" '{printf "%.3f", $1 / g}'
+}
+sha=$(cpu_med sha256 send)
+floor=$(echo "$(cpu_med socat send) + $(cpu_med socat recv) + 2 * $sha" | bc -l)
+echo "| tool | sender CPU s/GiB | receiver CPU s/GiB | total | total ÷ floor |"
+echo "|---|---:|---:|---:|---:|"
+for t in "${tools[@]}"; do
+  cs=$(cpu_med "$t" send); cr=$(cpu_med "$t" recv)
+  name=$t; [ "$t" = xfer_plain ] && name="xfer --insecure"
+  printf '| %s | %.3f | %.3f | %.3f | %.2f |\n' "$name" "$cs" "$cr" "$(echo "$cs + $cr" | bc -l)" "$(echo "($cs + $cr) / $floor" | bc -l)"
+done
+printf '| floor: socat (both sides) + 2 × SHA-256 (sha256sum alone: %.3f) | | | %.3f | 1.00 |\n' "$sha" "$floor"
 echo
 xfer_tree=$(echo "${tree_times[xfer]}" | median)
 plain_tree=$(echo "${tree_times[xfer_plain]}" | median)
