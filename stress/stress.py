@@ -762,7 +762,7 @@ def scenario_load(work, rng, idle, real):
     rcv.stop()
     sc.figures = {
         "clients": f"{idle} idle or trickling, {real} real × 8 MiB (--retries 8)",
-        "receiver limits": "defaults: --max-connections 64, --max-handshakes 16, --connect-timeout 5s",
+        "receiver limits": "defaults: --max-connections 64, --max-handshakes 16384, --max-per-source 64, --connect-timeout 5s",
         "idle clients dropped (max held)": f"{len(held)}/{idle} ({max(held) if held else 0:.1f} s)",
         "receiver peak RSS": f"{peak['VmRSS'] / 1024:.1f} MiB",
         "receiver peak threads": peak["Threads"],
