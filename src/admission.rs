@@ -315,6 +315,33 @@ impl Admission {
         }
     }
 
+    /// The table's own rules, for tests and the fuzzer: the count matches
+    /// the per-source queues, no handshake is listed twice, no source
+    /// holds more than its cap and none is penalised past `max`.
+    pub fn consistent(&self, now: Instant) -> bool {
+        let listed: usize = self.sources.values().map(|s| s.handshakes.len()).sum();
+        let mut ids: Vec<u64> = self
+            .sources
+            .values()
+            .flat_map(|s| s.handshakes.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let max = self.limits.penalties.map(|p| p.max);
+        listed == self.handshakes
+            && ids.len() == listed
+            && self.handshakes <= self.limits.max_handshakes.max(1)
+            && self
+                .sources
+                .values()
+                .all(|s| s.handshakes.len() <= self.limits.max_per_source.max(1))
+            && self.sources.values().all(|s| match (s.penalty_until, max) {
+                (Some(until), Some(max)) => until.saturating_duration_since(now) <= max,
+                (Some(_), None) => false,
+                (None, _) => true,
+            })
+    }
+
     /// Forgets the sources with nothing in progress and no penalty left
     /// (call now and then, so the table does not grow with every address
     /// ever penalised).
@@ -471,6 +498,7 @@ mod tests {
         assert_eq!(a.handshakes(), 4);
         a.leave(1, lone, Outcome::Authenticated, now);
         assert_eq!(a.handshakes(), 3);
+        assert!(a.consistent(now));
     }
 
     #[test]
