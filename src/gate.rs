@@ -318,7 +318,7 @@ impl<'a> Gate<'a> {
     fn refuse(
         &mut self,
         id: u64,
-        mut stream: mio::net::TcpStream,
+        stream: mio::net::TcpStream,
         peer: String,
         source: Source,
         preamble: &[u8],
@@ -327,24 +327,33 @@ impl<'a> Gate<'a> {
     ) {
         let mut out = preamble.to_vec();
         error_frame(&mut out, reason, message);
-        if self.closing >= MAX_CLOSING || self.register(id, &mut stream).is_err() {
-            // Too many already: say it once if the socket takes it, close.
-            let _ = stream.write(&out);
+        let conn = Conn {
+            stream,
+            peer,
+            source,
+            deadline: Instant::now(),
+            out: Vec::new(),
+            phase: Phase::Closing { shut: false },
+        };
+        self.close_with(id, conn, out);
+    }
+
+    /// Closes a connection (not tracked any more) after `out`, our last
+    /// words: the peer gets up to [`LINGER`] to read them, in the loop,
+    /// unless too many are closing already.
+    fn close_with(&mut self, id: u64, mut conn: Conn, out: Vec<u8>) {
+        if out.is_empty()
+            || self.closing >= MAX_CLOSING
+            || self.register(id, &mut conn.stream).is_err()
+        {
+            // Said once if the socket takes it; closed as it is dropped.
+            let _ = conn.stream.write(&out);
             return;
         }
-        let deadline = Instant::now() + LINGER;
-        let phase = Phase::Closing { shut: false };
-        self.track(
-            id,
-            Conn {
-                stream,
-                peer,
-                source,
-                deadline,
-                out,
-                phase,
-            },
-        );
+        conn.out = out;
+        conn.deadline = Instant::now() + LINGER;
+        conn.phase = Phase::Closing { shut: false };
+        self.track(id, conn);
     }
 
     /// Keeps `conn` until it is done or its deadline passes, and does what
@@ -561,7 +570,7 @@ impl<'a> Gate<'a> {
         e: anyhow::Error,
         last: Option<Vec<u8>>,
     ) {
-        let Some(mut conn) = self.remove(id) else {
+        let Some(conn) = self.remove(id) else {
             return;
         };
         let now = Instant::now();
@@ -613,18 +622,7 @@ impl<'a> Gate<'a> {
             }
         }
         // What we still have to say goes out before the close.
-        let out = last.unwrap_or_default();
-        if out.is_empty()
-            || self.closing >= MAX_CLOSING
-            || self.register(id, &mut conn.stream).is_err()
-        {
-            let _ = conn.stream.write(&out);
-            return;
-        }
-        conn.out = out;
-        conn.deadline = now + LINGER;
-        conn.phase = Phase::Closing { shut: false };
-        self.track(id, conn);
+        self.close_with(id, conn, last.unwrap_or_default());
     }
 
     /// One refusal or drop for the log: in full the first time in a window
@@ -719,6 +717,58 @@ fn error_frame(out: &mut Vec<u8>, reason: Reason, message: &str) {
         message: message.to_string(),
     });
     protocol::write_frame(out, &frame).expect("writing to memory");
+}
+
+/// The budget of wrong guesses for `secret`: sized to a code's strength;
+/// none worth keeping for a key file (or plaintext).
+pub fn guess_budget_for(secret: &Secret) -> Option<u64> {
+    match secret {
+        Secret::Code(code) => Some(crate::admission::guess_budget(
+            &crate::secure::normalize_code(code),
+        )),
+        _ => None,
+    }
+}
+
+/// The code a listening side made up, on a line of its own: the one line
+/// a person must see, so not hidden by `--quiet` (with `--json` it is in
+/// the `listening` event instead). `who` types it ("the sender").
+pub fn show_code(code: &str, who: &str) {
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr().lock(),
+        format!("xfer: code: {code}  ({who} types it, or passes it in XFER_CODE)\n").as_bytes(),
+    );
+}
+
+/// What to type on the other machine, as croc and wormhole print it: the
+/// `command`, with `{how}` standing for how it authenticates and `{addr}`
+/// for where to reach this one (the bound address, or this machine's name
+/// and addresses); never the code.
+pub fn other_side(
+    command: &str,
+    secret: &Secret,
+    bind: Option<std::net::IpAddr>,
+    port: u16,
+) -> String {
+    let how = match secret {
+        Secret::Insecure => " --insecure",
+        Secret::Key(_) => " --key-file KEYFILE",
+        Secret::Code(_) => "",
+    };
+    let hosts = crate::net::addresses_for(bind, port);
+    let run = |addr: &str| command.replace("{how}", how).replace("{addr}", addr);
+    match hosts.split_first() {
+        None => format!(
+            "on the other machine, run: {}",
+            run(&format!("THIS-HOST:{port}"))
+        ),
+        Some((first, [])) => format!("on the other machine, run: {}", run(first)),
+        Some((first, more)) => format!(
+            "on the other machine, run: {} (or {})",
+            run(first),
+            more.join(", ")
+        ),
+    }
 }
 
 /// Raises this process's limit on open files to its hard limit, so a
