@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod prompt;
 pub mod protocol;
 pub mod recv;
+pub mod retry;
 pub mod secure;
 pub mod send;
 pub mod session;
@@ -110,7 +111,7 @@ const LAYERS: &[&[&str]] = &[
         "session",
         "admission",
     ],
-    &["link", "destination", "hook"],
+    &["link", "destination", "hook", "retry"],
     &["secure", "pace"],
     &["handshake", "config", "prompt"],
     &["gate"],

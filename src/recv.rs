@@ -6,7 +6,7 @@
 //! free space, and every read has a deadline. This module must never create
 //! a file under its final name except by committing a verified partial file.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -1129,18 +1129,19 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             }
         )
     });
-    if let Some(code) = &code {
-        // The one line a person must see, so not hidden by --quiet; with
-        // --json it is in the listening event instead.
-        if !config.json {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr().lock(),
-                format!("xfer: code: {code}  (the sender types it, or passes it in XFER_CODE)\n")
-                    .as_bytes(),
-            );
-        }
+    if let Some(code) = &code
+        && !config.json
+    {
+        crate::gate::show_code(code, "the sender");
     }
-    reporter.info(|| the_other_side(config, &secret, local));
+    reporter.info(|| {
+        crate::gate::other_side(
+            "xfer send{how} FILE {addr}",
+            &secret,
+            config.bind,
+            local.port(),
+        )
+    });
     if let Some(limits) = config.pace.describe() {
         reporter.info(|| format!("each session: {limits}"));
     }
@@ -1159,12 +1160,7 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             max_handshakes,
             max_per_source: config.max_per_source,
             penalties: config.penalties,
-            guess_budget: match &secret {
-                Secret::Code(code) => Some(crate::admission::guess_budget(
-                    &crate::secure::normalize_code(code),
-                )),
-                _ => None,
-            },
+            guess_budget: crate::gate::guess_budget_for(&secret),
         },
         timeout: config.connect_timeout,
         max_sessions: if config.keep_running {
@@ -1260,80 +1256,32 @@ fn connect_to_sender(
         }
     };
     let peer = target.to_string();
-    let mut tries = 0;
-    loop {
-        let attempt = || -> anyhow::Result<()> {
-            let mut stream = crate::net::connect(target, config.connect_timeout)?;
-            let until = Instant::now() + config.connect_timeout;
-            let keys = {
-                let _watch = signals::watch_socket(&stream);
-                let mut bounded = link::WithDeadline::new(&mut stream, until);
-                crate::handshake::exchange(&mut bounded, &peer, &secret, Role::Receiver)?
-            };
-            let opened = crate::gate::Opened {
-                stream,
-                peer: peer.clone(),
-                keys,
-                unsent: Vec::new(),
-                deadline: until,
-            };
-            serve_opened(opened, config, &secret, reporter)
+    let attempt = || -> anyhow::Result<()> {
+        let mut stream = crate::net::connect(target, config.connect_timeout)?;
+        let until = Instant::now() + config.connect_timeout;
+        let keys = {
+            let _watch = signals::watch_socket(&stream);
+            let mut bounded = link::WithDeadline::new(&mut stream, until);
+            crate::handshake::exchange(&mut bounded, &peer, &secret, Role::Receiver)?
         };
-        let result = attempt();
-        let again = match &result {
-            Err(e) => {
-                tries < retries
-                    && !signals::interrupted()
-                    && matches!(
-                        ExitCode::for_error(e),
-                        ExitCode::Network | ExitCode::Timeout
-                    )
-            }
-            Ok(()) => false,
+        let opened = crate::gate::Opened {
+            stream,
+            peer: peer.clone(),
+            keys,
+            unsent: Vec::new(),
+            deadline: until,
         };
-        if !again {
-            return result;
-        }
-        tries += 1;
-        let delay = std::time::Duration::from_secs((1u64 << (tries - 1).min(5)).min(30));
-        let e = result.expect_err("only failures are tried again");
-        reporter.info(|| {
-            format!(
-                "{e:#}; connecting again in {} s (attempt {} of {})",
-                delay.as_secs(),
-                tries + 1,
-                retries + 1
-            )
-        });
-        reporter.event(
-            "retry",
-            || json!({ "attempt": tries, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
-        );
-        if !signals::sleep_unless_interrupted(delay) {
-            return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
-        }
-    }
-}
-
-/// What to type on the sending machine, as croc and wormhole print it: the
-/// command with addresses the other machine can plausibly reach (the bound
-/// address, or this machine's name and addresses), never the code.
-fn the_other_side(config: &RecvConfig, secret: &Secret, local: SocketAddr) -> String {
-    let port = local.port();
-    let hosts = crate::net::addresses_for(config.bind, port);
-    let how = match secret {
-        Secret::Insecure => " --insecure",
-        Secret::Key(_) => " --key-file KEYFILE",
-        Secret::Code(_) => "",
+        serve_opened(opened, config, &secret, reporter)
     };
-    match hosts.split_first() {
-        None => format!("on the other machine, run: xfer send{how} FILE THIS-HOST:{port}"),
-        Some((first, [])) => format!("on the other machine, run: xfer send{how} FILE {first}"),
-        Some((first, more)) => format!(
-            "on the other machine, run: xfer send{how} FILE {first} (or {})",
-            more.join(", ")
-        ),
-    }
+    // A network failure or a timeout: connect again, and resume.
+    let worth = |e: &anyhow::Error| {
+        !signals::interrupted()
+            && matches!(
+                ExitCode::for_error(e),
+                ExitCode::Network | ExitCode::Timeout
+            )
+    };
+    crate::retry::retrying(retries, reporter, worth, attempt)
 }
 
 /// Removes the partial files nothing has written for `--partial-max-age`

@@ -26,6 +26,7 @@ use crate::protocol::{
     self, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
     Trailer, hex,
 };
+use crate::retry::{retrying, worth_retrying};
 use crate::secure::{Role, Secret};
 use crate::session::allow_for_local_work;
 use crate::session::sender::{Answer, Offered, Sender};
@@ -662,33 +663,6 @@ fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> any
     })
 }
 
-/// Network failures, timeouts and a busy receiver may pass; everything
-/// else will not.
-fn worth_retrying(e: &anyhow::Error) -> bool {
-    let transient = e
-        .chain()
-        .any(|c| c.downcast_ref::<Failure>().is_some_and(|f| f.transient));
-    !signals::interrupted()
-        && (transient
-            || matches!(
-                ExitCode::for_error(e),
-                ExitCode::Network | ExitCode::Timeout
-            ))
-}
-
-/// The wait a busy receiver asked for, if it did.
-fn retry_after(e: &anyhow::Error) -> Option<Duration> {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<Failure>())
-        .filter(|f| f.transient)
-        .find_map(|f| protocol::parse_retry_hint(&f.message))
-}
-
-/// 1 s, 2 s, 4 s, ... at most 30 s before attempt `n + 1`.
-fn backoff(n: u32) -> Duration {
-    Duration::from_secs((1u64 << n.saturating_sub(1).min(5)).min(30))
-}
-
 /// Where the data comes from: anything readable; files can also go back
 /// to an offset, which resuming needs.
 pub trait Source: Read + Send {
@@ -775,7 +749,9 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
             // receiver is there, so a wrong address or a receiver not yet
             // started is said at once, not after the code was typed.
             None => crate::prompt::terminal("the receiver's").and_then(|tty| {
-                retrying(config, &reporter, true, || probe(config, target))?;
+                retrying(config.retries, &reporter, worth_retrying, || {
+                    probe(config, target)
+                })?;
                 let secret = crate::prompt::ask_for_code(tty, "xfer recv")?;
                 Ok(Door::Connect { target, secret })
             }),
@@ -786,7 +762,9 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
     // retries: hashing is never charged to the receiver's deadlines.
     let mut checksums = Checksums::new(config.checksum);
     let result = door.and_then(|mut door| {
-        retrying(config, &reporter, !config.stdin(), || {
+        // Standard input cannot be read twice.
+        let retries = if config.stdin() { 0 } else { config.retries };
+        retrying(retries, &reporter, worth_retrying, || {
             if config.stdin() {
                 send_stdin(config, &mut door, &reporter)
             } else {
@@ -811,45 +789,6 @@ pub fn run(config: &SendConfig) -> anyhow::Result<()> {
                 || json!({ "ok": false, "exit_code": code.code(), "error": error, "seconds": seconds }),
             );
             Err(e)
-        }
-    }
-}
-
-/// Runs `attempt` until it succeeds, fails for good, or `--retries` are
-/// used up (only when `may_retry`), waiting 1 s, 2 s, 4 s, ... between
-/// attempts and saying why each time.
-fn retrying<T>(
-    config: &SendConfig,
-    reporter: &Reporter,
-    may_retry: bool,
-    mut attempt: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let mut tries = 0;
-    loop {
-        let result = attempt();
-        match &result {
-            Err(e) if may_retry && tries < config.retries && worth_retrying(e) => {
-                tries += 1;
-                // A receiver that says when to come back (a penalty) is
-                // taken at its word, rather than knocking again too soon.
-                let delay = backoff(tries).max(retry_after(e).unwrap_or_default());
-                reporter.info(|| {
-                    format!(
-                        "{e:#}; retrying in {} s (attempt {} of {})",
-                        delay.as_secs(),
-                        tries + 1,
-                        config.retries + 1
-                    )
-                });
-                reporter.event(
-                    "retry",
-                    || json!({ "attempt": tries, "delay_seconds": delay.as_secs(), "error": format!("{e:#}") }),
-                );
-                if !signals::sleep_unless_interrupted(delay) {
-                    return result;
-                }
-            }
-            _ => return result,
         }
     }
 }
@@ -1052,30 +991,15 @@ fn listen<'a>(
     if let Some(code) = &code
         && !config.json
     {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr().lock(),
-            format!("xfer: code: {code}  (the receiver types it, or passes it in XFER_CODE)\n")
-                .as_bytes(),
-        );
+        crate::gate::show_code(code, "the receiver");
     }
-    let how = match &secret {
-        Secret::Insecure => " --insecure",
-        Secret::Key(_) => " --key-file KEYFILE",
-        Secret::Code(_) => "",
-    };
-    let hosts = crate::net::addresses_for(bind, local.port());
-    reporter.info(|| match hosts.split_first() {
-        None => format!(
-            "on the other machine, run: xfer recv{how} --dir DIR --connect THIS-HOST:{}",
-            local.port()
-        ),
-        Some((first, [])) => {
-            format!("on the other machine, run: xfer recv{how} --dir DIR --connect {first}")
-        }
-        Some((first, more)) => format!(
-            "on the other machine, run: xfer recv{how} --dir DIR --connect {first} (or {})",
-            more.join(", ")
-        ),
+    reporter.info(|| {
+        crate::gate::other_side(
+            "xfer recv{how} --dir DIR --connect {addr}",
+            &secret,
+            bind,
+            local.port(),
+        )
     });
     reporter.event(
         "listening",
@@ -1086,12 +1010,7 @@ fn listen<'a>(
             max_handshakes: 1024,
             max_per_source: 64,
             penalties: Some(crate::admission::Penalties::default()),
-            guess_budget: match &secret {
-                Secret::Code(code) => Some(crate::admission::guess_budget(
-                    &crate::secure::normalize_code(code),
-                )),
-                _ => None,
-            },
+            guess_budget: crate::gate::guess_budget_for(&secret),
         },
         timeout: config.connect_timeout,
         max_sessions: 1,
