@@ -84,6 +84,11 @@ impl Hooks {
         }
     }
 
+    /// Whether there is a hook to run (so callers build its facts only then).
+    pub fn active(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// A file is in place: its hook runs after those before it.
     pub fn arrived(&self, arrived: Arrived) {
         if let Some(queue) = &self.queue {

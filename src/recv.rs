@@ -300,7 +300,9 @@ impl<S: Link + ?Sized> Run<'_, S> {
         );
         match got {
             Ok(Ok(received)) => {
-                if received.path.as_os_str() != "-" {
+                // The facts are built only for a hook (the small-file path
+                // is hot).
+                if self.hooks.active() && received.path.as_os_str() != "-" {
                     self.hooks.arrived(crate::hook::Arrived {
                         path: received.path.clone(),
                         name: received.name.clone(),
