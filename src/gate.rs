@@ -211,11 +211,6 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// Connections in their opening (for tests and figures).
-    pub fn handshakes(&self) -> usize {
-        self.admission.handshakes()
-    }
-
     fn accept_all(&mut self) {
         loop {
             match self.listener.accept() {

@@ -34,10 +34,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn any(&self) -> bool {
-        self.bwlimit.is_some() || self.min_speed.is_some()
-    }
-
     /// The limits as a person reads them back, for the log (`None`: none).
     pub fn describe(&self) -> Option<String> {
         let shown = |n: u64| format!("{} ({n} bytes a second)", crate::output::rate(n, 1.0));
