@@ -56,6 +56,8 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         handshake_timeout: TIMEOUT,
         idle_timeout: TIMEOUT,
         hook: None,
+        names: crate::names::Policy::default(),
+        keep: crate::destination::Keep::default(),
     };
     let quiet = Reporter::new(true, false);
     let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<recv::Received>> {
@@ -163,15 +165,15 @@ impl send::Entries for Generated {
                 mode: 0o644,
                 mtime_secs: self.mtime,
                 mtime_nanos: 0,
-                name: "xfer-bench.bin".into(),
-                sha256: None,
+                name: b"xfer-bench.bin".to_vec(),
+                ..Offer::default()
             },
             source: Some((Box::new(Generator::new(self.size)), "generated data".into())),
             identity: None,
         })
     }
 
-    fn name(&self, _index: usize) -> String {
+    fn name(&self, _index: usize) -> Vec<u8> {
         "xfer-bench.bin".into()
     }
 

@@ -239,6 +239,23 @@ pub struct SendArgs {
     #[arg(long)]
     pub remove_source_files: bool,
 
+    /// Compress the data with zstd where that helps (the receiver must
+    /// offer it; data that does not compress is sent as is). Off by
+    /// default: it costs CPU on fast links, and compressed sizes can leak
+    /// what a file holds to someone watching the encrypted traffic.
+    #[arg(long)]
+    pub compress: bool,
+
+    /// Send extended attributes (the user namespace; a root receiver also
+    /// takes trusted and security ones).
+    #[arg(long)]
+    pub xattrs: bool,
+
+    /// Pass over symbolic links that point outside the tree being sent
+    /// (absolute targets, or more `..` than the link is deep).
+    #[arg(long)]
+    pub safe_links: bool,
+
     #[command(flatten)]
     pub security: SecurityArgs,
 
@@ -287,6 +304,24 @@ pub struct RecvArgs {
     /// Replace an existing file (atomically, only once the new one is verified).
     #[arg(long)]
     pub overwrite: bool,
+
+    /// Refuse names that Windows or macOS could not hold (device names such
+    /// as aux.c, drive prefixes, backslashes, control characters, names that
+    /// are not UTF-8, names differing only in case). Without it, every name
+    /// Linux takes is taken, and case collisions are refused only in
+    /// case-insensitive directories.
+    #[arg(long)]
+    pub portable_names: bool,
+
+    /// Keep owners by number, not by name (as root; otherwise files belong
+    /// to the receiving user).
+    #[arg(long)]
+    pub numeric_ids: bool,
+
+    /// Refuse symbolic links that point outside the destination tree
+    /// (absolute targets, or more `..` than the link is deep).
+    #[arg(long)]
+    pub safe_links: bool,
 
     /// Replace an existing, different file, keeping the old one beside it
     /// as NAME~20261130T033001.123Z~ (its time of replacement, UTC), so a

@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::cli::{BenchArgs, RecvArgs, SecurityArgs, SendArgs};
 use crate::destination::Target;
 use crate::exit_codes::{ExitCode, Failure};
-use crate::names::escape_for_terminal;
 use crate::net;
 use crate::secure::Secret;
 
@@ -49,6 +48,10 @@ pub struct SendConfig {
     pub checksum: bool,
     /// `--remove-source-files`.
     pub remove_source_files: bool,
+    /// `--compress`, `--xattrs`, `--safe-links`.
+    pub compress: bool,
+    pub xattrs: bool,
+    pub safe_links: bool,
     /// How to authenticate; `None`: ask for the code at the terminal.
     pub secret: Option<Secret>,
     pub quiet: bool,
@@ -75,6 +78,10 @@ pub struct RecvConfig {
     pub port: u16,
     pub target: Target,
     pub overwrite: bool,
+    /// `--portable-names`.
+    pub names: crate::names::Policy,
+    /// How entries are kept: owners by number, links inside the tree only.
+    pub keep: crate::destination::Keep,
     /// Keep replaced files aside (`--backup`), how many per name.
     pub backups: Option<crate::destination::Backups>,
     /// Partial files untouched for longer are removed.
@@ -177,6 +184,9 @@ impl SendConfig {
             retries: args.retries,
             checksum: args.checksum,
             remove_source_files: args.remove_source_files,
+            compress: args.compress,
+            xattrs: args.xattrs,
+            safe_links: args.safe_links,
             secret: {
                 let secret = secret_from(&args.security, args.common.quiet)?;
                 // Listening, the code is ours to choose, and strangers can
@@ -332,7 +342,7 @@ impl RecvConfig {
                         ExitCode::Usage,
                         format!(
                             "--output '{0}' is a directory; to receive into it, use --dir '{0}'",
-                            escape_for_terminal(&path.display().to_string())
+                            crate::names::escape_path(&path)
                         ),
                     ));
                 }
@@ -341,7 +351,7 @@ impl RecvConfig {
                         ExitCode::Usage,
                         format!(
                             "--output '{}' must name a file",
-                            escape_for_terminal(&path.display().to_string())
+                            crate::names::escape_path(&path)
                         ),
                     ));
                 }
@@ -382,6 +392,13 @@ impl RecvConfig {
             },
             target,
             overwrite: args.overwrite,
+            names: crate::names::Policy {
+                portable: args.portable_names,
+            },
+            keep: crate::destination::Keep {
+                numeric_ids: args.numeric_ids,
+                safe_links: args.safe_links,
+            },
             backups: match (args.backup, args.keep_backups) {
                 (_, Some(0)) => {
                     return Err(Failure::new(
@@ -483,7 +500,7 @@ fn destination_dir(dir: &std::path::Path, quiet: bool) -> Result<(), Failure> {
             _ => std::path::Path::new("."),
         };
         if std::fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
-            let shown = escape_for_terminal(&dir.display().to_string());
+            let shown = crate::names::escape_path(dir);
             std::fs::create_dir(dir)
                 .map_err(|e| Failure::local(format!("cannot create directory '{shown}'"), &e))?;
             if !quiet {
@@ -501,17 +518,14 @@ fn writable_dir(dir: &std::path::Path) -> Result<(), Failure> {
     use rustix::fs::Access;
     rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
         Failure::local(
-            format!(
-                "cannot receive into '{}'",
-                escape_for_terminal(&dir.display().to_string())
-            ),
+            format!("cannot receive into '{}'", crate::names::escape_path(dir)),
             &e.into(),
         )
     })
 }
 
 fn require_dir(dir: &std::path::Path) -> Result<(), Failure> {
-    let shown = escape_for_terminal(&dir.display().to_string());
+    let shown = crate::names::escape_path(dir);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Failure::new(

@@ -25,7 +25,9 @@ use crate::exit_codes::io_reason;
 use crate::names::{
     PARTIAL_SUFFIX, TEMP_PREFIX, TEMP_SUFFIX, escape_for_terminal, shown, validate_name,
 };
-use crate::protocol::{FLAG_DIR, FLAG_PATH, FLAG_STREAM, Offer, Reason};
+use crate::protocol::{
+    FLAG_DIR, FLAG_HARDLINK, FLAG_PATH, FLAG_STREAM, FLAG_SYMLINK, MAX_LINK_LEN, Offer, Reason,
+};
 use crate::signals::{self, Watch};
 use crate::units::human_bytes;
 
@@ -75,6 +77,9 @@ struct OpenDir {
     /// xfer's partial files found in it, listed on the first commit here
     /// (once per directory and session): the candidates for clean-up.
     partials: std::sync::Mutex<Option<Vec<OsString>>>,
+    /// Names in it ignore case (ext4 or f2fs casefolding, set per
+    /// directory): entries that differ only in case land on one file.
+    casefold: bool,
 }
 
 impl OpenDir {
@@ -82,6 +87,7 @@ impl OpenDir {
     fn new(fd: OwnedFd) -> rustix::io::Result<OpenDir> {
         let st = rfs::fstat(&fd)?;
         Ok(OpenDir {
+            casefold: is_casefolded(&fd),
             fd,
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
@@ -204,6 +210,46 @@ pub struct Destination {
     space: Option<(u64, Instant)>,
     /// Every path offered so far, to refuse entries that collide.
     seen: crate::names::Seen,
+    /// Which names are taken (`--portable-names`).
+    policy: crate::names::Policy,
+    /// How owners and links are kept.
+    keep: Keep,
+    /// Offered owners as this machine's numbers.
+    owners: crate::owners::Mapper,
+    /// Whether owners are kept at all (only root can give files away).
+    chown: bool,
+    /// The files this session put in place (or found unchanged), which
+    /// later entries may name as hard-link targets.
+    linkable: Linkable,
+}
+
+/// The regular files of one session that a HARDLINK entry may name: by a
+/// digest of the name offered, the device and inode they got here. Shared
+/// with the partial files, which add themselves when committed.
+type Linkable = Arc<std::sync::Mutex<HashMap<u128, (u64, u64)>>>;
+
+/// The key of an offered name in [`Linkable`].
+fn link_key(name: &[u8]) -> u128 {
+    let full: [u8; 32] = Sha256::digest(name).into();
+    u128::from_be_bytes(full[..16].try_into().expect("16 of 32 bytes"))
+}
+
+/// Records that the session's entry `name` is the file `st` here.
+#[allow(clippy::unnecessary_cast)]
+fn note_linkable(linkable: &Linkable, name: &[u8], st: &rfs::Stat) {
+    let mut table = linkable.lock().unwrap_or_else(|p| p.into_inner());
+    if table.len() < crate::names::MAX_SEEN {
+        table.insert(link_key(name), (st.st_dev as u64, st.st_ino as u64));
+    }
+}
+
+/// How a receiver keeps what it is sent beyond the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keep {
+    /// `--numeric-ids`: owners by number, never by name.
+    pub numeric_ids: bool,
+    /// `--safe-links`: refuse links that point outside the destination.
+    pub safe_links: bool,
 }
 
 /// A file being received: the open partial file and where it will go.
@@ -231,6 +277,12 @@ pub struct PartialFile {
     settled: bool,
     /// The sparse writer skipped a chunk of zeros.
     seeked: bool,
+    /// Owner and group to give the file (as root).
+    owner: Option<(u32, u32)>,
+    /// Where the file is noted once in place, as a hard-link target.
+    linkable: Linkable,
+    /// The name it was offered under.
+    name: Vec<u8>,
     _watch: Option<Watch>,
 }
 
@@ -265,6 +317,8 @@ pub enum Prepared {
     Unchanged(PathBuf),
     /// A directory entry: the directory now exists here.
     Directory(PathBuf),
+    /// A link to make once its (empty) data is verified.
+    Link(PendingLink),
 }
 
 impl Prepared {
@@ -272,7 +326,7 @@ impl Prepared {
     pub fn partial(self) -> Option<PartialFile> {
         match self {
             Prepared::Receive(p) => Some(p),
-            Prepared::Unchanged(_) | Prepared::Directory(_) => None,
+            Prepared::Unchanged(_) | Prepared::Directory(_) | Prepared::Link(_) => None,
         }
     }
 }
@@ -286,6 +340,28 @@ impl Destination {
             dirs: HashMap::new(),
             space: None,
             seen: crate::names::Seen::default(),
+            policy: crate::names::Policy::default(),
+            keep: Keep::default(),
+            owners: crate::owners::Mapper::new(false),
+            chown: crate::owners::can_chown(),
+            linkable: Linkable::default(),
+        }
+    }
+
+    /// The same destination, judging names by `policy` and keeping owners
+    /// and links as `keep` says.
+    pub fn with_policy(mut self, policy: crate::names::Policy, keep: Keep) -> Self {
+        self.policy = policy;
+        self.keep = keep;
+        self.owners = crate::owners::Mapper::new(keep.numeric_ids);
+        self
+    }
+
+    /// The owner to give an entry, if owners are kept and it has one.
+    fn owner_for(&mut self, offer: &Offer) -> Option<(u32, u32)> {
+        match &offer.owner {
+            Some(owner) if self.chown => Some(self.owners.ids(owner)),
+            _ => None,
         }
     }
 
@@ -307,14 +383,19 @@ impl Destination {
             Placed::File(dir, name, path) => (dir, name, path),
             Placed::Directory(path) => return Ok(Prepared::Directory(path)),
         };
+        if offer.flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0 {
+            return self.prepare_link(offer, dir, final_name, final_path);
+        }
         // Built only for a message: this runs once per file.
-        let shown_final = || escape_for_terminal(&final_path.display().to_string());
+        let shown_final = || crate::names::escape_path(&final_path);
         let dir_path = parent_dir(&final_path);
-        let shown_dir = || escape_for_terminal(&dir_path.display().to_string());
+        let shown_dir = || crate::names::escape_path(&dir_path);
 
-        if existing(&dir, &final_name, offer, self.overwrite, &shown_final)? {
+        if let Some(st) = existing(&dir, &final_name, offer, self.overwrite, &shown_final)? {
+            note_linkable(&self.linkable, &offer.name, &st);
             return Ok(Prepared::Unchanged(final_path));
         }
+        let owner = self.owner_for(offer);
 
         let cannot_create = |e: &io::Error| {
             Refusal::new(
@@ -371,6 +452,9 @@ impl Destination {
             held,
             settled: false,
             seeked: false,
+            owner,
+            linkable: self.linkable.clone(),
+            name: offer.name.clone(),
             _watch: watch,
         };
         if partial.held > offer.size {
@@ -390,41 +474,141 @@ impl Destination {
         Ok(Prepared::Receive(partial))
     }
 
+    /// A SYMLINK or HARDLINK offer at `final_name` in `dir`: judged now,
+    /// made when its (empty) data and trailer are verified, so its ACK
+    /// says it is there like a file's.
+    fn prepare_link(
+        &mut self,
+        offer: &Offer,
+        dir: DirFd,
+        final_name: OsString,
+        final_path: PathBuf,
+    ) -> Result<Prepared, Refusal> {
+        let shown_final = escape_for_terminal(final_path.as_os_str().as_bytes());
+        let target = offer.link.clone().unwrap_or_default();
+        let kind = if offer.flags & FLAG_SYMLINK != 0 {
+            if target.is_empty() || target.contains(&0) || target.len() as u64 > MAX_LINK_LEN {
+                return Err(Refusal::new(
+                    Reason::BadName,
+                    format!(
+                        "'{shown_final}': a link target must be 1 to {MAX_LINK_LEN} bytes without NUL"
+                    ),
+                ));
+            }
+            let depth = offer.name.iter().filter(|b| **b == b'/').count();
+            if self.keep.safe_links && crate::names::link_leaves_tree(depth, &target) {
+                return Err(Refusal::new(
+                    Reason::BadName,
+                    format!(
+                        "'{shown_final}' is a symbolic link to '{}', outside the destination (--safe-links)",
+                        shown(&target)
+                    ),
+                ));
+            }
+            LinkKind::Symbolic(target)
+        } else {
+            // The target must be a file this session put in place (or
+            // found unchanged): never anything else in the destination.
+            let components = crate::names::validate_path(&target, self.policy)
+                .map_err(|e| bad_name(&target, e))?;
+            let (last, parents) = components.split_last().expect("never empty");
+            let target_dir = self.open_dir(parents, false)?;
+            LinkKind::Hard {
+                key: link_key(&target),
+                shown: shown(&target),
+                dir: target_dir,
+                name: OsStr::from_bytes(last).to_owned(),
+            }
+        };
+        // What is at the final name now: the very link (nothing to do), a
+        // thing it may replace, or a refusal.
+        let replace = match rfs::statat(&*dir, &final_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => false,
+            Err(e) => {
+                return Err(Refusal::new(
+                    Reason::LocalIo,
+                    format!("cannot check '{shown_final}': {}", io_reason(&e.into())),
+                ));
+            }
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                return Err(Refusal::new(
+                    Reason::Exists,
+                    format!("'{shown_final}' exists and is a directory"),
+                ));
+            }
+            Ok(st) if kind.already(&dir, &final_name, &st, offer, &self.linkable) => {
+                return Ok(Prepared::Unchanged(final_path));
+            }
+            // The same link with another time is the same link: remade.
+            Ok(st) if kind.same_target(&dir, &final_name, &st) => true,
+            Ok(_) if !self.overwrite => {
+                return Err(Refusal::new(
+                    Reason::Exists,
+                    format!(
+                        "'{shown_final}' already exists (the receiver can allow --overwrite, or --backup to keep the old copy)"
+                    ),
+                ));
+            }
+            Ok(_) => true,
+        };
+        Ok(Prepared::Link(PendingLink {
+            dir,
+            final_name,
+            final_path,
+            kind,
+            replace,
+            backups: self.backups,
+            owner: self.owner_for(offer),
+            mtime: mtime_of(offer),
+            linkable: self.linkable.clone(),
+        }))
+    }
+
     /// Where `offer` would land: its directory (opened, and made if
     /// missing), final name and path; or for a directory entry, the
     /// directory itself, made. Names are judged here.
     fn place(&mut self, offer: &Offer) -> Result<Placed, Refusal> {
         let is_path = offer.flags & (FLAG_PATH | FLAG_DIR) != 0;
+        let policy = self.policy;
         match &self.target {
             Target::Dir(root) => {
                 let root = root.clone();
                 let components = if is_path {
-                    crate::names::validate_path(&offer.name)
+                    crate::names::validate_path(&offer.name, policy)
                         .map_err(|e| bad_name(&offer.name, e))?
                 } else {
-                    validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
-                    vec![offer.name.as_str()]
+                    validate_name(&offer.name, policy).map_err(|e| bad_name(&offer.name, e))?;
+                    vec![offer.name.as_slice()]
                 };
+                let (last, parents) = components.split_last().expect("never empty");
+                // The directories on the way are opened (made) first: each
+                // says whether the names in it ignore case.
+                let dir = self.open_dir(parents, true)?;
+                let casefold = self.casefolded_along(parents);
                 self.seen
-                    .check(&components, offer.flags & FLAG_DIR != 0)
+                    .check(&components, offer.flags & FLAG_DIR != 0, |i| {
+                        policy.portable || casefold[i]
+                    })
                     .map_err(|e| bad_name(&offer.name, e))?;
                 let final_path: PathBuf = std::iter::once(root.as_os_str())
-                    .chain(components.iter().map(OsStr::new))
+                    .chain(components.iter().map(|c| OsStr::from_bytes(c)))
                     .collect();
                 if offer.flags & FLAG_DIR != 0 {
                     self.open_dir(&components, true)?;
                     return Ok(Placed::Directory(final_path));
                 }
-                let (last, parents) = components.split_last().expect("never empty");
-                let dir = self.open_dir(parents, true)?;
-                Ok(Placed::File(dir, OsString::from(last), final_path))
+                Ok(Placed::File(
+                    dir,
+                    OsStr::from_bytes(last).to_owned(),
+                    final_path,
+                ))
             }
             Target::Output(_) | Target::Stdout if is_path => Err(Refusal::new(
                 Reason::Unsupported,
                 "this receiver takes exactly one file (it runs with -o or --stdout), and this offer is one of several entries or a directory; send one file, or use a receiver with --dir",
             )),
             Target::Output(path) => {
-                validate_name(&offer.name).map_err(|e| bad_name(&offer.name, e))?;
+                validate_name(&offer.name, policy).map_err(|e| bad_name(&offer.name, e))?;
                 let path = path.clone();
                 let dir = self.output_dir(&path)?;
                 let name = path.file_name().map(OsString::from).ok_or_else(|| {
@@ -445,11 +629,21 @@ impl Destination {
     /// Applies a directory entry's permission bits (through the umask) and
     /// mtime; done after its files, since writing them changes the mtime.
     pub fn finish_directory(&mut self, offer: &Offer) -> io::Result<()> {
-        let components = crate::names::validate_path(&offer.name)
+        let components = crate::names::validate_path(&offer.name, self.policy)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let dir = self
             .open_dir(&components, false)
             .map_err(|r| io::Error::other(r.message))?;
+        if let Some((uid, gid)) = self.owner_for(offer) {
+            rfs::fchown(
+                &*dir,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+            )?;
+        }
+        if let Some(xattrs) = &offer.xattrs {
+            crate::xattrs::apply(&*dir, xattrs)?;
+        }
         rfs::fchmod(
             &*dir,
             rfs::Mode::from_raw_mode(offer.mode & 0o777 & !umask()),
@@ -490,7 +684,7 @@ impl Destination {
                 Reason::LocalIo,
                 format!(
                     "cannot use directory '{}': {}",
-                    escape_for_terminal(&dir.display().to_string()),
+                    crate::names::escape_path(dir),
                     io_reason(&e.into())
                 ),
             )
@@ -503,10 +697,11 @@ impl Destination {
     /// Opens the directory at `components` beneath the root, one level at a
     /// time and never through a symbolic link; with `create`, missing ones
     /// are made. A file in the way is refused.
-    fn open_dir(&mut self, components: &[&str], create: bool) -> Result<DirFd, Refusal> {
+    fn open_dir(&mut self, components: &[&[u8]], create: bool) -> Result<DirFd, Refusal> {
         let mut dir = self.root()?;
         let mut key = PathBuf::new();
         for component in components {
+            let component = OsStr::from_bytes(component);
             key.push(component);
             if let Some(open) = self.dirs.get(&key) {
                 dir = open.clone();
@@ -516,7 +711,7 @@ impl Destination {
                 let Target::Dir(root) = &self.target else {
                     unreachable!("only a directory target has subdirectories");
                 };
-                let shown = escape_for_terminal(&root.join(&key).display().to_string());
+                let shown = crate::names::escape_path(&root.join(&key));
                 Refusal::new(reason, format!("'{shown}' {what}"))
             })?;
             if self.dirs.len() >= MAX_OPEN_DIRS {
@@ -530,6 +725,20 @@ impl Destination {
         Ok(dir)
     }
 
+    /// For each directory from the root down to `components` (opened
+    /// already), whether its names ignore case: entry `i` says it of the
+    /// directory that holds component `i`.
+    fn casefolded_along(&self, components: &[&[u8]]) -> Vec<bool> {
+        let mut key = PathBuf::new();
+        let mut folds = Vec::with_capacity(components.len() + 1);
+        folds.push(self.dirs.get(&key).is_some_and(|d| d.casefold));
+        for component in components {
+            key.push(OsStr::from_bytes(component));
+            folds.push(self.dirs.get(&key).is_some_and(|d| d.casefold));
+        }
+        folds
+    }
+
     /// Promises `need` bytes of the file system holding `dir` to one file:
     /// free space is read at most once a second while the promises fit,
     /// so a tree of small files costs no extra system call per file.
@@ -539,7 +748,7 @@ impl Destination {
         &mut self,
         dir: &OwnedFd,
         need: u64,
-        name: &str,
+        name: &[u8],
     ) -> Result<(), Result<Refusal, io::Error>> {
         if let Some((left, at)) = self.space
             && need <= left
@@ -579,7 +788,7 @@ fn existing(
     offer: &Offer,
     overwrite: bool,
     shown_final: &dyn Fn() -> String,
-) -> Result<bool, Refusal> {
+) -> Result<Option<rfs::Stat>, Refusal> {
     match rfs::statat(&**dir, final_name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             return Err(Refusal::new(
@@ -592,7 +801,7 @@ fn existing(
                 && offer.flags & FLAG_STREAM == 0
                 && unchanged(dir, final_name, &st, offer) =>
         {
-            return Ok(true);
+            return Ok(Some(st));
         }
         Ok(_) if !overwrite => {
             return Err(Refusal::new(
@@ -612,7 +821,7 @@ fn existing(
             ));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Where an offer lands.
@@ -621,6 +830,15 @@ enum Placed {
     File(DirFd, OsString, PathBuf),
     /// A directory entry: the directory, now there.
     Directory(PathBuf),
+}
+
+/// Whether the directory `fd` has the casefold attribute (`chattr +F`, the
+/// kernel's `FS_CASEFOLD_FL`): its names are compared without case. A file
+/// system without per-directory flags answers no.
+fn is_casefolded(fd: &OwnedFd) -> bool {
+    /// `FS_CASEFOLD_FL` from linux/fs.h.
+    const FS_CASEFOLD_FL: u32 = 0x4000_0000;
+    rustix::fs::ioctl_getflags(fd).is_ok_and(|flags| flags.bits() & FS_CASEFOLD_FL != 0)
 }
 
 /// Removes xfer's partial files under `root` that no transfer has written
@@ -688,7 +906,11 @@ fn reap_in(
 /// Opens (or with `create` makes) the directory `name` inside `parent`,
 /// never following a symbolic link. The error is a reason and the rest of
 /// a message after the path.
-fn open_child_dir(parent: &OwnedFd, name: &str, create: bool) -> Result<OpenDir, (Reason, String)> {
+fn open_child_dir(
+    parent: &OwnedFd,
+    name: &OsStr,
+    create: bool,
+) -> Result<OpenDir, (Reason, String)> {
     let fd = open_child_dir_fd(parent, name, create)?;
     OpenDir::new(fd).map_err(|e| {
         (
@@ -700,7 +922,7 @@ fn open_child_dir(parent: &OwnedFd, name: &str, create: bool) -> Result<OpenDir,
 
 fn open_child_dir_fd(
     parent: &OwnedFd,
-    name: &str,
+    name: &OsStr,
     create: bool,
 ) -> Result<OwnedFd, (Reason, String)> {
     use rustix::io::Errno;
@@ -727,7 +949,7 @@ fn open_child_dir_fd(
 }
 
 /// Why `name` in `parent` could not be opened as a directory.
-fn not_a_directory(parent: &OwnedFd, name: &str) -> (Reason, String) {
+fn not_a_directory(parent: &OwnedFd, name: &OsStr) -> (Reason, String) {
     match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => (
             Reason::BadName,
@@ -879,7 +1101,7 @@ fn unchanged(dir: &OwnedFd, name: &OsStr, st: &rfs::Stat, offer: &Offer) -> bool
     }
 }
 
-fn bad_name(name: &str, e: crate::names::NameError) -> Refusal {
+fn bad_name(name: &[u8], e: crate::names::NameError) -> Refusal {
     Refusal::new(
         Reason::BadName,
         format!("refused name '{}': {e}", shown(name)),
@@ -915,6 +1137,248 @@ fn partial_prefix(dir: &OpenDir, final_name: &OsStr) -> String {
     place.update(final_name.as_encoded_bytes());
     let place: [u8; 32] = place.finalize().into();
     format!("{TEMP_PREFIX}{}-", &crate::protocol::hex(&place)[..16])
+}
+
+/// What a link entry makes.
+#[derive(Debug)]
+enum LinkKind {
+    /// A symbolic link with this target (never followed here).
+    Symbolic(Vec<u8>),
+    /// A second name for an earlier entry of this session: its key in the
+    /// session's table, as shown, and its directory and name.
+    Hard {
+        key: u128,
+        shown: String,
+        dir: DirFd,
+        name: OsString,
+    },
+}
+
+impl LinkKind {
+    /// Whether `st`, at `name` in `dir`, already is this very link (with
+    /// the offered time, for a symbolic one).
+    #[allow(clippy::unnecessary_cast)]
+    fn already(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        st: &rfs::Stat,
+        offer: &Offer,
+        linkable: &Linkable,
+    ) -> bool {
+        match self {
+            LinkKind::Symbolic(_) => {
+                self.same_target(dir, name, st)
+                    && st.st_mtime as i64 == offer.mtime_secs
+                    && st.st_mtime_nsec as i64 == i64::from(offer.mtime_nanos)
+            }
+            LinkKind::Hard { key, .. } => {
+                let table = linkable.lock().unwrap_or_else(|p| p.into_inner());
+                table.get(key) == Some(&(st.st_dev as u64, st.st_ino as u64))
+            }
+        }
+    }
+
+    /// Whether `st` is a symbolic link with this target.
+    fn same_target(&self, dir: &OwnedFd, name: &OsStr, st: &rfs::Stat) -> bool {
+        match self {
+            LinkKind::Symbolic(target) => {
+                FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+                    && rfs::readlinkat(dir, name, Vec::new())
+                        .is_ok_and(|now| now.as_bytes() == target.as_slice())
+            }
+            LinkKind::Hard { .. } => false,
+        }
+    }
+}
+
+/// A link entry accepted and waiting for its trailer.
+#[derive(Debug)]
+pub struct PendingLink {
+    dir: DirFd,
+    final_name: OsString,
+    final_path: PathBuf,
+    kind: LinkKind,
+    /// Whatever is at the final name may be replaced.
+    replace: bool,
+    backups: Option<Backups>,
+    owner: Option<(u32, u32)>,
+    mtime: Option<SystemTime>,
+    /// The session's files a hard link may name.
+    linkable: Linkable,
+}
+
+impl PendingLink {
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Makes the link under a temporary name (owner and time applied), then
+    /// renames it into place atomically, replacing only what was allowed;
+    /// the directory is synced. A hard link's target must still be the
+    /// file this session put there.
+    pub fn commit(self) -> Result<Committed, Refusal> {
+        let shown = escape_for_terminal(self.final_path.as_os_str().as_bytes());
+        let io_refusal = |what: &str, e: io::Error| {
+            Refusal::new(
+                Reason::LocalIo,
+                format!("{what} '{shown}': {}", io_reason(&e)),
+            )
+        };
+        let temp = self.make_temp().map_err(|e| match e {
+            Made::Refused(r) => r,
+            Made::Io(e) => io_refusal("cannot make the link", e),
+        })?;
+        let placed = self.place(&temp);
+        if placed.is_err() {
+            let _ = rfs::unlinkat(&*self.dir, &temp, AtFlags::empty());
+        }
+        placed.map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Refusal::new(
+                    Reason::Exists,
+                    format!("'{shown}' appeared while receiving; kept it"),
+                )
+            } else {
+                io_refusal("cannot put in place the link", e)
+            }
+        })?;
+        let _ = rfs::fsync(&*self.dir);
+        Ok(Committed {
+            path: self.final_path,
+            stale: Vec::new(),
+        })
+    }
+
+    /// The link under a fresh temporary name beside the final one.
+    fn make_temp(&self) -> Result<OsString, Made> {
+        for _ in 0..16 {
+            let mut random = [0u8; 8];
+            rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())
+                .map_err(|e| Made::Io(e.into()))?;
+            let temp = OsString::from(format!(
+                "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
+                crate::protocol::hex(&random)
+            ));
+            let made = match &self.kind {
+                LinkKind::Symbolic(target) => {
+                    rfs::symlinkat(OsStr::from_bytes(target), &*self.dir, &temp)
+                }
+                LinkKind::Hard {
+                    key,
+                    shown,
+                    dir,
+                    name,
+                } => {
+                    self.check_target(*key, shown, dir, name)?;
+                    rfs::linkat(&**dir, name, &*self.dir, &temp, AtFlags::empty())
+                }
+            };
+            match made {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(Made::Io(e.into())),
+            }
+            if let Err(e) = self.finish_temp(&temp) {
+                let _ = rfs::unlinkat(&*self.dir, &temp, AtFlags::empty());
+                return Err(Made::Io(e));
+            }
+            return Ok(temp);
+        }
+        Err(Made::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no unused temporary name after 16 tries",
+        )))
+    }
+
+    /// A hard link's target must be the file this session put (or found)
+    /// at that name, and still be there.
+    #[allow(clippy::unnecessary_cast)]
+    fn check_target(
+        &self,
+        key: u128,
+        shown: &str,
+        dir: &OwnedFd,
+        name: &OsStr,
+    ) -> Result<(), Made> {
+        let refused = |why: &str| {
+            Made::Refused(Refusal::new(
+                Reason::BadName,
+                format!(
+                    "'{}' would be a hard link to '{shown}', {why}",
+                    escape_for_terminal(self.final_path.as_os_str().as_bytes())
+                ),
+            ))
+        };
+        let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|_| refused("which is not there"))?;
+        let want = {
+            let table = self.linkable.lock().unwrap_or_else(|p| p.into_inner());
+            table.get(&key).copied()
+        };
+        match want {
+            Some(id) if id == (st.st_dev as u64, st.st_ino as u64) => Ok(()),
+            Some(_) => Err(refused(
+                "which was replaced since this session put it there",
+            )),
+            None => Err(refused("which is not a file this session sent")),
+        }
+    }
+
+    /// Owner and time on the link itself (never on what it points at).
+    fn finish_temp(&self, temp: &OsStr) -> io::Result<()> {
+        if let LinkKind::Hard { .. } = self.kind {
+            return Ok(()); // a second name: the file has its owner and time
+        }
+        if let Some((uid, gid)) = self.owner {
+            rfs::chownat(
+                &*self.dir,
+                temp,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        if let Some(mtime) = self.mtime {
+            let when = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let stamp = rustix::time::Timespec {
+                tv_sec: when.as_secs() as _,
+                tv_nsec: when.subsec_nanos() as _,
+            };
+            let times = rfs::Timestamps {
+                last_access: stamp,
+                last_modification: stamp,
+            };
+            rfs::utimensat(&*self.dir, temp, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Ok(())
+    }
+
+    /// Renames the made link onto the final name: replacing only what the
+    /// offer was judged to replace (an old copy kept aside with
+    /// `--backup`), never a name that appeared meanwhile.
+    fn place(&self, temp: &OsStr) -> io::Result<()> {
+        if !self.replace {
+            return rename_noclobber(&self.dir, temp, &self.final_name);
+        }
+        if let Some(backups) = self.backups
+            && keep_aside(&self.dir, &self.final_name)?.is_some()
+        {
+            prune_backups(&self.dir, &self.final_name, backups);
+        }
+        Ok(rfs::renameat(
+            &*self.dir,
+            temp,
+            &*self.dir,
+            &self.final_name,
+        )?)
+    }
+}
+
+/// Why a link could not be made.
+enum Made {
+    Refused(Refusal),
+    Io(io::Error),
 }
 
 impl PartialFile {
@@ -998,7 +1462,7 @@ impl PartialFile {
     }
 
     fn finish(&mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
-        let shown = escape_for_terminal(&self.final_path.display().to_string());
+        let shown = crate::names::escape_path(&self.final_path);
         let io_refusal = |what: &str, e: &io::Error| {
             Refusal::new(
                 Reason::LocalIo,
@@ -1011,6 +1475,18 @@ impl PartialFile {
         if self.seeked {
             file.set_len(size)
                 .map_err(|e| io_refusal("cannot size", &e))?;
+        }
+        if let Some((uid, gid)) = self.owner {
+            rfs::fchown(
+                file,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_refusal("cannot set the owner of", &e.into()))?;
+        }
+        if let Some(xattrs) = &offer.xattrs {
+            crate::xattrs::apply(file, xattrs)
+                .map_err(|e| io_refusal("cannot set the extended attributes of", &e))?;
         }
         // Only permission bits travel, never set-id or sticky bits, and the
         // receiver's umask applies as it would to any file it creates.
@@ -1051,8 +1527,7 @@ impl PartialFile {
         // name first (a hard link, so the final name is never missing),
         // then the new file is renamed over the final name.
         let kept_aside = match self.backups {
-            Some(_) => self
-                .keep_aside()
+            Some(_) => keep_aside(&self.dir, &self.final_name)
                 .map_err(|e| io_refusal("cannot keep the old copy of", &e))?,
             None => None,
         };
@@ -1086,68 +1561,63 @@ impl PartialFile {
             Err(e) => return Err(io_refusal("cannot check", &e.into())),
         }
         if let (Some(backups), Some(_)) = (self.backups, &kept_aside) {
-            self.prune_backups(backups);
+            prune_backups(&self.dir, &self.final_name, backups);
         }
+        note_linkable(&self.linkable, &self.name, &ours);
         // The rename is durable only once the directory is synced.
         let _ = rfs::fsync(&*self.dir);
         Ok(self.final_path.clone())
     }
+}
 
-    /// Links the file now under the final name (if there is one, a regular
-    /// file) to a backup name: `NAME~20261130T033001.123Z~`, the UTC time
-    /// to the millisecond, with `-2`, `-3`, ... before the last `~` if
-    /// that name is taken. Returns the name used.
-    fn keep_aside(&self) -> io::Result<Option<OsString>> {
-        match rfs::statat(&*self.dir, &self.final_name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
-            _ => return Ok(None),
-        }
-        let stamp = humantime::format_rfc3339_millis(SystemTime::now())
-            .to_string()
-            .replace(['-', ':'], "");
-        for n in 1..=1000 {
-            let mut name = self.final_name.clone();
-            name.push(if n == 1 {
-                format!("~{stamp}~")
-            } else {
-                format!("~{stamp}-{n}~")
-            });
-            match rfs::linkat(
-                &*self.dir,
-                &self.final_name,
-                &*self.dir,
-                &name,
-                AtFlags::empty(),
-            ) {
-                Ok(()) => return Ok(Some(name)),
-                Err(rustix::io::Errno::EXIST) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "no free backup name after 1000 tries",
-        ))
+/// Links the file now under the final name (if there is one, a regular
+/// file) to a backup name: `NAME~20261130T033001.123Z~`, the UTC time
+/// to the millisecond, with `-2`, `-3`, ... before the last `~` if
+/// that name is taken. Returns the name used.
+fn keep_aside(dir: &OwnedFd, final_name: &OsStr) -> io::Result<Option<OsString>> {
+    match rfs::statat(dir, final_name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+        _ => return Ok(None),
     }
-
-    /// With a limit, removes the oldest copies kept aside for this name
-    /// beyond it (their names sort by time).
-    fn prune_backups(&self, backups: Backups) {
-        let Some(keep) = backups.keep else { return };
-        let mut prefix = self.final_name.as_encoded_bytes().to_vec();
-        prefix.extend_from_slice(b"~");
-        let mut kept: Vec<OsString> = names_in(&self.dir)
-            .into_iter()
-            .filter(|n| {
-                let b = n.as_encoded_bytes();
-                b.starts_with(&prefix) && is_backup_suffix(&b[prefix.len()..])
-            })
-            .collect();
-        kept.sort();
-        let excess = kept.len().saturating_sub(keep);
-        for old in &kept[..excess] {
-            let _ = rfs::unlinkat(&*self.dir, old, AtFlags::empty());
+    let stamp = humantime::format_rfc3339_millis(SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "");
+    for n in 1..=1000 {
+        let mut name = final_name.to_os_string();
+        name.push(if n == 1 {
+            format!("~{stamp}~")
+        } else {
+            format!("~{stamp}-{n}~")
+        });
+        match rfs::linkat(dir, final_name, dir, &name, AtFlags::empty()) {
+            Ok(()) => return Ok(Some(name)),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
         }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free backup name after 1000 tries",
+    ))
+}
+
+/// With a limit, removes the oldest copies kept aside for this name
+/// beyond it (their names sort by time).
+fn prune_backups(dir: &OwnedFd, final_name: &OsStr, backups: Backups) {
+    let Some(keep) = backups.keep else { return };
+    let mut prefix = final_name.as_encoded_bytes().to_vec();
+    prefix.extend_from_slice(b"~");
+    let mut kept: Vec<OsString> = names_in(dir)
+        .into_iter()
+        .filter(|n| {
+            let b = n.as_encoded_bytes();
+            b.starts_with(&prefix) && is_backup_suffix(&b[prefix.len()..])
+        })
+        .collect();
+    kept.sort();
+    let excess = kept.len().saturating_sub(keep);
+    for old in &kept[..excess] {
+        let _ = rfs::unlinkat(dir, old, AtFlags::empty());
     }
 }
 
@@ -1273,7 +1743,7 @@ mod tests {
             mtime_secs: 1_600_000_000,
             mtime_nanos: 5,
             name: name.into(),
-            sha256: None,
+            ..Default::default()
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Opened {
     pub peer: String,
     /// `None`: plaintext.
     pub keys: Option<Keys>,
+    /// What the peer's preamble says it can decode (`CAP_*`).
+    pub peer_capabilities: u8,
     /// Our last opening bytes the socket did not take yet: send them first.
     pub unsent: Vec<u8>,
     /// When the opening's deadline runs out (the first offer is due by then).
@@ -257,7 +259,11 @@ impl<'a> Gate<'a> {
                 if let Some(old) = drop {
                     self.drop_for_room(old);
                 }
-                let mut opening = Box::new(Opening::new(self.settings.role, &self.secret, &peer));
+                let mut opening = Box::new(crate::handshake::opening(
+                    self.settings.role,
+                    &self.secret,
+                    &peer,
+                ));
                 let out = opening.take_output();
                 let deadline = now + self.settings.timeout;
                 if self.register(id, &mut stream).is_err() {
@@ -450,7 +456,8 @@ impl<'a> Gate<'a> {
                 let mut buf = [0u8; 4096];
                 loop {
                     if let Some(keys) = opening.finished() {
-                        return self.opened(id, keys);
+                        let capabilities = opening.peer_capabilities();
+                        return self.opened(id, keys, capabilities);
                     }
                     let need = opening.needed().min(buf.len());
                     match conn.stream.read(&mut buf[..need]) {
@@ -519,7 +526,7 @@ impl<'a> Gate<'a> {
 
     /// Opening `id` is done: it becomes a session (or, if the sessions are
     /// full by now, hears that the receiver is busy).
-    fn opened(&mut self, id: u64, keys: Option<Keys>) {
+    fn opened(&mut self, id: u64, keys: Option<Keys>, peer_capabilities: u8) {
         let Some(conn) = self.remove(id) else {
             return;
         };
@@ -551,6 +558,7 @@ impl<'a> Gate<'a> {
             stream,
             peer: conn.peer,
             keys,
+            peer_capabilities,
             unsent: conn.out,
             deadline: conn.deadline,
         });

@@ -63,6 +63,8 @@ pub struct Opening {
     state: State,
     /// Set once the keys (or plaintext) are agreed.
     result: Option<Option<Keys>>,
+    /// What the peer's preamble says it can decode (`CAP_*`).
+    peer_capabilities: u8,
     /// Bytes of the unit being read (a preamble, or a frame).
     unit: Vec<u8>,
     /// Bytes waiting to be sent to the peer.
@@ -100,6 +102,7 @@ impl Opening {
             ours,
             state: State::Preamble,
             result: None,
+            peer_capabilities: 0,
             unit: Vec::new(),
             out: ours.encode().to_vec(),
             rng: None,
@@ -131,6 +134,12 @@ impl Opening {
     /// for plaintext.
     pub fn finished(&mut self) -> Option<Option<Keys>> {
         self.result.take()
+    }
+
+    /// What the peer's preamble said it can decode (`CAP_*` bits; 0
+    /// before it arrived).
+    pub fn peer_capabilities(&self) -> u8 {
+        self.peer_capabilities
     }
 
     /// Nothing has come from the peer yet.
@@ -247,6 +256,7 @@ impl Opening {
             self.failed = Some(Failed::Mismatch);
             return Err(Failure::new(ExitCode::Network, format!("{peer}: {e}")).into());
         }
+        self.peer_capabilities = theirs.capabilities;
         let (mine, peers) = (self.ours.transport, theirs.transport);
         if mine != peers {
             self.failed = Some(Failed::Mismatch);
@@ -356,15 +366,20 @@ pub fn exchange<S: Link + ?Sized>(
     peer: &str,
     secret: &Secret,
     role: Role,
-) -> anyhow::Result<Option<Keys>> {
+) -> anyhow::Result<Settled> {
+    drive(stream, opening(role, secret, peer))
+}
+
+/// The opening of a real connection: [`Opening::new`], but in debug
+/// builds with SPAKE2's randomness fixed when `XFER_TEST_SPAKE_SEED` is set
+/// (see [`recording_seed`]), whether the connection is driven by
+/// [`exchange`] or by the gate's event loop.
+pub fn opening(role: Role, secret: &Secret, peer: &str) -> Opening {
     #[cfg(debug_assertions)]
     if let Some(seed) = recording_seed() {
-        return drive(
-            stream,
-            Opening::with_rng(role, secret, peer, SeededRng::new(seed)),
-        );
+        return Opening::with_rng(role, secret, peer, SeededRng::new(seed));
     }
-    drive(stream, Opening::new(role, secret, peer))
+    Opening::new(role, secret, peer)
 }
 
 /// Debug builds only: `XFER_TEST_SPAKE_SEED=N` (0–255) makes SPAKE2's
@@ -422,10 +437,7 @@ impl rand_core::CryptoRng for SeededRng {}
 
 /// [`exchange`] with an [`Opening`] made by the caller (one with injected
 /// randomness, in tests).
-pub fn drive<S: Link + ?Sized>(
-    stream: &mut S,
-    mut opening: Opening,
-) -> anyhow::Result<Option<Keys>> {
+pub fn drive<S: Link + ?Sized>(stream: &mut S, mut opening: Opening) -> anyhow::Result<Settled> {
     let peer = opening.peer.clone();
     let mut buf = [0u8; FRAME_HEADER + MAX_OPENING_FRAME as usize];
     loop {
@@ -437,7 +449,10 @@ pub fn drive<S: Link + ?Sized>(
                 .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
         }
         if let Some(keys) = opening.finished() {
-            return Ok(keys);
+            return Ok(Settled {
+                keys,
+                peer_capabilities: opening.peer_capabilities(),
+            });
         }
         let need = opening.needed();
         let waiting_for = opening.waiting_for();
@@ -457,6 +472,14 @@ pub fn drive<S: Link + ?Sized>(
             return Err(e);
         }
     }
+}
+
+/// What an opening settled.
+pub struct Settled {
+    /// `None`: plaintext.
+    pub keys: Option<Keys>,
+    /// What the peer can decode (`CAP_*` bits of its preamble).
+    pub peer_capabilities: u8,
 }
 
 /// The link a session runs over after [`exchange`]: encrypted records

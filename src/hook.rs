@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::names::escape_for_terminal;
 use crate::output::Reporter;
 
 /// `--exec` and `--exec-timeout`.
@@ -35,7 +34,7 @@ pub struct Hook {
 #[derive(Debug, Clone)]
 pub struct Arrived {
     pub path: PathBuf,
-    pub name: String,
+    pub name: Vec<u8>,
     pub size: u64,
     pub sha256: String,
     pub peer: String,
@@ -110,7 +109,7 @@ impl Hooks {
 fn run(hook: &Hook, arrived: &Arrived, reporter: &Reporter) -> bool {
     use std::os::unix::process::CommandExt as _;
     let started = Instant::now();
-    let shown = escape_for_terminal(&arrived.path.display().to_string());
+    let shown = crate::names::escape_path(&arrived.path);
     // Its output goes to our stderr: stdout may carry JSON events.
     let to_stderr = || {
         use std::os::fd::AsFd as _;
@@ -125,7 +124,10 @@ fn run(hook: &Hook, arrived: &Arrived, reporter: &Reporter) -> bool {
         .arg("-c")
         .arg(&hook.command)
         .env("XFER_PATH", &arrived.path)
-        .env("XFER_NAME", &arrived.name)
+        .env(
+            "XFER_NAME",
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&arrived.name),
+        )
         .env("XFER_SIZE", arrived.size.to_string())
         .env("XFER_SHA256", &arrived.sha256)
         .env("XFER_PEER", &arrived.peer)
@@ -142,18 +144,16 @@ fn run(hook: &Hook, arrived: &Arrived, reporter: &Reporter) -> bool {
     let seconds = started.elapsed().as_secs_f64();
     match outcome {
         Ok(()) => {
-            reporter.event(
-                "exec-done",
-                || json!({ "path": arrived.path.display().to_string(), "seconds": seconds }),
-            );
+            reporter.event("exec-done", || {
+                crate::names::with_path(&arrived.path, json!({ "seconds": seconds }))
+            });
             true
         }
         Err(why) => {
             crate::output::warning_line(&format!("--exec for '{shown}' failed: {why}"));
-            reporter.event(
-                "exec-failed",
-                || json!({ "path": arrived.path.display().to_string(), "error": why, "seconds": seconds }),
-            );
+            reporter.event("exec-failed", || {
+                crate::names::with_path(&arrived.path, json!({ "error": why, "seconds": seconds }))
+            });
             false
         }
     }

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod bench;
 pub mod cli;
+pub mod compress;
 pub mod config;
 pub mod destination;
 pub mod exit_codes;
@@ -15,6 +16,7 @@ pub mod manual;
 pub mod names;
 pub mod net;
 pub mod output;
+pub mod owners;
 pub mod pace;
 pub mod pipeline;
 pub mod prompt;
@@ -27,6 +29,7 @@ pub mod session;
 pub mod signals;
 pub mod source;
 pub mod units;
+pub mod xattrs;
 
 use std::io::Write;
 
@@ -63,7 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { out: Some(path) } => {
             use std::os::unix::fs::OpenOptionsExt;
             let key = secure::generate_key().context("cannot read random bytes")?;
-            let shown = names::escape_for_terminal(&path.display().to_string());
+            let shown = names::escape_path(&path);
             // A new file only, readable by its owner alone from the start.
             std::fs::OpenOptions::new()
                 .write(true)
@@ -81,10 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man { out_dir: Some(dir) } => {
             manual::write_pages(&dir).map_err(|e| {
                 exit_codes::Failure::local(
-                    format!(
-                        "cannot write man pages to '{}'",
-                        names::escape_for_terminal(&dir.display().to_string())
-                    ),
+                    format!("cannot write man pages to '{}'", names::escape_path(&dir)),
                     &e,
                 )
             })?;
@@ -101,8 +101,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 const LAYERS: &[&[&str]] = &[
     &["protocol"],
-    &["names", "exit_codes", "units"],
-    &["output", "cli"],
+    &["names", "exit_codes", "units", "owners", "compress"],
+    &["output", "cli", "xattrs"],
     &[
         "signals",
         "net",

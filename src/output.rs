@@ -81,7 +81,7 @@ impl Reporter {
 
     /// A progress bar for `total` bytes of `name` (a byte counter when the
     /// total is unknown), drawn only for a person watching a terminal.
-    pub fn progress(&self, name: &str, total: Option<u64>) -> Progress {
+    pub fn progress(&self, name: impl AsRef<[u8]>, total: Option<u64>) -> Progress {
         let visible = self.bars && !self.quiet && std::io::stderr().is_terminal();
         if !visible {
             // Nothing to draw, so nothing to style: this runs once per file.

@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::compress::DecompressReader;
 use crate::config::{Limits, RecvConfig};
 use crate::destination::{self, Prepared, Target};
 use crate::exit_codes::{ExitCode, Failure};
@@ -24,13 +25,14 @@ use crate::names::{escape_for_terminal, shown};
 use crate::output::{Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
 use crate::protocol::{
-    self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame,
-    Offer, Reason, Refuse, hex,
+    self, Accept, Ack, AckStatus, ChunkReader, Digest, FLAG_COMPRESSED, FLAG_DIR, FLAG_PATH,
+    FLAG_STREAM, FLAG_SYMLINK, Frame, Offer, Reason, Refuse, hex,
 };
 use crate::secure::{Role, Secret};
 use crate::session::allow_for_local_work;
 use crate::session::receiver::{Accepted, Ending, Judged, Next, Receiver, Rules, Verdict};
 use crate::signals;
+use std::os::unix::ffi::OsStrExt;
 
 /// What the receiver allows, from the command line.
 #[derive(Debug, Clone)]
@@ -48,6 +50,10 @@ pub struct Policy {
     pub idle_timeout: std::time::Duration,
     /// `--exec`: run after each file is in place.
     pub hook: Option<crate::hook::Hook>,
+    /// Which names are taken (`--portable-names`).
+    pub names: crate::names::Policy,
+    /// `--numeric-ids`, `--safe-links`.
+    pub keep: destination::Keep,
 }
 
 impl Policy {
@@ -60,7 +66,7 @@ impl Policy {
 /// One file that arrived, was verified and is in place.
 #[derive(Debug, Clone)]
 pub struct Received {
-    pub name: String,
+    pub name: Vec<u8>,
     pub path: PathBuf,
     pub bytes: u64,
     pub sha256: Digest,
@@ -69,6 +75,8 @@ pub struct Received {
     pub skipped: bool,
     /// A directory entry, not a file.
     pub is_dir: bool,
+    /// A symbolic or hard link, not a file of its own.
+    pub link: bool,
 }
 
 /// Serves one session: handshake, then offers until END. Returns the files
@@ -91,7 +99,7 @@ pub fn serve<S: Link + ?Sized>(
     let until = Instant::now() + policy.handshake_timeout;
     let keys = {
         let mut bounded = link::WithDeadline::new(stream, until);
-        crate::handshake::exchange(&mut bounded, peer, &policy.secret, Role::Receiver)?
+        crate::handshake::exchange(&mut bounded, peer, &policy.secret, Role::Receiver)?.keys
     };
     on_authenticated();
     let mut link = crate::handshake::secured(stream, keys);
@@ -113,6 +121,7 @@ fn serve_session<S: Link + ?Sized>(
         rules: Receiver::new(Rules {
             max_entries: policy.limits.max_entries,
             one_file: policy.one_file(),
+            compression: true,
         }),
         stream,
         peer,
@@ -120,7 +129,8 @@ fn serve_session<S: Link + ?Sized>(
         reporter,
         failures,
         destination: destination::Destination::new(policy.target.clone(), policy.overwrite)
-            .with_backups(policy.backups),
+            .with_backups(policy.backups)
+            .with_policy(policy.names, policy.keep),
         pending: std::collections::VecDeque::new(),
         received: Vec::new(),
         directories: Vec::new(),
@@ -240,7 +250,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         e
     }
 
-    fn entry_failed(&mut self, name: &str, e: anyhow::Error) {
+    fn entry_failed(&mut self, name: &[u8], e: anyhow::Error) {
         note_failure(self.reporter, self.failures, name, &e);
         self.failed += 1;
         self.failure.get_or_insert(e);
@@ -370,7 +380,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 self.reporter.info(|| {
                     format!(
                         "cannot set the mode and time of '{}': {}",
-                        escape_for_terminal(&path.display().to_string()),
+                        crate::names::escape_path(path),
                         crate::exit_codes::io_reason(&e)
                     )
                 });
@@ -407,10 +417,13 @@ impl<S: Link + ?Sized> Run<'_, S> {
 fn note_failure(
     reporter: &Reporter,
     failures: &mut Vec<serde_json::Value>,
-    name: &str,
+    name: &[u8],
     e: &anyhow::Error,
 ) {
-    let failure = json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() });
+    let failure = crate::names::with_name(
+        name,
+        json!({ "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }),
+    );
     reporter.event("file-failed", || failure.clone());
     failures.push(failure);
 }
@@ -488,10 +501,12 @@ fn directory_made<S: Link + ?Sized>(
         }),
         peer,
     )?;
-    reporter.event(
-        "file-done",
-        || json!({ "name": offer.name, "path": path.display().to_string(), "kind": "directory", "bytes": 0 }),
-    );
+    reporter.event("file-done", || {
+        crate::names::with_path(
+            &path,
+            crate::names::with_name(&offer.name, json!({ "kind": "directory", "bytes": 0 })),
+        )
+    });
     Ok(Received {
         name: offer.name.clone(),
         path,
@@ -500,6 +515,7 @@ fn directory_made<S: Link + ?Sized>(
         seconds: 0.0,
         skipped: false,
         is_dir: true,
+        link: false,
     })
 }
 
@@ -526,13 +542,15 @@ fn skip_unchanged<S: Link + ?Sized>(
     reporter.info(|| {
         format!(
             "'{}' is unchanged ({how}); nothing to receive",
-            escape_for_terminal(&path.display().to_string())
+            crate::names::escape_path(&path)
         )
     });
-    reporter.event(
-        "file-skipped",
-        || json!({ "name": offer.name, "path": path.display().to_string(), "reason": "unchanged" }),
-    );
+    reporter.event("file-skipped", || {
+        crate::names::with_path(
+            &path,
+            crate::names::with_name(&offer.name, json!({ "reason": "unchanged" })),
+        )
+    });
     Ok(Received {
         name: offer.name.clone(),
         path,
@@ -541,6 +559,7 @@ fn skip_unchanged<S: Link + ?Sized>(
         seconds: 0.0,
         skipped: true,
         is_dir: false,
+        link: offer.is_link(),
     })
 }
 
@@ -548,6 +567,8 @@ fn skip_unchanged<S: Link + ?Sized>(
 /// straight to stdout (where a mismatch can only be reported).
 enum Output {
     File(destination::PartialFile),
+    /// A symbolic or hard link: no data, made once the trailer checks out.
+    Link(destination::PendingLink),
     Stdout,
 }
 
@@ -575,6 +596,7 @@ fn discard_mismatch<S: Link + ?Sized>(
             p.discard();
             "nothing was kept"
         }
+        Output::Link(_) => "the link was not made",
         Output::Stdout => "the data written to stdout is corrupt and must be discarded",
     })
 }
@@ -588,7 +610,7 @@ struct CutShort<'a> {
     /// Bytes of it written when it stopped.
     got: u64,
     max_size: Option<u64>,
-    name: &'a str,
+    name: &'a [u8],
 }
 
 /// A file's data that stopped before its end: tells the sender why where
@@ -608,7 +630,7 @@ fn copy_failed<S: Link + ?Sized>(
                 Output::Stdout => {
                     "the data already written to standard output must be discarded".to_string()
                 }
-                Output::File(_) => format!("'{shown}' was not completed"),
+                Output::File(_) | Output::Link(_) => format!("'{shown}' was not completed"),
             };
             Failure::new(ExitCode::Integrity, format!("{peer}: {e}; {what}")).into()
         }
@@ -620,7 +642,7 @@ fn copy_failed<S: Link + ?Sized>(
             link::send_error(stream, Reason::TooLarge, &message);
             let what = match output {
                 Output::Stdout => "; the data written to standard output must be discarded",
-                Output::File(_) => "",
+                Output::File(_) | Output::Link(_) => "",
             };
             Failure::new(ExitCode::Refused, format!("{peer}: {message}{what}")).into()
         }
@@ -654,11 +676,15 @@ fn copy_failed<S: Link + ?Sized>(
                         crate::exit_codes::io_reason(&e)
                     ),
                 ),
+                Output::Link(l) => (
+                    Failure::local(format!("cannot make '{}'", l.final_path().display()), &e),
+                    format!("receiver cannot make '{}'", crate::names::shown(c.name)),
+                ),
                 Output::File(p) => (
                     Failure::local(format!("cannot write '{}'", p.temp_path().display()), &e),
                     format!(
                         "receiver cannot store '{}': {}",
-                        c.name,
+                        crate::names::shown(c.name),
                         crate::exit_codes::io_reason(&e)
                     ),
                 ),
@@ -728,7 +754,7 @@ fn answer_offer<S: Link + ?Sized>(
                 message,
             )));
         }
-        Target::Stdout => match crate::names::validate_name(&offer.name) {
+        Target::Stdout => match crate::names::validate_name(&offer.name, policy.names) {
             Ok(()) => Output::Stdout,
             Err(e) => {
                 let message = format!("refused name '{shown}': {e}");
@@ -742,6 +768,7 @@ fn answer_offer<S: Link + ?Sized>(
         },
         _ => match destination.prepare(offer) {
             Ok(Prepared::Receive(p)) => Output::File(p),
+            Ok(Prepared::Link(l)) => Output::Link(l),
             Ok(Prepared::Unchanged(path)) => {
                 return skip_unchanged(stream, peer, offer, path, reporter).map(Answer::Done);
             }
@@ -822,6 +849,7 @@ fn receive_pending<S: Link + ?Sized>(
     let streamed = offer.flags & FLAG_STREAM != 0;
     let shown_path = match &output {
         Output::File(p) => p.final_path().display().to_string(),
+        Output::Link(l) => l.final_path().display().to_string(),
         Output::Stdout => "-".to_string(),
     };
     // The rules allow only 0 (start over) or the offset held.
@@ -855,7 +883,7 @@ fn receive_pending<S: Link + ?Sized>(
     }
     reporter.event(
         "file-start",
-        || json!({ "name": offer.name, "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start }),
+        || crate::names::with_name(&offer.name, json!({ "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start })),
     );
 
     let started = Instant::now();
@@ -869,26 +897,49 @@ fn receive_pending<S: Link + ?Sized>(
     let copied = {
         let mut stdout;
         let mut file_writer;
+        let mut nothing = std::io::sink();
         let sink: &mut (dyn std::io::Write + Send) = match &mut output {
             Output::File(p) => {
                 file_writer = p.writer();
                 &mut file_writer
             }
+            // The rules let no data through for a link (size 0).
+            Output::Link(_) => &mut nothing,
             Output::Stdout => {
                 stdout = std::io::stdout();
                 &mut stdout
             }
         };
+        // COMPRESSED data is decoded block by block before it is hashed
+        // and written; the bound on a stream counts the decoded bytes.
+        let compressed = offer.flags & FLAG_COMPRESSED != 0;
         if streamed {
+            let mut chunks = ChunkReader::new(&mut *stream);
+            let mut blocks;
+            let wire: &mut (dyn std::io::Read + Send) = if compressed {
+                blocks = DecompressReader::new(&mut chunks);
+                &mut blocks
+            } else {
+                &mut chunks
+            };
             copy_hashed_to_end(
                 &mut AtMost {
-                    inner: ChunkReader::new(&mut *stream),
+                    inner: wire,
                     left: max_size.unwrap_or(u64::MAX),
                 },
                 sink,
                 hasher,
                 &on_progress,
             )
+        } else if compressed {
+            copy_hashed(
+                &mut DecompressReader::new(&mut *stream),
+                sink,
+                offer.size - start,
+                hasher,
+                &on_progress,
+            )
+            .map(|digest| (offer.size, digest))
         } else {
             copy_hashed(&mut *stream, sink, offer.size - start, hasher, &on_progress)
                 .map(|digest| (offer.size, digest))
@@ -934,7 +985,7 @@ fn report_stale(reporter: &Reporter, committed: &destination::Committed) {
     if committed.stale.is_empty() {
         return;
     }
-    let shown_path = escape_for_terminal(&committed.path.display().to_string());
+    let shown_path = crate::names::escape_path(&committed.path);
     reporter.info(|| {
         format!(
             "removed {} partial file(s) that earlier attempts at '{shown_path}' left",
@@ -943,10 +994,12 @@ fn report_stale(reporter: &Reporter, committed: &destination::Committed) {
     });
     for name in &committed.stale {
         let partial = committed.path.with_file_name(name);
-        reporter.event(
-            "partial-removed",
-            || json!({ "path": partial.display().to_string(), "for": committed.path.display().to_string() }),
-        );
+        reporter.event("partial-removed", || {
+            crate::names::with_path(
+                &partial,
+                json!({ "for": committed.path.display().to_string() }),
+            )
+        });
     }
 }
 
@@ -1017,28 +1070,31 @@ fn settle<S: Link + ?Sized>(
         Err(other) => unreachable!("a trailer is kept, discarded or a violation: {other:?}"),
     }
 
-    let path = match output {
-        Output::Stdout => PathBuf::from("-"),
-        Output::File(partial) => match partial.commit(offer, size) {
-            Ok(committed) => {
-                report_stale(reporter, &committed);
-                committed.path
-            }
-            Err(r) => {
-                link::send_frame(
-                    stream,
-                    &Frame::Ack(Ack {
-                        status: AckStatus::Failed,
-                        sha256: digest,
-                        reason: r.reason,
-                        message: r.message.clone(),
-                    }),
-                    peer,
-                )?;
-                let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
-                return Ok(Err(Failure::new(code, r.message).into()));
-            }
-        },
+    let committed = match output {
+        Output::Stdout => Ok(None),
+        Output::File(partial) => partial.commit(offer, size).map(Some),
+        Output::Link(pending) => pending.commit().map(Some),
+    };
+    let path = match committed {
+        Ok(None) => PathBuf::from("-"),
+        Ok(Some(committed)) => {
+            report_stale(reporter, &committed);
+            committed.path
+        }
+        Err(r) => {
+            link::send_frame(
+                stream,
+                &Frame::Ack(Ack {
+                    status: AckStatus::Failed,
+                    sha256: digest,
+                    reason: r.reason,
+                    message: r.message.clone(),
+                }),
+                peer,
+            )?;
+            let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
+            return Ok(Err(Failure::new(code, r.message).into()));
+        }
     };
     link::send_frame(
         stream,
@@ -1053,13 +1109,23 @@ fn settle<S: Link + ?Sized>(
     .context("the file is in place, but the sender may not know")?;
 
     let seconds = started.elapsed().as_secs_f64();
-    reporter.info(|| {
-        format!(
+    let shown_path = escape_for_terminal(path.as_os_str().as_bytes());
+    let (kind, link_shown) = match (&offer.link, offer.flags & FLAG_SYMLINK != 0) {
+        (Some(target), true) => ("symlink", Some(crate::names::shown(target))),
+        (Some(target), false) => ("hardlink", Some(crate::names::shown(target))),
+        (None, _) => ("file", None),
+    };
+    reporter.info(|| match &link_shown {
+        Some(target) if kind == "symlink" => {
+            format!("made '{shown_path}', a symbolic link to '{target}'")
+        }
+        Some(target) => format!("made '{shown_path}', a hard link to '{target}'"),
+        None => format!(
             "received {} ({}, {}), sha256 {}…",
             if path.as_os_str() == "-" {
                 format!("'{shown}' on standard output")
             } else {
-                format!("'{}'", escape_for_terminal(&path.display().to_string()))
+                format!("'{shown_path}'")
             },
             if start > 0 {
                 format!(
@@ -1074,13 +1140,31 @@ fn settle<S: Link + ?Sized>(
             rate(size - start, seconds),
             // Enough to compare by eye; JSON carries the whole digest.
             &hex(&digest)[..16]
-        )
+        ),
     });
-    reporter.event(
-        "file-done",
-        || json!({ "name": offer.name, "path": path.display().to_string(), "bytes": size,
-                   "received": size - start, "offset": start, "sha256": hex(&digest), "seconds": seconds }),
-    );
+    reporter.event("file-done", || {
+        let mut fields = json!({ "kind": kind, "bytes": size, "received": size - start,
+                                 "offset": start, "sha256": hex(&digest), "seconds": seconds });
+        if let Some(target) = &offer.link {
+            crate::names::put_json_name(&mut fields, "target", target);
+        }
+        crate::names::with_path(&path, crate::names::with_name(&offer.name, fields))
+    });
+    if trailer.changed {
+        // Kept, as GNU tar keeps it, but no success: it may be no version
+        // the file ever had.
+        reporter.event("file-changed", || {
+            crate::names::with_path(&path, crate::names::with_name(&offer.name, json!({})))
+        });
+        return Ok(Err(Failure::new(
+            ExitCode::LocalFile,
+            format!(
+                "'{shown}' changed on the sender while it was read: kept what was read, which \
+                 may mix old and new content; send it again"
+            ),
+        )
+        .into()));
+    }
     Ok(Ok(Received {
         name: offer.name.clone(),
         path,
@@ -1089,6 +1173,7 @@ fn settle<S: Link + ?Sized>(
         seconds,
         skipped: false,
         is_dir: false,
+        link: offer.is_link(),
     }))
 }
 
@@ -1264,12 +1349,13 @@ fn connect_to_sender(
         let keys = {
             let _watch = signals::watch_socket(&stream);
             let mut bounded = link::WithDeadline::new(&mut stream, until);
-            crate::handshake::exchange(&mut bounded, &peer, &secret, Role::Receiver)?
+            crate::handshake::exchange(&mut bounded, &peer, &secret, Role::Receiver)?.keys
         };
         let opened = crate::gate::Opened {
             stream,
             peer: peer.clone(),
             keys,
+            peer_capabilities: 0,
             unsent: Vec::new(),
             deadline: until,
         };
@@ -1298,17 +1384,19 @@ fn reap_partials(config: &RecvConfig, reporter: &Reporter) {
         Target::Stdout => return,
     };
     for (path, age) in destination::reap_partials(&root, config.partial_max_age, recursive) {
-        let shown = escape_for_terminal(&path.display().to_string());
+        let shown = crate::names::escape_path(&path);
         let days = age.as_secs() / 86_400;
         reporter.info(|| {
             format!(
                 "removed '{shown}', a partial file untouched for {days} day(s) (--partial-max-age)"
             )
         });
-        reporter.event(
-            "partial-removed",
-            || json!({ "path": path.display().to_string(), "reason": "older than --partial-max-age", "age_seconds": age.as_secs() }),
-        );
+        reporter.event("partial-removed", || {
+            crate::names::with_path(
+                &path,
+                json!({ "reason": "older than --partial-max-age", "age_seconds": age.as_secs() }),
+            )
+        });
     }
 }
 
@@ -1325,6 +1413,7 @@ fn serve_opened(
         keys,
         unsent,
         deadline,
+        ..
     } = opened;
     let peer = peer.as_str();
     let _watch = signals::watch_socket(&stream);
@@ -1337,6 +1426,8 @@ fn serve_opened(
         handshake_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
         hook: config.hook.clone(),
+        names: config.names,
+        keep: config.keep,
     };
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
@@ -1396,8 +1487,12 @@ fn session_total(reporter: &Reporter, peer: &str, files: &[Received], seconds: f
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     reporter.info(|| {
         format!(
-            "from {peer}: {} file(s) and {directories} director{} ({}, {}), each verified; {unchanged} unchanged",
-            files.len() - directories,
+            "from {peer}: {} file(s){} and {directories} director{} ({}, {}), each verified; {unchanged} unchanged",
+            files.iter().filter(|f| !f.is_dir && !f.link && !f.skipped).count(),
+            match files.iter().filter(|f| f.link && !f.skipped).count() {
+                0 => String::new(),
+                made => format!(", {made} link(s)"),
+            },
             if directories == 1 { "y" } else { "ies" },
             crate::units::human_bytes(bytes),
             rate(bytes, seconds)
@@ -1418,14 +1513,15 @@ fn summarize(
             let bytes: u64 = files.iter().map(|f| f.bytes).sum();
             let skipped = files.iter().filter(|f| f.skipped).count();
             let directories = files.iter().filter(|f| f.is_dir).count();
+            let links = files.iter().filter(|f| f.link).count();
             let mut fields = json!({
-                "ok": true, "exit_code": 0, "peer": peer, "files": files.len() - directories,
-                "directories": directories, "skipped": skipped, "unchanged": skipped,
+                "ok": true, "exit_code": 0, "peer": peer, "files": files.len() - directories - links,
+                "links": links, "directories": directories, "skipped": skipped, "unchanged": skipped,
                 "bytes": bytes, "seconds": seconds, "failed": 0, "failures": [],
             });
             if let [one] = files.as_slice() {
-                fields["name"] = json!(one.name);
-                fields["path"] = json!(one.path.display().to_string());
+                crate::names::put_json_name(&mut fields, "name", &one.name);
+                crate::names::put_json_path(&mut fields, "path", &one.path);
                 if !one.skipped {
                     fields["sha256"] = json!(hex(&one.sha256));
                 }

@@ -165,7 +165,7 @@ pub fn parse_key(text: &str) -> Result<[u8; KEY_LEN], &'static str> {
 /// can be read by other users.
 pub fn read_key_file(path: &Path) -> anyhow::Result<([u8; KEY_LEN], Option<String>)> {
     use std::os::unix::fs::PermissionsExt;
-    let shown = crate::names::escape_for_terminal(&path.display().to_string());
+    let shown = crate::names::escape_path(path);
     let file = std::fs::File::open(path)
         .map_err(|e| Failure::local(format!("cannot read key file '{shown}'"), &e))?;
     let meta = file

@@ -16,15 +16,16 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::compress::CompressWriter;
 use crate::config::{Endpoint, SendConfig};
 use crate::exit_codes::{ExitCode, Failure, is_timeout};
 use crate::link::{self, Link};
-use crate::names::escape_for_terminal;
+use crate::names::{escape_for_terminal, shown};
 use crate::output::{Progress, Reporter, rate};
 use crate::pipeline::{CopyError, copy_hashed, copy_hashed_to_end};
 use crate::protocol::{
-    self, AckStatus, ChunkWriter, Digest, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
-    Trailer, hex,
+    self, AckStatus, ChunkWriter, Digest, FLAG_COMPRESSED, FLAG_DIR, FLAG_HARDLINK, FLAG_PATH,
+    FLAG_STREAM, FLAG_SYMLINK, Frame, Offer, Reason, Trailer, hex,
 };
 use crate::retry::{retrying, worth_retrying};
 use crate::secure::{Role, Secret};
@@ -37,7 +38,7 @@ use anyhow::Context as _;
 /// A file the receiver verified and kept (or already had).
 #[derive(Debug, Clone)]
 pub struct Sent {
-    pub name: String,
+    pub name: Vec<u8>,
     /// The file's size: what is now verified at the receiver.
     pub size: u64,
     /// Bytes of it that crossed the wire in this session (not a resumed
@@ -49,6 +50,8 @@ pub struct Sent {
     pub seconds: f64,
     /// The receiver already had it: nothing was sent.
     pub skipped: bool,
+    /// A symbolic or hard link, not a file of its own.
+    pub link: bool,
 }
 
 /// What a session sends: entries offered in order, each opened when its
@@ -60,7 +63,7 @@ pub trait Entries {
     /// fails this entry only; the session goes on.
     fn open(&mut self, index: usize) -> anyhow::Result<Opened>;
     /// Entry `index`'s name, for a failure before it could be offered.
-    fn name(&self, index: usize) -> String;
+    fn name(&self, index: usize) -> Vec<u8>;
     /// Bytes of entry `index` for the progress bar when it cannot be opened.
     fn size_hint(&self, index: usize) -> u64;
     /// Removes entry `index`'s file if it is still exactly as `read`
@@ -228,7 +231,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         &mut self,
         entries: &mut dyn Entries,
         index: usize,
-        name: &str,
+        name: &[u8],
         read: Option<&Identity>,
     ) {
         let outcome = match read {
@@ -241,8 +244,9 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 self.totals.removed += 1;
                 self.reporter
                     .info(|| format!("removed '{shown}' here (--remove-source-files)"));
-                self.reporter
-                    .event("source-removed", || json!({ "name": name }));
+                self.reporter.event("source-removed", || {
+                    crate::names::with_name(name, json!({}))
+                });
             }
             Ok(Err(why)) => self.kept(name, why),
             Err(e) => {
@@ -250,25 +254,28 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 crate::output::warning_line(&format!(
                     "cannot remove '{shown}' (--remove-source-files): {why}"
                 ));
-                self.reporter.event(
-                    "source-kept",
-                    || json!({ "name": name, "reason": format!("cannot remove it: {why}") }),
-                );
+                self.reporter.event("source-kept", || {
+                    crate::names::with_name(
+                        name,
+                        json!({ "reason": format!("cannot remove it: {why}") }),
+                    )
+                });
             }
         }
     }
 
     /// A source `--remove-source-files` leaves, and why.
-    fn kept(&self, name: &str, why: &str) {
+    fn kept(&self, name: &[u8], why: &str) {
         let shown = escape_for_terminal(name);
         crate::output::warning_line(&format!(
             "kept '{shown}' here despite --remove-source-files: {why}"
         ));
-        self.reporter
-            .event("source-kept", || json!({ "name": name, "reason": why }));
+        self.reporter.event("source-kept", || {
+            crate::names::with_name(name, json!({ "reason": why }))
+        });
     }
 
-    fn fail(&mut self, name: &str, e: anyhow::Error) {
+    fn fail(&mut self, name: &[u8], e: anyhow::Error) {
         if self.options.report_each {
             report_failure(self.reporter, &e);
         }
@@ -327,7 +334,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
             true,
         ) = (&answer, self.count > 1)
         {
-            let message = format!("[{}/{}] {}", index + 1, self.count, offer.name);
+            let message = format!("[{}/{}] {}", index + 1, self.count, shown(&offer.name));
             self.progress.set_message(&message);
         }
         match (answer, source) {
@@ -347,10 +354,12 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 self.fail(&offer.name, e);
             }
             (Answer::Unchanged { message, .. }, _) => {
-                self.reporter.event(
-                    "file-skipped",
-                    || json!({ "name": offer.name, "reason": "unchanged", "message": message }),
-                );
+                self.reporter.event("file-skipped", || {
+                    crate::names::with_name(
+                        &offer.name,
+                        json!({ "reason": "unchanged", "message": message }),
+                    )
+                });
                 if self.options.remove_source_files {
                     // Only a copy the receiver wrote and verified lets the
                     // source go: an unchanged one was judged by size and
@@ -369,6 +378,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
                     sha256: offer.sha256.unwrap_or([0; 32]),
                     seconds: 0.0,
                     skipped: true,
+                    link: offer.is_link(),
                 };
                 self.totals.record_sent(sent, self.reporter);
             }
@@ -434,36 +444,23 @@ impl<S: Link + ?Sized> Run<'_, S> {
         self.set_deadline(self.options.idle_timeout)?;
         let base = self.done_before;
         let progress = self.progress;
-        let in_flight = send_data(
+        let mut in_flight = send_data(
             self.stream,
             self.peer,
             &mut *source,
-            source_name,
+            (source_name, before),
             offer,
             start,
             hasher,
             &|n| progress.set(base + n),
             self.reporter,
         )?;
-        // The snapshot taken when the file was listed and opened, checked
-        // again now that it was read: a file written meanwhile may have
-        // sent a mix of old and new content, verified as sent.
-        let mut in_flight = in_flight;
         in_flight.index = index;
-        let after = source.identity();
-        in_flight.read = match (before, after) {
-            (Some(before), Some(after)) if !changed_while_read(offer, &before, &after) => {
-                Some(after)
-            }
-            _ => None,
-        };
-        if let (Some(before), Some(after)) = (before, after)
-            && changed_while_read(offer, &before, &after)
-        {
+        if in_flight.changed {
             // Said now; the file fails once its verdict is in.
-            in_flight.changed = true;
-            self.reporter
-                .event("file-changed", || json!({ "name": offer.name }));
+            self.reporter.event("file-changed", || {
+                crate::names::with_name(&offer.name, json!({}))
+            });
         }
         self.rules.data_sent(index);
         self.unacked.push_back((offer.clone(), in_flight));
@@ -480,7 +477,7 @@ pub fn over_link<S: Link + ?Sized>(
     options: &Options,
     reporter: &Reporter,
 ) -> anyhow::Result<Totals> {
-    let keys = crate::handshake::exchange(stream, peer, secret, Role::Sender)?;
+    let keys = crate::handshake::exchange(stream, peer, secret, Role::Sender)?.keys;
     let stream = &mut crate::handshake::secured(stream, keys);
     let mut totals = Totals::default();
     let progress = reporter.progress("", None);
@@ -511,13 +508,15 @@ struct InFlight {
     started: Instant,
 }
 
-/// Sends a file's data from `start` and its TRAILER.
+/// Sends a file's data from `start` and its TRAILER, which says whether
+/// the file changed while it was read (its identity `before` the read
+/// against its identity after).
 #[allow(clippy::too_many_arguments)]
 fn send_data<S, R>(
     stream: &mut S,
     peer: &str,
     source: &mut R,
-    source_name: &str,
+    (source_name, before): (&str, Option<Identity>),
     offer: &Offer,
     start: u64,
     hasher: Sha256,
@@ -530,10 +529,12 @@ where
 {
     let shown = escape_for_terminal(&offer.name);
     let streamed = offer.flags & FLAG_STREAM != 0;
-    reporter.event(
-        "file-start",
-        || json!({ "name": offer.name, "size": (!streamed).then_some(offer.size), "offset": start }),
-    );
+    reporter.event("file-start", || {
+        crate::names::with_name(
+            &offer.name,
+            json!({ "size": (!streamed).then_some(offer.size), "offset": start }),
+        )
+    });
     let started = Instant::now();
     let done = AtomicU64::new(start);
     let on_progress = |n| {
@@ -541,11 +542,38 @@ where
         on_bytes(start + n);
     };
     stream.floor(true);
+    // With COMPRESSED the bytes that would cross the wire go through the
+    // block encoder first (then the records seal them): the digest still
+    // covers the file's own bytes.
+    let compressed = offer.flags & FLAG_COMPRESSED != 0;
+    let level = crate::compress::DEFAULT_LEVEL;
     let copied = if streamed {
         let mut framed = ChunkWriter::new(&mut *stream);
-        copy_hashed_to_end(source, &mut framed, hasher, &on_progress).and_then(|done| {
+        let done = if compressed {
+            let mut blocks = CompressWriter::new(&mut framed, level);
+            copy_hashed_to_end(source, &mut blocks, hasher, &on_progress).and_then(|done| {
+                blocks.finish().map_err(CopyError::Sink)?;
+                Ok(done)
+            })
+        } else {
+            copy_hashed_to_end(source, &mut framed, hasher, &on_progress)
+        };
+        done.and_then(|done| {
             framed.finish().map_err(CopyError::Sink)?;
             Ok(done)
+        })
+    } else if compressed {
+        let mut blocks = CompressWriter::new(&mut *stream, level);
+        copy_hashed(
+            source,
+            &mut blocks,
+            offer.size - start,
+            hasher,
+            &on_progress,
+        )
+        .and_then(|digest| {
+            blocks.finish().map_err(CopyError::Sink)?;
+            Ok((offer.size, digest))
         })
     } else {
         copy_hashed(
@@ -564,7 +592,7 @@ where
             link::send_error(
                 stream,
                 Reason::LocalIo,
-                &format!("sender cannot read '{}'", offer.name),
+                &format!("sender cannot read '{shown}'"),
             );
             return Err(Failure::local(format!("cannot read '{source_name}'"), &e).into());
         }
@@ -589,19 +617,28 @@ where
         }
     };
 
+    // The snapshot taken when the file was listed and opened, checked
+    // again now that it was read: a file written meanwhile may have sent a
+    // mix of old and new content, verified as sent. The receiver hears it
+    // in the trailer, so both sides report it.
+    let after = source.identity();
+    let changed =
+        matches!((before, after), (Some(b), Some(a)) if changed_while_read(offer, &b, &a));
+    let read = after.filter(|_| before.is_some() && !changed);
     link::send_frame(
         stream,
         &Frame::Trailer(Trailer {
             size,
             sha256: digest,
             offer_sha256: protocol::offer_digest(offer),
+            changed,
         }),
         peer,
     )?;
     Ok(InFlight {
         index: 0,
-        read: None,
-        changed: false,
+        read,
+        changed,
         size,
         start,
         digest,
@@ -660,6 +697,7 @@ fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> any
         sha256: digest,
         seconds: in_flight.started.elapsed().as_secs_f64(),
         skipped: false,
+        link: offer.is_link(),
     })
 }
 
@@ -824,7 +862,7 @@ fn probe(config: &SendConfig, target: &crate::net::PeerAddress) -> anyhow::Resul
 pub struct Totals {
     sent: Vec<Sent>,
     directories: usize,
-    failures: Vec<(String, anyhow::Error)>,
+    failures: Vec<(Vec<u8>, anyhow::Error)>,
     /// Entries passed over on this side (symbolic links, devices).
     passed_over: usize,
     /// Sources removed after the receiver kept them (`--remove-source-files`).
@@ -834,11 +872,13 @@ pub struct Totals {
 impl Totals {
     fn record_sent(&mut self, sent: Sent, reporter: &Reporter) {
         if !sent.skipped {
-            reporter.event(
-                "file-done",
-                || json!({ "name": sent.name, "bytes": sent.size, "sent": sent.bytes, "offset": sent.resumed_at,
+            reporter.event("file-done", || {
+                crate::names::with_name(
+                    &sent.name,
+                    json!({ "bytes": sent.size, "sent": sent.bytes, "offset": sent.resumed_at,
                            "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
-            );
+                )
+            });
         }
         self.sent.push(sent);
     }
@@ -855,13 +895,15 @@ impl Totals {
         }
     }
 
-    fn record_failure(&mut self, name: &str, e: anyhow::Error, reporter: &Reporter) {
+    fn record_failure(&mut self, name: &[u8], e: anyhow::Error, reporter: &Reporter) {
         let code = ExitCode::for_error(&e).code();
-        reporter.event(
-            "file-failed",
-            || json!({ "name": name, "error": format!("{e:#}"), "exit_code": code }),
-        );
-        self.failures.push((name.to_string(), e));
+        reporter.event("file-failed", || {
+            crate::names::with_name(
+                name,
+                json!({ "error": format!("{e:#}"), "exit_code": code }),
+            )
+        });
+        self.failures.push((name.to_vec(), e));
     }
 
     /// Says how it went and turns it into the exit status: 0 when every
@@ -870,10 +912,11 @@ impl Totals {
     fn finish(self, reporter: &Reporter, seconds: f64) -> anyhow::Result<()> {
         let bytes: u64 = self.sent.iter().map(|s| s.bytes).sum();
         let skipped = self.sent.iter().filter(|s| s.skipped).count();
+        let links = self.sent.iter().filter(|s| s.link).count();
         let failures: Vec<_> = self
             .failures
             .iter()
-            .map(|(name, e)| json!({ "name": name, "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() }))
+            .map(|(name, e)| crate::names::with_name(name, json!({ "error": format!("{e:#}"), "exit_code": ExitCode::for_error(e).code() })))
             .collect();
         let succeeded = self.sent.len() + self.directories;
         let outcome: anyhow::Result<()> = match self.failures.into_iter().next() {
@@ -894,13 +937,13 @@ impl Totals {
             Err(e) => ExitCode::for_error(e).code(),
         };
         let mut summary = json!({
-            "ok": outcome.is_ok(), "exit_code": code, "files": self.sent.len(),
-            "directories": self.directories, "skipped": skipped, "unchanged": skipped,
+            "ok": outcome.is_ok(), "exit_code": code, "files": self.sent.len() - links,
+            "links": links, "directories": self.directories, "skipped": skipped, "unchanged": skipped,
             "passed_over": self.passed_over, "removed": self.removed, "failed": failures.len(),
             "bytes": bytes, "seconds": seconds, "failures": failures,
         });
         if let [one] = self.sent.as_slice() {
-            summary["name"] = json!(one.name);
+            crate::names::put_json_name(&mut summary, "name", &one.name);
             if !one.skipped {
                 summary["sha256"] = json!(hex(&one.sha256));
             }
@@ -934,8 +977,12 @@ impl Totals {
             }
             [] if self.directories == 0 && !failures.is_empty() => {}
             _ => reporter.info(|| format!(
-                "sent {} file(s) and {} director{} ({}, {}), each verified by the receiver; {} unchanged, {} failed{}",
-                self.sent.len() - skipped,
+                "sent {} file(s){} and {} director{} ({}, {}), each verified by the receiver; {} unchanged, {} failed{}",
+                self.sent.iter().filter(|s| !s.skipped && !s.link).count(),
+                match self.sent.iter().filter(|s| !s.skipped && s.link).count() {
+                    0 => String::new(),
+                    made => format!(", {made} link(s)"),
+                },
                 self.directories,
                 if self.directories == 1 { "y" } else { "ies" },
                 crate::units::human_bytes(bytes),
@@ -1033,7 +1080,7 @@ fn open_session(
     config: &SendConfig,
     door: &mut Door<'_>,
     reporter: &Reporter,
-) -> anyhow::Result<(Box<dyn Link>, signals::Watch, String)> {
+) -> anyhow::Result<(Box<dyn Link>, signals::Watch, String, bool)> {
     let (target, secret) = match door {
         Door::Connect { target, secret } => (*target, &*secret),
         Door::Listen(gate) => {
@@ -1048,6 +1095,7 @@ fn open_session(
                 stream,
                 peer,
                 keys,
+                peer_capabilities,
                 unsent,
                 ..
             } = opened;
@@ -1059,7 +1107,13 @@ fn open_session(
             let mut stream = link::Buffered::new(crate::pace::Paced::new(stream, config.pace));
             std::io::Write::write_all(&mut stream, &unsent)
                 .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
-            return Ok((crate::handshake::secured(stream, keys), watch, peer));
+            let decompresses = peer_capabilities & crate::protocol::CAP_ZSTD != 0;
+            return Ok((
+                crate::handshake::secured(stream, keys),
+                watch,
+                peer,
+                decompresses,
+            ));
         }
     };
     let until = Instant::now() + config.connect_timeout;
@@ -1068,13 +1122,19 @@ fn open_session(
     // Small files and frames go out together, a few syscalls per file;
     // --bwlimit paces what crosses the wire, under the records.
     let mut stream = link::Buffered::new(crate::pace::Paced::new(stream, config.pace));
-    let keys = {
+    let settled = {
         let mut bounded = link::WithDeadline::new(&mut stream, until);
         crate::handshake::exchange(&mut bounded, &peer, secret, Role::Sender)
     }
     .map_err(|e| handshake_deadline(e, &peer, config.connect_timeout))?;
     link::set_deadline(&mut stream, config.idle_timeout, &peer)?;
-    Ok((crate::handshake::secured(stream, keys), watch, peer))
+    let decompresses = settled.peer_capabilities & crate::protocol::CAP_ZSTD != 0;
+    Ok((
+        crate::handshake::secured(stream, settled.keys),
+        watch,
+        peer,
+        decompresses,
+    ))
 }
 
 /// A handshake that ran out of `--connect-timeout` says so.
@@ -1099,7 +1159,9 @@ fn humantime(d: Duration) -> String {
 
 /// Standard input as the one entry of a session: a stream.
 struct StdinEntry {
-    name: String,
+    name: Vec<u8>,
+    /// `--compress`, and the receiver takes it.
+    compress: bool,
 }
 
 impl Entries for StdinEntry {
@@ -1113,20 +1175,20 @@ impl Entries for StdinEntry {
             .unwrap_or_default();
         Ok(Opened {
             offer: Offer {
-                flags: FLAG_STREAM,
+                flags: FLAG_STREAM | if self.compress { FLAG_COMPRESSED } else { 0 },
                 size: 0,
                 mode: 0o100644,
                 mtime_secs: now.as_secs() as i64,
                 mtime_nanos: now.subsec_nanos(),
                 name: self.name.clone(),
-                sha256: None,
+                ..Offer::default()
             },
             source: Some((Box::new(std::io::stdin()), "standard input".into())),
             identity: None,
         })
     }
 
-    fn name(&self, _index: usize) -> String {
+    fn name(&self, _index: usize) -> Vec<u8> {
         self.name.clone()
     }
 
@@ -1142,7 +1204,7 @@ fn send_stdin(
     reporter: &Reporter,
 ) -> anyhow::Result<Totals> {
     let name = config.name.clone().unwrap_or_default();
-    let (mut stream, _watch, peer) = open_session(config, door, reporter)?;
+    let (mut stream, _watch, peer, receiver_decompresses) = open_session(config, door, reporter)?;
     reporter.info(|| {
         format!(
             "sending '{}' from standard input to {peer}",
@@ -1160,7 +1222,10 @@ fn send_stdin(
     drive(
         &mut stream,
         &peer,
-        &mut StdinEntry { name },
+        &mut StdinEntry {
+            name: name.into_bytes(),
+            compress: config.compress && receiver_decompresses,
+        },
         &options,
         reporter,
         &progress,
@@ -1235,6 +1300,12 @@ struct PathEntries<'a> {
     /// A tree or several paths: offered as paths.
     as_paths: bool,
     checksums: &'a mut Checksums,
+    /// Owner and group names.
+    namer: crate::owners::Namer,
+    /// `--xattrs`.
+    xattrs: bool,
+    /// `--compress`, and the receiver takes it.
+    compress: bool,
 }
 
 impl Entries for PathEntries<'_> {
@@ -1254,22 +1325,57 @@ impl Entries for PathEntries<'_> {
         let entry = &self.plan.entries[index];
         let mut offer = Offer {
             flags: if self.as_paths { FLAG_PATH } else { 0 },
-            size: 0,
             mode: entry.id.mode,
             mtime_secs: entry.id.mtime.0,
             mtime_nanos: entry.id.mtime.1,
             name: entry.name.clone(),
-            sha256: None,
+            owner: Some(self.namer.owner(entry.id.uid, entry.id.gid)),
+            ..Offer::default()
         };
-        if entry.kind == Kind::Dir {
-            offer.flags |= FLAG_DIR;
-            return Ok(Opened {
-                offer,
-                source: None,
-                identity: None,
-            });
-        }
         let shown = self.plan.shown(index);
+        let xattrs_of =
+            |fd: &dyn std::os::fd::AsFd| -> anyhow::Result<Vec<crate::protocol::Xattr>> {
+                crate::xattrs::read(fd.as_fd()).map_err(|e| {
+                    Failure::new(ExitCode::LocalFile, format!("'{shown}': {e}")).into()
+                })
+            };
+        // A link travels as its offer alone: no data, the target in the
+        // offer, acknowledged like a file once it is made.
+        let link = |flag: u32, target: Vec<u8>, mut offer: Offer| Opened {
+            offer: {
+                offer.flags |= flag | FLAG_PATH;
+                offer.link = Some(target);
+                offer
+            },
+            source: Some((Box::new(std::io::Cursor::new(Vec::new())), shown.clone())),
+            identity: None,
+        };
+        match entry.kind {
+            Kind::Dir => {
+                offer.flags |= FLAG_DIR;
+                if self.xattrs {
+                    let dir = self
+                        .opener
+                        .dir(self.plan, index)
+                        .map_err(|e| Failure::local(format!("cannot open '{shown}'"), &e.into()))?;
+                    offer.xattrs = Some(xattrs_of(dir)?);
+                }
+                return Ok(Opened {
+                    offer,
+                    source: None,
+                    identity: None,
+                });
+            }
+            Kind::Symlink => {
+                let target = self.plan.read_link(&mut self.opener, index)?;
+                return Ok(link(FLAG_SYMLINK, target, offer));
+            }
+            Kind::HardLink(first) => {
+                let target = self.plan.entries[first].name.clone();
+                return Ok(link(FLAG_HARDLINK, target, offer));
+            }
+            Kind::File => {}
+        }
         let (file, id) = self.opener.open_file(self.plan, index)?;
         // Read-ahead hint for disks; not worth a system call for a small file.
         if id.size >= 1 << 20 {
@@ -1277,6 +1383,12 @@ impl Entries for PathEntries<'_> {
         }
         if self.checksums.enabled {
             offer.sha256 = Some(self.checksums.digest(&file, &id, &shown)?);
+        }
+        if self.xattrs {
+            offer.xattrs = Some(xattrs_of(&file)?);
+        }
+        if self.compress && id.size > 0 {
+            offer.flags |= FLAG_COMPRESSED;
         }
         offer.size = id.size;
         offer.mode = id.mode;
@@ -1288,7 +1400,7 @@ impl Entries for PathEntries<'_> {
         })
     }
 
-    fn name(&self, index: usize) -> String {
+    fn name(&self, index: usize) -> Vec<u8> {
         self.plan.entries[index].name.clone()
     }
 
@@ -1304,14 +1416,16 @@ fn send_paths(
     reporter: &Reporter,
     checksums: &mut Checksums,
 ) -> anyhow::Result<Totals> {
-    let mut plan = Plan::of(&config.paths, config.name.as_deref());
+    let mut plan = Plan::of(&config.paths, config.name.as_deref(), config.safe_links);
     let mut totals = Totals {
         passed_over: plan.passed_over.len(),
         ..Totals::default()
     };
     for (name, reason) in &plan.passed_over {
         reporter.info(|| format!("passing over '{}': {reason}", escape_for_terminal(name)));
-        reporter.event("file-skipped", || json!({ "name": name, "reason": reason }));
+        reporter.event("file-skipped", || {
+            crate::names::with_name(name, json!({ "reason": reason }))
+        });
     }
     // One plain file goes as before; a tree or several paths as paths.
     let as_paths = plan.entries.len() > 1 || plan.entries.iter().any(|e| e.kind == Kind::Dir);
@@ -1336,7 +1450,7 @@ fn send_paths(
         return Err(Failure::new(ExitCode::Interrupted, "interrupted").into());
     }
 
-    let (mut stream, _watch, peer) = open_session(config, door, reporter)?;
+    let (mut stream, _watch, peer, receiver_decompresses) = open_session(config, door, reporter)?;
     let files = plan.entries.iter().filter(|e| e.kind == Kind::File).count();
     reporter.info(|| {
         if as_paths {
@@ -1353,11 +1467,7 @@ fn send_paths(
             )
         }
     });
-    let label = if as_paths {
-        ""
-    } else {
-        plan.entries[0].name.as_str()
-    };
+    let label: &[u8] = if as_paths { b"" } else { &plan.entries[0].name };
     let progress = reporter.progress(label, Some(total_bytes));
     let options = Options {
         resume: config.resume,
@@ -1370,6 +1480,9 @@ fn send_paths(
         opener: Opener::default(),
         as_paths,
         checksums,
+        namer: crate::owners::Namer::default(),
+        xattrs: config.xattrs,
+        compress: config.compress && receiver_decompresses,
     };
     drive(
         &mut stream,
@@ -1411,6 +1524,8 @@ mod tests {
             ino: 2,
             size,
             mode: 0o100644,
+            uid: 0,
+            gid: 0,
             mtime: (mtime, 0),
             ctime: (ctime, 0),
         }
@@ -1426,6 +1541,7 @@ mod tests {
             mtime_nanos: 0,
             name: "log".into(),
             sha256: None,
+            ..Default::default()
         };
         let still = identity(10, 100, 100);
         assert!(!changed_while_read(&offer, &still, &still));

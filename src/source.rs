@@ -15,7 +15,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
@@ -32,6 +32,8 @@ pub struct Identity {
     pub size: u64,
     /// The whole `st_mode`: type and permission bits.
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
     pub mtime: (i64, u32),
     pub ctime: (i64, u32),
 }
@@ -45,6 +47,8 @@ impl Identity {
             ino: st.st_ino as u64,
             size: st.st_size as u64,
             mode: st.st_mode as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
             mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
             ctime: (st.st_ctime as i64, st.st_ctime_nsec as u32),
         }
@@ -60,18 +64,24 @@ impl Identity {
     }
 }
 
-/// A file or a directory to offer.
+/// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
     Dir,
+    /// A symbolic link below a command-line path, sent as a link.
+    Symlink,
+    /// A second name of the file of an earlier entry (its index): sent as
+    /// a hard link to it.
+    HardLink(usize),
 }
 
 /// One thing to offer, as the walk saw it.
 #[derive(Debug)]
 pub struct Entry {
-    /// The name on the wire (`dir/sub/file` inside a tree).
-    pub name: String,
+    /// The name on the wire (`dir/sub/file` inside a tree): bytes, as the
+    /// file system has them.
+    pub name: Vec<u8>,
     pub kind: Kind,
     pub id: Identity,
     /// The directory entry this one was found in; `None` for a path named on
@@ -87,28 +97,38 @@ pub struct Entry {
 pub struct Plan {
     pub entries: Vec<Entry>,
     /// Passed over on purpose: (name, reason).
-    pub passed_over: Vec<(String, &'static str)>,
+    pub passed_over: Vec<(Vec<u8>, &'static str)>,
     /// Could not be read or named: (name, error).
-    pub unreadable: Vec<(String, anyhow::Error)>,
+    pub unreadable: Vec<(Vec<u8>, anyhow::Error)>,
+    /// Regular files with more than one link, by (device, inode): the
+    /// entry that names them first.
+    linked: std::collections::HashMap<(u64, u64), usize>,
+    /// `--safe-links`: links that could lead outside the tree are passed
+    /// over.
+    safe_links: bool,
 }
 
 impl Plan {
-    /// Walks `paths`; with `rename`, each is offered under that name.
-    pub fn of(paths: &[PathBuf], rename: Option<&str>) -> Plan {
-        let mut plan = Plan::default();
+    /// Walks `paths`; with `rename`, each is offered under that name; with
+    /// `safe_links`, links that could lead outside the tree are passed over.
+    pub fn of(paths: &[PathBuf], rename: Option<&str>, safe_links: bool) -> Plan {
+        let mut plan = Plan {
+            safe_links,
+            ..Plan::default()
+        };
         for path in paths {
             let name = match rename {
-                Some(n) => Some(n.to_string()),
+                Some(n) => Some(n.as_bytes().to_vec()),
                 None => top_name(path),
             };
             match name {
                 Some(name) => plan.walk_top(path, name),
                 None => plan.unreadable.push((
-                    path.display().to_string(),
+                    path.as_os_str().as_bytes().to_vec(),
                     Failure::new(
                         ExitCode::LocalFile,
                         format!(
-                            "'{}' has no UTF-8 name to offer; give one with --name",
+                            "'{}' has no name to offer; give one with --name",
                             shown(path.as_os_str())
                         ),
                     )
@@ -117,6 +137,26 @@ impl Plan {
             }
         }
         plan
+    }
+
+    /// The target of the symbolic link of entry `index`, read now through
+    /// its directory's handle; it must still be the link the walk saw.
+    pub fn read_link(&self, opener: &mut Opener, index: usize) -> anyhow::Result<Vec<u8>> {
+        let entry = &self.entries[index];
+        let Some(parent) = entry.parent else {
+            unreachable!("links are only found below a command-line path");
+        };
+        let read = opener.dir(self, parent).and_then(|dir| {
+            let st = rfs::statat(dir, &entry.local, AtFlags::SYMLINK_NOFOLLOW)?;
+            if !Identity::of(&st).same_object(&entry.id)
+                || FileType::from_raw_mode(st.st_mode) != FileType::Symlink
+            {
+                return Err(REPLACED);
+            }
+            rfs::readlinkat(dir, &entry.local, Vec::new())
+        });
+        read.map(|target| target.into_bytes())
+            .map_err(|e| self.changed_or(index, e, "cannot read the link"))
     }
 
     /// The local path of entry `index`, escaped for messages.
@@ -134,7 +174,7 @@ impl Plan {
 
     /// A path named on the command line: followed if it is a link (it is the
     /// user's to choose), and it must be a file or a directory.
-    fn walk_top(&mut self, path: &Path, name: String) {
+    fn walk_top(&mut self, path: &Path, name: Vec<u8>) {
         let fail = |e: rustix::io::Errno, what: &str| -> anyhow::Error {
             Failure::local(format!("{what} '{}'", shown(path.as_os_str())), &e.into()).into()
         };
@@ -182,7 +222,7 @@ impl Plan {
 
     /// Adds everything in the directory `fd` (entry `index`, named `name` on
     /// the wire): files and directories, links and special files passed over.
-    fn walk_dir(&mut self, fd: &OwnedFd, index: usize, name: &str) {
+    fn walk_dir(&mut self, fd: &OwnedFd, index: usize, name: &[u8]) {
         let cannot_list = |plan: &Plan, e: rustix::io::Errno| -> anyhow::Error {
             Failure::local(format!("cannot list '{}'", plan.shown(index)), &e.into()).into()
         };
@@ -198,24 +238,13 @@ impl Plan {
             Ok(c) => c,
             Err(e) => {
                 let err = cannot_list(self, e);
-                return self.unreadable.push((name.to_string(), err));
+                return self.unreadable.push((name.to_vec(), err));
             }
         };
         children.sort();
         for child in children {
             let child_path = || self.local_path(index).join(&child);
-            let Some(child_name) = child.to_str().map(|c| format!("{name}/{c}")) else {
-                let err = Failure::new(
-                    ExitCode::LocalFile,
-                    format!(
-                        "'{}' has a name that is not UTF-8",
-                        shown(child_path().as_os_str())
-                    ),
-                );
-                self.unreadable
-                    .push((child_path().display().to_string(), err.into()));
-                continue;
-            };
+            let child_name = [name, b"/", child.as_bytes()].concat();
             let st = match rfs::statat(fd, &child, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(e) => {
@@ -229,16 +258,48 @@ impl Plan {
             };
             let id = Identity::of(&st);
             let kind = match id.file_type() {
+                FileType::RegularFile if st.st_nlink > 1 => {
+                    let first = self.entries.len();
+                    match self.linked.entry((id.dev, id.ino)) {
+                        std::collections::hash_map::Entry::Occupied(o) => Kind::HardLink(*o.get()),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(first);
+                            Kind::File
+                        }
+                    }
+                }
                 FileType::RegularFile => Kind::File,
                 FileType::Directory => Kind::Dir,
-                FileType::Symlink => {
-                    self.passed_over
-                        .push((child_name, "symbolic link, not followed"));
+                FileType::Symlink if self.safe_links => {
+                    // Depth within the tree: the command-line path is 0.
+                    let depth = child_name.iter().filter(|b| **b == b'/').count() - 1;
+                    match rfs::readlinkat(fd, &child, Vec::new()) {
+                        Ok(target) if crate::names::link_leaves_tree(depth, target.as_bytes()) => {
+                            self.passed_over.push((
+                                child_name,
+                                "symbolic link pointing outside the tree (--safe-links)",
+                            ));
+                            continue;
+                        }
+                        _ => Kind::Symlink,
+                    }
+                }
+                FileType::Symlink => Kind::Symlink,
+                FileType::Fifo => {
+                    self.passed_over.push((child_name, "a FIFO (named pipe)"));
+                    continue;
+                }
+                FileType::Socket => {
+                    self.passed_over.push((child_name, "a socket"));
+                    continue;
+                }
+                FileType::CharacterDevice | FileType::BlockDevice => {
+                    self.passed_over.push((child_name, "a device"));
                     continue;
                 }
                 _ => {
                     self.passed_over
-                        .push((child_name, "not a regular file or directory"));
+                        .push((child_name, "not a file, directory or link"));
                     continue;
                 }
             };
@@ -407,7 +468,7 @@ impl Opener {
 
     /// The handle of directory entry `index`, opened along the chain from
     /// its command-line path, each checked against the walk.
-    fn dir(&mut self, plan: &Plan, index: usize) -> rustix::io::Result<&OwnedFd> {
+    pub fn dir(&mut self, plan: &Plan, index: usize) -> rustix::io::Result<&OwnedFd> {
         let mut wanted = vec![index];
         while let Some(p) = plan.entries[*wanted.last().expect("not empty")].parent {
             wanted.push(p);
@@ -440,18 +501,18 @@ impl Opener {
 
 /// The name a command-line path is offered under: its last component
 /// (`.` and `dir/` name the directory itself).
-fn top_name(path: &Path) -> Option<String> {
+fn top_name(path: &Path) -> Option<Vec<u8>> {
     let named = match path.file_name() {
         Some(n) => Some(n.to_os_string()),
         None => std::fs::canonicalize(path)
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_os_string())),
     };
-    named.and_then(|n| n.into_string().ok())
+    named.map(|n| n.into_vec())
 }
 
 fn shown(path: &OsStr) -> String {
-    escape_for_terminal(&Path::new(path).display().to_string())
+    escape_for_terminal(Path::new(path).display().to_string())
 }
 
 #[cfg(test)]
@@ -462,11 +523,14 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn plan_of(dir: &Path) -> Plan {
-        Plan::of(&[dir.to_path_buf()], None)
+        Plan::of(&[dir.to_path_buf()], None, false)
     }
 
     fn index_of(plan: &Plan, name: &str) -> usize {
-        plan.entries.iter().position(|e| e.name == name).unwrap()
+        plan.entries
+            .iter()
+            .position(|e| e.name == name.as_bytes())
+            .unwrap()
     }
 
     fn read(file: &mut File) -> Vec<u8> {
@@ -476,26 +540,64 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_is_walked_in_name_order_with_links_and_fifos_passed_over() {
+    fn a_tree_is_walked_in_name_order_with_links_kept_and_specials_passed_over() {
         let top = tempfile::tempdir().unwrap();
         let t = top.path().join("t");
         fs::create_dir_all(t.join("sub")).unwrap();
         fs::write(t.join("b"), b"b").unwrap();
         fs::write(t.join("a"), b"a").unwrap();
         fs::write(t.join("sub/c"), b"c").unwrap();
+        fs::hard_link(t.join("a"), t.join("sub/a2")).unwrap();
         symlink("/etc/passwd", t.join("link")).unwrap();
+        symlink("sub/c", t.join("inside")).unwrap();
+        std::fs::write(
+            t.join(std::ffi::OsStr::from_bytes(b"caf\xe9")),
+            b"not utf-8",
+        )
+        .unwrap();
         rustix::fs::mkfifoat(rfs::CWD, t.join("fifo"), Mode::from_raw_mode(0o600)).unwrap();
         let plan = plan_of(&t);
-        let names: Vec<_> = plan.entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["t", "t/a", "t/b", "t/sub", "t/sub/c"]);
-        let mut over: Vec<_> = plan.passed_over.iter().map(|p| p.0.as_str()).collect();
-        over.sort();
-        assert_eq!(over, ["t/fifo", "t/link"]);
+        let names: Vec<_> = plan
+            .entries
+            .iter()
+            .map(|e| (e.name.as_slice(), e.kind))
+            .collect();
+        let a = index_of(&plan, "t/a");
+        assert_eq!(
+            names,
+            [
+                (&b"t"[..], Kind::Dir),
+                (b"t/a", Kind::File),
+                (b"t/b", Kind::File),
+                (b"t/caf\xe9", Kind::File),
+                (b"t/inside", Kind::Symlink),
+                (b"t/link", Kind::Symlink),
+                (b"t/sub", Kind::Dir),
+                (b"t/sub/a2", Kind::HardLink(a)),
+                (b"t/sub/c", Kind::File),
+            ]
+        );
+        let over: Vec<_> = plan.passed_over.iter().map(|p| p.0.as_slice()).collect();
+        assert_eq!(over, [b"t/fifo"]);
         let mut opener = Opener::default();
+        assert_eq!(
+            plan.read_link(&mut opener, index_of(&plan, "t/link"))
+                .unwrap(),
+            b"/etc/passwd"
+        );
         let (mut f, id) = opener.open_file(&plan, index_of(&plan, "t/sub/c")).unwrap();
         assert_eq!((read(&mut f), id.size), (b"c".to_vec(), 1));
         let (mut f, _) = opener.open_file(&plan, index_of(&plan, "t/a")).unwrap();
         assert_eq!(read(&mut f), b"a");
+
+        // --safe-links: only the link that stays inside the tree is kept.
+        let plan = Plan::of(std::slice::from_ref(&t), None, true);
+        let over: Vec<_> = plan.passed_over.iter().map(|p| p.0.as_slice()).collect();
+        assert_eq!(over, [&b"t/fifo"[..], b"t/link"]);
+        assert_eq!(
+            plan.entries[index_of(&plan, "t/inside")].kind,
+            Kind::Symlink
+        );
     }
 
     /// Issue 12, hostile neighbours: a file swapped for a link to a file the

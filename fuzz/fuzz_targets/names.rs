@@ -1,27 +1,43 @@
-//! Names and paths from a peer: validation, collision checks and the form
-//! shown on a terminal. An accepted path must never leave the destination.
+//! Names and paths from a peer (bytes, as on Linux): validation under both
+//! policies, collision checks, link targets and the form shown on a
+//! terminal. An accepted path must never leave the destination.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xfer::names::{Seen, escape_for_terminal, shown, validate_name, validate_path};
+use xfer::names::{
+    Policy, Seen, escape_for_terminal, link_leaves_tree, shown, validate_name, validate_path,
+};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let _ = validate_name(text);
-    let escaped = escape_for_terminal(text);
-    assert!(!escaped.contains('\x1b'));
-    // At most 120 characters are shown, each escaped to at most 10.
-    assert!(shown(text).chars().count() <= 120 * 10 + 40);
+    let portable = data.first().is_some_and(|b| b & 1 == 1);
+    let policy = Policy { portable };
+    let _ = validate_name(data, policy);
+    let escaped = escape_for_terminal(data);
+    assert!(!escaped.contains('\x1b') && !escaped.contains('\n'));
+    // About 240 bytes are shown, each escaped to at most 10 characters.
+    assert!(shown(data).chars().count() <= 250 * 10 + 40);
     let mut seen = Seen::default();
-    for part in text.split('\n') {
-        if let Ok(components) = validate_path(part) {
+    for part in data.split(|b| *b == b'\n') {
+        if let Ok(components) = validate_path(part, policy) {
             for c in &components {
-                assert!(!c.is_empty() && *c != "." && *c != ".." && !c.contains('/'));
-                assert!(!c.contains('\0') && !c.contains('\\'));
+                assert!(!c.is_empty() && *c != b"." && *c != b".." && !c.contains(&b'/'));
+                assert!(!c.contains(&0));
+                assert!(!portable || !c.contains(&b'\\'));
             }
-            let _ = seen.check(&components, part.ends_with('d'));
+            let _ = seen.check(&components, part.ends_with(b"d"), |i| portable || i % 2 == 1);
+            // A link target judged safe never climbs above the tree.
+            let depth = components.len() - 1;
+            if !link_leaves_tree(depth, part) {
+                let mut level = depth as isize;
+                for c in part.split(|b| *b == b'/') {
+                    match c {
+                        b".." => level -= 1,
+                        b"" | b"." => {}
+                        _ => level += 1,
+                    }
+                    assert!(level >= 0);
+                }
+            }
         }
     }
 });

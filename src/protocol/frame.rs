@@ -136,10 +136,11 @@ impl Reason {
     }
 }
 
-/// Sender -> receiver: one file is on offer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Sender -> receiver: one entry is on offer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Offer {
-    /// Feature bits; version 1 defines none and senders send 0.
+    /// Feature bits (`FLAG_*`). CHECKSUM, OWNER and XATTRS are not kept
+    /// here: the encoder sets them from the fields below.
     pub flags: u32,
     pub size: u64,
     /// Unix mode bits of the source file.
@@ -147,12 +148,45 @@ pub struct Offer {
     /// Modification time: seconds since the Unix epoch, and nanoseconds.
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
-    /// UTF-8 file name, validated by the receiver, not by the decoder.
-    pub name: String,
+    /// The name as bytes (Linux names are bytes, not text), judged by the
+    /// receiver, not by the decoder.
+    pub name: Vec<u8>,
+    /// With [`FLAG_SYMLINK`], the link's target; with [`FLAG_HARDLINK`],
+    /// the name of the earlier entry it links to. On the wire right after
+    /// the name, present exactly when one of those flags is set.
+    pub link: Option<Vec<u8>>,
     /// With `--checksum`: the file's SHA-256, so the receiver can tell an
     /// identical file apart from a changed one of the same size. On the
     /// wire it follows the name, and flag [`FLAG_CHECKSUM`] says so.
     pub sha256: Option<Digest>,
+    /// The source's owner and group ([`FLAG_OWNER`]).
+    pub owner: Option<Owner>,
+    /// Extended attributes ([`FLAG_XATTRS`]).
+    pub xattrs: Option<Vec<Xattr>>,
+}
+
+impl Offer {
+    /// A symbolic or hard link entry.
+    pub fn is_link(&self) -> bool {
+        self.flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0
+    }
+}
+
+/// Owner and group of an entry: numbers, and names (empty when the sender
+/// has none for the number).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Vec<u8>,
+    pub group: Vec<u8>,
+}
+
+/// One extended attribute: its full name (`user.comment`) and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xattr {
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
 }
 
 /// OFFER flag: a 32-byte SHA-256 of the whole file follows the name.
@@ -161,17 +195,67 @@ pub const FLAG_CHECKSUM: u32 = 0x2;
 pub const FLAG_DIR: u32 = 0x4;
 /// OFFER flag: the name is a relative path of components joined by `/`.
 pub const FLAG_PATH: u32 = 0x8;
+/// OFFER flag: the entry is a symbolic link; its data is the link's target.
+pub const FLAG_SYMLINK: u32 = 0x10;
+/// OFFER flag: the entry is a hard link to an earlier file entry of the
+/// session; its data is that entry's name.
+pub const FLAG_HARDLINK: u32 = 0x20;
+/// OFFER flag: owner and group follow (after the digest, if any).
+pub const FLAG_OWNER: u32 = 0x40;
+/// OFFER flag: extended attributes follow (last).
+pub const FLAG_XATTRS: u32 = 0x80;
+/// OFFER flag: the data travels as compressed blocks (only to a receiver
+/// whose preamble offered it).
+pub const FLAG_COMPRESSED: u32 = 0x100;
+/// Every flag this version defines.
+pub const KNOWN_FLAGS: u32 = 0x1ff;
 /// Longest relative path an OFFER with [`FLAG_PATH`] may carry, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
+/// Longest symbolic link target, and so the largest SYMLINK or HARDLINK
+/// entry (`PATH_MAX` less the NUL on Linux).
+pub const MAX_LINK_LEN: u64 = 4095;
+/// Longest owner or group name.
+pub const MAX_OWNER_NAME: usize = 255;
+/// Most extended attributes on one entry.
+pub const MAX_XATTRS: usize = 256;
 
 impl Frame {
-    /// Reads the digest an OFFER's CHECKSUM flag announces.
-    fn with_checksum_from(mut self, c: &mut Cursor<'_>) -> Result<Frame, ProtocolError> {
-        if let Frame::Offer(o) = &mut self
-            && o.flags & FLAG_CHECKSUM != 0
-        {
-            o.sha256 = Some(c.digest()?);
-            o.flags &= !FLAG_CHECKSUM;
+    /// Reads the fields after an OFFER's name that its flags announce.
+    fn with_extras_from(mut self, c: &mut Cursor<'_>) -> Result<Frame, ProtocolError> {
+        if let Frame::Offer(o) = &mut self {
+            if o.flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0 {
+                o.link = Some(c.string_bytes()?.to_vec());
+            }
+            if o.flags & FLAG_CHECKSUM != 0 {
+                o.sha256 = Some(c.digest()?);
+            }
+            if o.flags & FLAG_OWNER != 0 {
+                o.owner = Some(Owner {
+                    uid: c.u32()?,
+                    gid: c.u32()?,
+                    user: c.short_bytes()?.to_vec(),
+                    group: c.short_bytes()?.to_vec(),
+                });
+            }
+            if o.flags & FLAG_XATTRS != 0 {
+                let count = usize::from(c.u16()?);
+                if count > MAX_XATTRS {
+                    return Err(c.malformed("too many extended attributes"));
+                }
+                let mut xattrs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let name = c.short_bytes()?;
+                    if name.is_empty() {
+                        return Err(c.malformed("empty extended attribute name"));
+                    }
+                    xattrs.push(Xattr {
+                        name: name.to_vec(),
+                        value: c.string_bytes()?.to_vec(),
+                    });
+                }
+                o.xattrs = Some(xattrs);
+            }
+            o.flags &= !(FLAG_CHECKSUM | FLAG_OWNER | FLAG_XATTRS);
         }
         Ok(self)
     }
@@ -202,6 +286,9 @@ pub struct Trailer {
     /// size, mode and times the data belongs to, checked end to end like
     /// the data (see [`offer_digest`]).
     pub offer_sha256: Digest,
+    /// The file changed (size, mtime or ctime) while the sender read it:
+    /// the data is what was read, which may mix old and new content.
+    pub changed: bool,
 }
 
 /// The receiver's verdict on a file.
@@ -313,6 +400,7 @@ impl Frame {
                 out.write_u64::<BigEndian>(t.size).unwrap();
                 out.extend_from_slice(&t.sha256);
                 out.extend_from_slice(&t.offer_sha256);
+                out.push(u8::from(t.changed));
             }
             Frame::Ack(a) => {
                 out.push(match a.status {
@@ -358,14 +446,10 @@ impl Frame {
                     }
                     n
                 },
-                name: {
-                    let bytes = c.string_bytes()?;
-                    String::from_utf8(bytes.to_vec())
-                        .map_err(|_| c.malformed("name is not UTF-8"))?
-                },
-                sha256: None,
+                name: c.string_bytes()?.to_vec(),
+                ..Offer::default()
             })
-            .with_checksum_from(&mut c)?,
+            .with_extras_from(&mut c)?,
             FrameType::Accept => Frame::Accept(Accept {
                 offset: c.u64()?,
                 prefix_sha256: c.digest()?,
@@ -378,6 +462,11 @@ impl Frame {
                 size: c.u64()?,
                 sha256: c.digest()?,
                 offer_sha256: c.digest()?,
+                changed: match c.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(c.malformed("unknown trailer flags")),
+                },
             }),
             FrameType::Ack => Frame::Ack(Ack {
                 status: match c.u8()? {
@@ -418,20 +507,46 @@ impl Frame {
 /// An OFFER's payload (without the frame header).
 fn encode_offer(o: &Offer, out: &mut Vec<u8>) {
     // Writes into a Vec cannot fail.
-    // The CHECKSUM flag says whether a digest follows the name.
-    let flags = match o.sha256 {
-        Some(_) => o.flags | FLAG_CHECKSUM,
-        None => o.flags & !FLAG_CHECKSUM,
-    };
+    // CHECKSUM, OWNER and XATTRS say whether their fields follow the name.
+    let present = |on: bool, flag: u32| if on { flag } else { 0 };
+    let flags = (o.flags & !(FLAG_CHECKSUM | FLAG_OWNER | FLAG_XATTRS))
+        | present(o.sha256.is_some(), FLAG_CHECKSUM)
+        | present(o.owner.is_some(), FLAG_OWNER)
+        | present(o.xattrs.is_some(), FLAG_XATTRS);
     out.write_u32::<BigEndian>(flags).unwrap();
     out.write_u64::<BigEndian>(o.size).unwrap();
     out.write_u32::<BigEndian>(o.mode).unwrap();
     out.write_i64::<BigEndian>(o.mtime_secs).unwrap();
     out.write_u32::<BigEndian>(o.mtime_nanos).unwrap();
-    put_string(out, &o.name, usize::from(u16::MAX));
+    put_string_bytes(out, &o.name[..o.name.len().min(usize::from(u16::MAX))]);
+    if flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0 {
+        let link = o.link.as_deref().unwrap_or_default();
+        put_string_bytes(out, &link[..link.len().min(usize::from(u16::MAX))]);
+    }
     if let Some(digest) = &o.sha256 {
         out.extend_from_slice(digest);
     }
+    if let Some(owner) = &o.owner {
+        out.write_u32::<BigEndian>(owner.uid).unwrap();
+        out.write_u32::<BigEndian>(owner.gid).unwrap();
+        put_short_bytes(out, &owner.user);
+        put_short_bytes(out, &owner.group);
+    }
+    if let Some(xattrs) = &o.xattrs {
+        let count = xattrs.len().min(MAX_XATTRS);
+        out.write_u16::<BigEndian>(count as u16).unwrap();
+        for x in &xattrs[..count] {
+            put_short_bytes(out, &x.name);
+            put_string_bytes(out, &x.value[..x.value.len().min(usize::from(u16::MAX))]);
+        }
+    }
+}
+
+/// Appends a u8 length and at most 255 bytes.
+fn put_short_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let bytes = &bytes[..bytes.len().min(MAX_OWNER_NAME)];
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
 }
 
 /// SHA-256 of an OFFER's payload: what TRAILER.offer_sha256 carries. The
@@ -544,6 +659,10 @@ impl<'a> Cursor<'a> {
         d.copy_from_slice(self.take(DIGEST_LEN)?);
         Ok(d)
     }
+    fn short_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let len = usize::from(self.u8()?);
+        self.take(len)
+    }
     fn string_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let len = usize::from(self.u16()?);
         self.take(len)
@@ -589,6 +708,7 @@ mod tests {
                 mtime_nanos: 999_999_999,
                 name: "résumé ✓.pdf".into(),
                 sha256: Some([9; 32]),
+                ..Default::default()
             }),
             Frame::Offer(Offer {
                 flags: 0,
@@ -596,8 +716,9 @@ mod tests {
                 mode: 0,
                 mtime_secs: 0,
                 mtime_nanos: 0,
-                name: String::new(),
+                name: Vec::new(),
                 sha256: None,
+                ..Default::default()
             }),
             Frame::Accept(Accept {
                 offset: 0,
@@ -619,6 +740,7 @@ mod tests {
                 size: 42,
                 sha256: [7; 32],
                 offer_sha256: [9; 32],
+                changed: false,
             }),
             Frame::Ack(Ack {
                 status: AckStatus::Ok,
@@ -683,10 +805,11 @@ mod tests {
             size: 1,
             sha256: [0; 32],
             offer_sha256: [0; 32],
+            changed: false,
         })
         .encode();
         assert_eq!(bytes[0], 0x04);
-        assert_eq!(&bytes[1..5], &[0, 0, 0, 72]);
+        assert_eq!(&bytes[1..5], &[0, 0, 0, 73]);
         assert_eq!(&bytes[5..13], &[0, 0, 0, 0, 0, 0, 0, 1]);
     }
 
@@ -706,6 +829,7 @@ mod tests {
             mtime_nanos: 0,
             name: "a".into(),
             sha256: None,
+            ..Default::default()
         });
         let mut want = vec![0x01, 0, 0, 0, 0x1f];
         want.extend([0; 4]);
@@ -724,11 +848,11 @@ mod tests {
         );
         assert_eq!(
             crate::protocol::Preamble::ours(crate::protocol::Transport::Plain).encode(),
-            [0x58, 0x46, 0x45, 0x52, 0, 2, 0, 0]
+            [0x58, 0x46, 0x45, 0x52, 0, 3, 0, 1]
         );
         assert_eq!(
             crate::protocol::Preamble::ours(crate::protocol::Transport::Key).encode(),
-            [0x58, 0x46, 0x45, 0x52, 0, 2, 2, 0]
+            [0x58, 0x46, 0x45, 0x52, 0, 3, 2, 1]
         );
         let mut confirm = vec![0x11, 0, 0, 0, 0x20];
         confirm.extend([7; 32]);
@@ -813,23 +937,61 @@ mod tests {
     }
 
     #[test]
-    fn non_utf8_name_is_rejected() {
-        let mut bytes = Frame::Offer(Offer {
-            flags: 0,
+    fn names_are_bytes_and_travel_exactly() {
+        let offer = Frame::Offer(Offer {
             size: 1,
-            mode: 0,
-            mtime_secs: 0,
-            mtime_nanos: 0,
-            name: "ab".into(),
-            sha256: None,
-        })
-        .encode();
-        let n = bytes.len();
-        bytes[n - 1] = 0xff;
+            name: b"caf\xe9\n\x1b".to_vec(),
+            ..Default::default()
+        });
+        assert_eq!(read_frame(&mut &offer.encode()[..]).unwrap(), offer);
+    }
+
+    #[test]
+    fn an_offer_with_every_extra_round_trips_and_a_bad_extra_is_malformed() {
+        let offer = Offer {
+            flags: FLAG_SYMLINK | FLAG_PATH,
+            name: b"t/link".to_vec(),
+            link: Some(b"../x".to_vec()),
+            sha256: Some([1; 32]),
+            owner: Some(Owner {
+                uid: 1000,
+                gid: 100,
+                user: b"alice".to_vec(),
+                group: b"users".to_vec(),
+            }),
+            xattrs: Some(vec![Xattr {
+                name: b"user.k".to_vec(),
+                value: b"v".to_vec(),
+            }]),
+            ..Default::default()
+        };
+        let bytes = Frame::Offer(offer.clone()).encode();
+        assert_eq!(read_frame(&mut &bytes[..]).unwrap(), Frame::Offer(offer));
+        // An extended attribute with an empty name.
+        let mut bad = Offer {
+            xattrs: Some(vec![Xattr {
+                name: Vec::new(),
+                value: Vec::new(),
+            }]),
+            ..Default::default()
+        };
+        let bytes = Frame::Offer(bad.clone()).encode();
         assert!(matches!(
             read_frame(&mut &bytes[..]),
             Err(ProtocolError::Malformed { .. })
         ));
+        // More attributes than the limit.
+        bad.xattrs = Some(vec![
+            Xattr {
+                name: b"user.a".to_vec(),
+                value: Vec::new(),
+            };
+            1
+        ]);
+        let mut bytes = Frame::Offer(bad).encode();
+        let at = bytes.len() - 1 - 6 - 1 - 2;
+        bytes[at..at + 2].copy_from_slice(&((MAX_XATTRS + 1) as u16).to_be_bytes());
+        assert!(read_frame(&mut &bytes[..]).is_err());
     }
 
     #[test]
@@ -861,10 +1023,13 @@ mod tests {
         }
 
         #[test]
-        fn offers_round_trip(flags: u32, size: u64, mode: u32, secs: i64, nanos in 0u32..1_000_000_000, name in "\\PC{0,80}") {
+        fn offers_round_trip(flags: u32, size: u64, mode: u32, secs: i64, nanos in 0u32..1_000_000_000, name in proptest::collection::vec(any::<u8>(), 0..80), link in proptest::collection::vec(any::<u8>(), 0..40), user in proptest::collection::vec(any::<u8>(), 0..40)) {
             let sha256 = if size % 2 == 0 { Some([7u8; 32]) } else { None };
-            let flags = flags & !FLAG_CHECKSUM;
-            let f = Frame::Offer(Offer { flags, size, mode, mtime_secs: secs, mtime_nanos: nanos, name, sha256 });
+            let flags = flags & !(FLAG_CHECKSUM | FLAG_OWNER | FLAG_XATTRS);
+            let link = (flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0).then_some(link);
+            let owner = (size % 3 == 0).then(|| Owner { uid: mode, gid: nanos, user: user.clone(), group: user.clone() });
+            let xattrs = (size % 5 == 0).then(|| vec![Xattr { name: b"user.x".to_vec(), value: user.clone() }]);
+            let f = Frame::Offer(Offer { flags, size, mode, mtime_secs: secs, mtime_nanos: nanos, name, link, sha256, owner, xattrs });
             prop_assert_eq!(read_frame(&mut &f.encode()[..]).unwrap(), f);
         }
     }

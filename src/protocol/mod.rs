@@ -1,4 +1,4 @@
-//! The xfer wire format, version 1: the connection preamble and the control
+//! The xfer wire format (version 3): the connection preamble and the control
 //! frames, as pure encode/decode over byte buffers and any `Read`/`Write`.
 //!
 //! This module owns the byte layout described in docs/PROTOCOL.md. It must
@@ -12,12 +12,13 @@ mod preamble;
 
 pub use chunks::{ChunkReader, ChunkWriter, DATA_FRAME, FLAG_STREAM, MAX_DATA_CHUNK};
 pub use frame::{
-    Accept, Ack, AckStatus, ErrorFrame, FLAG_CHECKSUM, FLAG_DIR, FLAG_PATH, Frame, FrameType,
-    MAX_CONTROL_FRAME, MAX_MESSAGE_LEN, MAX_NAME_LEN, MAX_PAKE_LEN, MAX_PATH_LEN, Offer, Reason,
-    Refuse, Trailer, offer_digest, parse_retry_hint, read_frame, read_frame_capped, retry_hint,
-    write_frame,
+    Accept, Ack, AckStatus, ErrorFrame, FLAG_CHECKSUM, FLAG_COMPRESSED, FLAG_DIR, FLAG_HARDLINK,
+    FLAG_OWNER, FLAG_PATH, FLAG_SYMLINK, FLAG_XATTRS, Frame, FrameType, KNOWN_FLAGS,
+    MAX_CONTROL_FRAME, MAX_LINK_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN, MAX_OWNER_NAME, MAX_PAKE_LEN,
+    MAX_PATH_LEN, MAX_XATTRS, Offer, Owner, Reason, Refuse, Trailer, Xattr, offer_digest,
+    parse_retry_hint, read_frame, read_frame_capped, retry_hint, write_frame,
 };
-pub use preamble::{MAGIC, PREAMBLE_LEN, Preamble, Transport, VERSION, read_preamble};
+pub use preamble::{CAP_ZSTD, MAGIC, PREAMBLE_LEN, Preamble, Transport, VERSION, read_preamble};
 
 /// Length of a SHA-256 digest on the wire.
 pub const DIGEST_LEN: usize = 32;

@@ -12,8 +12,12 @@ use super::{ProtocolError, read_exact_or_closed};
 /// The four bytes every xfer connection starts with: ASCII "XFER".
 pub const MAGIC: [u8; 4] = *b"XFER";
 /// The protocol version this implementation speaks. Version 2 added
-/// TRAILER.offer_sha256; version 1 peers are told apart by the preamble.
-pub const VERSION: u16 = 2;
+/// TRAILER.offer_sha256; version 3 made names bytes, added links, owners,
+/// extended attributes and compression, and the capability byte. Peers of
+/// other versions are told apart by the preamble.
+pub const VERSION: u16 = 3;
+/// Capability bit: this side decodes zstd-compressed blocks.
+pub const CAP_ZSTD: u8 = 0x1;
 /// Size of the preamble on the wire.
 pub const PREAMBLE_LEN: usize = 8;
 
@@ -57,6 +61,8 @@ impl Transport {
 pub struct Preamble {
     pub version: u16,
     pub transport: Transport,
+    /// What this side can decode (`CAP_*` bits); unknown bits are ignored.
+    pub capabilities: u8,
 }
 
 impl Preamble {
@@ -65,6 +71,7 @@ impl Preamble {
         Preamble {
             version: VERSION,
             transport,
+            capabilities: CAP_ZSTD,
         }
     }
 
@@ -73,7 +80,7 @@ impl Preamble {
         out[..4].copy_from_slice(&MAGIC);
         BigEndian::write_u16(&mut out[4..6], self.version);
         out[6] = self.transport.to_byte();
-        out[7] = 0;
+        out[7] = self.capabilities;
         out
     }
 
@@ -87,6 +94,7 @@ impl Preamble {
         Ok(Preamble {
             version: BigEndian::read_u16(&bytes[4..6]),
             transport: Transport::from_byte(bytes[6]),
+            capabilities: bytes[7],
         })
     }
 
@@ -141,15 +149,16 @@ mod tests {
     #[test]
     fn other_version_is_reported_as_mismatch() {
         let mut bytes = Preamble::ours(Transport::Plain).encode();
-        // A version 1 peer: its TRAILER lacks offer_sha256.
-        bytes[5] = 1;
+        // A version 2 peer: its names are UTF-8 strings and it knows no
+        // links, owners or compression.
+        bytes[5] = 2;
         let p = read_preamble(&mut &bytes[..]).unwrap();
         let err = p.check_compatible().unwrap_err();
         assert!(matches!(
             err,
-            ProtocolError::VersionMismatch { theirs: 1, ours: 2 }
+            ProtocolError::VersionMismatch { theirs: 2, ours: 3 }
         ));
-        assert!(err.to_string().contains("version 1"));
+        assert!(err.to_string().contains("version 2"));
     }
 
     #[test]
@@ -174,7 +183,7 @@ mod tests {
         fn any_eight_bytes_decode_or_fail_cleanly(bytes in proptest::array::uniform8(proptest::prelude::any::<u8>())) {
             if let Ok(p) = Preamble::decode(&bytes) {
                 let _ = p.check_compatible();
-                proptest::prop_assert_eq!(&p.encode()[..7], &bytes[..7]);
+                proptest::prop_assert_eq!(p.encode(), bytes);
             }
         }
     }

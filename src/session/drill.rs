@@ -18,8 +18,8 @@ use std::collections::BTreeSet;
 use super::receiver::{Judged, Next, Receiver, Rules, Verdict};
 use super::sender::{Answer, Offered, Sender};
 use crate::protocol::{
-    Accept, Ack, AckStatus, ErrorFrame, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason,
-    Refuse, Trailer, offer_digest,
+    Accept, Ack, AckStatus, ErrorFrame, FLAG_COMPRESSED, FLAG_DIR, FLAG_HARDLINK, FLAG_PATH,
+    FLAG_STREAM, FLAG_SYMLINK, Frame, Offer, Reason, Refuse, Trailer, offer_digest,
 };
 
 /// How often each transition was taken, by name (`from -> to`).
@@ -68,14 +68,18 @@ impl Choices<'_> {
 
 fn offer(c: &mut Choices, name: u64) -> Offer {
     let kind = c.byte();
-    let flags = match kind % 6 {
+    let flags = match kind % 9 {
         0 | 1 => 0,
         2 => FLAG_PATH,
         3 => FLAG_DIR | FLAG_PATH,
         4 => FLAG_STREAM,
-        _ => u32::from(c.byte()),
+        5 => FLAG_SYMLINK | FLAG_PATH,
+        6 => FLAG_HARDLINK | FLAG_PATH,
+        7 => FLAG_COMPRESSED,
+        _ => u32::from(c.byte()) | (u32::from(c.byte()) << 8),
     };
-    let size = if flags & (FLAG_DIR | FLAG_STREAM) != 0 && !kind.is_multiple_of(7) {
+    let no_data = FLAG_DIR | FLAG_STREAM | FLAG_SYMLINK | FLAG_HARDLINK;
+    let size = if flags & no_data != 0 && !kind.is_multiple_of(7) {
         0
     } else {
         c.u64()
@@ -86,8 +90,9 @@ fn offer(c: &mut Choices, name: u64) -> Offer {
         mode: 0o100644,
         mtime_secs: 0,
         mtime_nanos: 0,
-        name: format!("f{name}"),
-        sha256: None,
+        name: format!("f{name}").into_bytes(),
+        link: (flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0).then(|| b"f0".to_vec()),
+        ..Offer::default()
     }
 }
 
@@ -114,6 +119,7 @@ pub fn receiver_session(input: &[u8], coverage: &mut Coverage) {
     let rules = Rules {
         max_entries: u64::from(c.byte() % 40) + 1,
         one_file: c.byte().is_multiple_of(4),
+        compression: c.byte().is_multiple_of(2),
     };
     let mut r = Receiver::new(rules);
     let mut accepted = BTreeSet::new();
@@ -180,6 +186,7 @@ pub fn receiver_session(input: &[u8], coverage: &mut Coverage) {
                     size: file.size,
                     sha256: [1; 32],
                     offer_sha256: file.offer_digest,
+                    changed: false,
                 };
                 match c.byte() % 6 {
                     // The link broke mid-file: the session ends.

@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 
 use crate::protocol::{
-    Digest, ErrorFrame, FLAG_DIR, FLAG_PATH, FLAG_STREAM, Frame, Offer, Reason, Trailer,
-    offer_digest,
+    Digest, ErrorFrame, FLAG_COMPRESSED, FLAG_DIR, FLAG_HARDLINK, FLAG_STREAM, FLAG_SYMLINK, Frame,
+    KNOWN_FLAGS, Offer, Reason, Trailer, offer_digest,
 };
 
 /// Accepted files a sender may have outstanding before it sends their data.
@@ -28,6 +28,8 @@ pub struct Rules {
     pub max_entries: u64,
     /// `-o` or `--stdout`: exactly one file per session.
     pub one_file: bool,
+    /// This side offered compressed data in its preamble.
+    pub compression: bool,
 }
 
 /// An offer the receiver accepted: data must follow after a START.
@@ -35,7 +37,7 @@ pub struct Rules {
 pub struct Accepted {
     /// The offer's place in the session, from 0.
     pub id: u64,
-    pub name: String,
+    pub name: Vec<u8>,
     pub size: u64,
     pub stream: bool,
     /// Bytes held from an earlier attempt, offered for resuming.
@@ -74,11 +76,11 @@ pub enum Next {
     Read,
     /// Check the offer against the destination and answer it (ACCEPT,
     /// REFUSE or SKIP), then report with [`Receiver::judged`].
-    Judge { id: u64, offer: Offer },
+    Judge { id: u64, offer: Box<Offer> },
     /// Answer the offer with REFUSE; the session goes on.
     Refuse {
         id: u64,
-        name: String,
+        name: Vec<u8>,
         reason: Reason,
         message: String,
     },
@@ -180,7 +182,7 @@ impl Receiver {
                         message: format!(
                             "END with {} accepted file(s) never sent, the first '{}'",
                             ending.unfinished.len(),
-                            ending.unfinished[0].name
+                            crate::names::shown(&ending.unfinished[0].name)
                         ),
                     };
                 }
@@ -234,9 +236,19 @@ impl Receiver {
         }
         let streamed = offer.flags & FLAG_STREAM != 0;
         let is_dir = offer.flags & FLAG_DIR != 0;
-        if offer.flags & !(FLAG_STREAM | FLAG_DIR | FLAG_PATH) != 0
+        let is_link = offer.flags & (FLAG_SYMLINK | FLAG_HARDLINK) != 0;
+        let compressed = offer.flags & FLAG_COMPRESSED != 0;
+        let kinds = [
+            streamed,
+            is_dir,
+            offer.flags & FLAG_SYMLINK != 0,
+            offer.flags & FLAG_HARDLINK != 0,
+        ];
+        if offer.flags & !KNOWN_FLAGS != 0
+            || kinds.iter().filter(|k| **k).count() > 1
             || (streamed && offer.size != 0)
-            || (is_dir && (streamed || offer.size != 0))
+            || ((is_dir || is_link) && (offer.size != 0 || compressed))
+            || (compressed && !self.rules.compression)
         {
             return Next::Refuse {
                 id,
@@ -260,7 +272,10 @@ impl Receiver {
         }
         self.phase = Phase::Judging { id };
         self.judging = Some(offer.clone());
-        Next::Judge { id, offer }
+        Next::Judge {
+            id,
+            offer: Box::new(offer),
+        }
     }
 
     /// What the destination made of offer `id`.
@@ -373,7 +388,7 @@ mod tests {
             mtime_secs: 0,
             mtime_nanos: 0,
             name: name.into(),
-            sha256: None,
+            ..Default::default()
         }
     }
 
@@ -381,6 +396,7 @@ mod tests {
         Rules {
             max_entries: 1000,
             one_file: false,
+            compression: true,
         }
     }
 
@@ -399,6 +415,7 @@ mod tests {
             size,
             sha256: digest,
             offer_sha256: offer_digest(&offer(name, size)),
+            changed: false,
         }
     }
 
@@ -411,7 +428,7 @@ mod tests {
         match r.on_closed() {
             Next::Over(ending) => {
                 assert!(!ending.complete());
-                assert_eq!(ending.unfinished[0].name, "exact.bin");
+                assert_eq!(ending.unfinished[0].name, b"exact.bin");
             }
             other => panic!("{other:?}"),
         }
@@ -428,7 +445,7 @@ mod tests {
         let Next::Receive { file, start } = r.on_frame(Frame::Start { offset: 0 }) else {
             panic!()
         };
-        assert_eq!((file.name.as_str(), start), ("a", 0));
+        assert_eq!((file.name.as_slice(), start), (&b"a"[..], 0));
         assert_eq!(
             r.trailer(3, &[1; 32], &trailer_for("a", 3, [1; 32])),
             Ok(Verdict::Keep)
@@ -488,6 +505,7 @@ mod tests {
         let mut r = Receiver::new(Rules {
             max_entries: 2,
             one_file: true,
+            compression: true,
         });
         accept(&mut r, "a", 1, 0);
         assert!(matches!(
