@@ -333,8 +333,21 @@ impl<S: Link + ?Sized> Run<'_, S> {
         Ok(self.rules.settled())
     }
 
-    /// END or a close: accepted files that never came are failures.
+    /// END or a close: accepted files that never came are failures, and
+    /// so are the entries the sender says it could not send.
     fn ended(&mut self, ending: &Ending) {
+        if let Some((failed, message)) = &ending.sender_failed {
+            let e = Failure::new(
+                ExitCode::LocalFile,
+                format!(
+                    "{} could not send {failed} entr{} of its own (the first: {})",
+                    self.peer,
+                    if *failed == 1 { "y" } else { "ies" },
+                    crate::names::escape_peer_message(message)
+                ),
+            );
+            self.entry_failed(b"", e.into());
+        }
         let how = if ending.said_end {
             "ended the session"
         } else {

@@ -136,7 +136,11 @@ pub fn drive<S: Link + ?Sized>(
     }
     // Everything is settled, each file verified or failed; a lost END
     // changes nothing.
-    let _ = link::send_last_frame(run.stream, &Frame::End, peer);
+    let end = Frame::End {
+        failed: run.totals.unoffered,
+        message: run.totals.first_unoffered.clone().unwrap_or_default(),
+    };
+    let _ = link::send_last_frame(run.stream, &end, peer);
     Ok(())
 }
 
@@ -169,6 +173,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
             let opened = match entries.open(index) {
                 Ok(opened) => opened,
                 Err(e) => {
+                    self.totals.not_offered(&e);
                     self.fail(&entries.name(index), e);
                     self.done_before += entries.size_hint(index);
                     continue;
@@ -863,8 +868,13 @@ pub struct Totals {
     sent: Vec<Sent>,
     directories: usize,
     failures: Vec<(Vec<u8>, anyhow::Error)>,
-    /// Entries passed over on this side (symbolic links, devices).
+    /// Entries passed over on this side (devices, FIFOs, sockets).
     passed_over: usize,
+    /// Entries that failed here before they could be offered (missing,
+    /// unreadable, replaced), which END tells the receiver, and the first
+    /// one's reason.
+    unoffered: u32,
+    first_unoffered: Option<String>,
     /// Sources removed after the receiver kept them (`--remove-source-files`).
     removed: usize,
 }
@@ -893,6 +903,13 @@ impl Totals {
             (Some(sent), None) => Ok(sent),
             (None, None) => Err(anyhow::anyhow!("the session sent nothing")),
         }
+    }
+
+    /// An entry that failed here and is never offered: the receiver hears
+    /// of it in END.
+    fn not_offered(&mut self, e: &anyhow::Error) {
+        self.unoffered = self.unoffered.saturating_add(1);
+        self.first_unoffered.get_or_insert_with(|| format!("{e:#}"));
     }
 
     fn record_failure(&mut self, name: &[u8], e: anyhow::Error, reporter: &Reporter) {
@@ -1434,6 +1451,7 @@ fn send_paths(
         if report_each {
             report_failure(reporter, &e);
         }
+        totals.not_offered(&e);
         totals.record_failure(&name, e, reporter);
     }
     if plan.entries.is_empty() {

@@ -494,7 +494,7 @@ def scenario_corruption(work, rng, runs, mode):
         """The documented outcomes of a flip at `offset` (docs/RELIABILITY.md)."""
         if mode == "plain":
             if offset == 7:
-                return {OK}  # the preamble's reserved byte, ignored by design
+                return {OK}  # the preamble's capability byte: the receiver acts on its own, not the sender's
             if offset < 8:
                 return {NETWORK, AUTH}  # not xfer, other version, other transport
             if offset >= 128:
@@ -1238,7 +1238,7 @@ class Attack:
     socket is bound to the next of `sources` in turn."""
 
     SLOW = (
-        b"XFER" + struct.pack(">HBB", 2, 2, 0)  # preamble: version 2, key transport
+        b"XFER" + struct.pack(">HBB", 3, 2, 1)  # preamble: version 3, key transport, zstd
         + struct.pack(">BI", 0x10, 35) + struct.pack(">H", 33) + b"A"  # PAKE frame, string16
         + bytes(range(7, 7 + 32))
     )

@@ -326,8 +326,13 @@ pub enum Frame {
     Refuse(Refuse),
     Trailer(Trailer),
     Ack(Ack),
-    /// Sender -> receiver: no more offers in this session.
-    End,
+    /// Sender -> receiver: no more offers in this session; `failed`
+    /// entries failed on the sender (could not be read, listed or opened)
+    /// and were never offered, the first for the reason in `message`.
+    End {
+        failed: u32,
+        message: String,
+    },
     Error(ErrorFrame),
     /// Sender -> receiver, after an ACCEPT with a non-zero offset: where
     /// the data starts (that offset to resume, or 0 to start over).
@@ -362,7 +367,7 @@ impl Frame {
             Frame::Refuse(_) => FrameType::Refuse,
             Frame::Trailer(_) => FrameType::Trailer,
             Frame::Ack(_) => FrameType::Ack,
-            Frame::End => FrameType::End,
+            Frame::End { .. } => FrameType::End,
             Frame::Error(_) => FrameType::Error,
             Frame::Start { .. } => FrameType::Start,
             Frame::Skip { .. } => FrameType::Skip,
@@ -373,6 +378,14 @@ impl Frame {
 
     pub fn name(&self) -> &'static str {
         self.frame_type().name()
+    }
+
+    /// END with nothing failed on the sender's side.
+    pub fn end() -> Frame {
+        Frame::End {
+            failed: 0,
+            message: String::new(),
+        }
     }
 
     /// The whole frame, header included, ready for one `write_all`.
@@ -412,7 +425,10 @@ impl Frame {
                 out.write_u16::<BigEndian>(a.reason.code()).unwrap();
                 put_string(out, &a.message, MAX_MESSAGE_LEN);
             }
-            Frame::End => {}
+            Frame::End { failed, message } => {
+                out.write_u32::<BigEndian>(*failed).unwrap();
+                put_string(out, message, MAX_MESSAGE_LEN);
+            }
             Frame::Start { offset } => out.write_u64::<BigEndian>(*offset).unwrap(),
             Frame::Skip { message } => put_string(out, message, MAX_MESSAGE_LEN),
             Frame::Pake { message } => {
@@ -479,7 +495,10 @@ impl Frame {
                 reason: Reason::from_code(c.u16()?),
                 message: c.message()?,
             }),
-            FrameType::End => Frame::End,
+            FrameType::End => Frame::End {
+                failed: c.u32()?,
+                message: c.message()?,
+            },
             FrameType::Start => Frame::Start { offset: c.u64()? },
             FrameType::Skip => Frame::Skip {
                 message: c.message()?,
@@ -760,7 +779,11 @@ mod tests {
                 reason: Reason::LocalIo,
                 message: "no space".into(),
             }),
-            Frame::End,
+            Frame::end(),
+            Frame::End {
+                failed: 3,
+                message: "cannot read 'x'".into(),
+            },
             Frame::Start { offset: 0 },
             Frame::Skip {
                 message: "unchanged".into(),
@@ -816,7 +839,7 @@ mod tests {
     /// The test vectors printed in docs/PROTOCOL.md section 8.
     #[test]
     fn documented_test_vectors_hold() {
-        assert_eq!(Frame::End.encode(), [0x06, 0, 0, 0, 0]);
+        assert_eq!(Frame::end().encode(), [0x06, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             Frame::Start { offset: 5 }.encode(),
             [0x09, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 5]
@@ -927,8 +950,8 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut bytes = Frame::End.encode();
-        bytes[4] = 1;
+        let mut bytes = Frame::end().encode();
+        bytes[4] = 7;
         bytes.push(0);
         assert!(matches!(
             read_frame(&mut &bytes[..]),

@@ -146,7 +146,7 @@ pub fn receiver_session(input: &[u8], coverage: &mut Coverage) {
                         };
                         Frame::Start { offset }
                     }
-                    6 => Frame::End,
+                    6 => Frame::end(),
                     7 => {
                         let closed = r.on_closed();
                         coverage.saw(from, next_name(&closed));
@@ -318,7 +318,7 @@ pub fn sender_session(input: &[u8], coverage: &mut Coverage) {
                 reason: Reason::Other(0),
                 message: String::new(),
             }),
-            _ => Frame::End,
+            _ => Frame::end(),
         };
         match s.on_frame(frame) {
             Err(_) => {

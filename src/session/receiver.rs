@@ -105,6 +105,9 @@ pub struct Ending {
     pub offered: u64,
     /// Accepted entries whose data never arrived, or never finished.
     pub unfinished: Vec<Accepted>,
+    /// Entries that failed on the sender and were never offered, as its
+    /// END says: how many, and why the first did.
+    pub sender_failed: Option<(u32, String)>,
 }
 
 impl Ending {
@@ -172,8 +175,11 @@ impl Receiver {
         match frame {
             Frame::Offer(offer) => self.on_offer(offer),
             Frame::Start { offset } => self.on_start(offset),
-            Frame::End => {
-                let next = self.end(true);
+            Frame::End { failed, message } => {
+                let mut next = self.end(true);
+                if let Next::Over(ending) = &mut next {
+                    ending.sender_failed = (failed > 0).then_some((failed, message));
+                }
                 if let Next::Over(ending) = &next
                     && !ending.unfinished.is_empty()
                 {
@@ -210,6 +216,7 @@ impl Receiver {
             said_end,
             offered: self.offered,
             unfinished: self.unsettled().cloned().collect(),
+            sender_failed: None,
         })
     }
 
@@ -434,7 +441,7 @@ mod tests {
         }
         let mut r = Receiver::new(rules());
         accept(&mut r, "exact.bin", 10, 0);
-        assert!(matches!(r.on_frame(Frame::End), Next::Violation { .. }));
+        assert!(matches!(r.on_frame(Frame::end()), Next::Violation { .. }));
     }
 
     #[test]
@@ -460,7 +467,7 @@ mod tests {
             Ok(Verdict::DigestMismatch)
         );
         r.settled();
-        let Next::Over(ending) = r.on_frame(Frame::End) else {
+        let Next::Over(ending) = r.on_frame(Frame::end()) else {
             panic!()
         };
         assert!(ending.complete());

@@ -272,7 +272,7 @@ mod tests {
         let mut s = Sender::new(1);
         assert!(s.on_frame(ack()).is_err());
         assert!(s.on_frame(accept(0)).is_err());
-        assert!(s.on_frame(Frame::End).is_err());
+        assert!(s.on_frame(Frame::end()).is_err());
         let i = s.next_to_offer().unwrap();
         s.offered(i, Offered::File { size: 5 });
         assert!(matches!(
