@@ -283,6 +283,58 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 rm -rf "$dst/many"
 
+# --- --compress: when it pays ------------------------------------------------------
+# A text-heavy tree (Rust sources from cargo's registry: what built xfer is
+# on every machine that runs this) and an incompressible file, each with and
+# without --compress, on loopback and on links slowed with --bwlimit. The
+# sender's JSON summary says how many bytes the compressed blocks took.
+comp_tree="$work/sources"
+mkdir -p "$comp_tree"
+comp_files=$([ "$SMOKE" = 1 ] && echo 200 || echo 3000)
+python3 - "$comp_tree" "$comp_files" "${CARGO_HOME:-$HOME/.cargo}/registry/src" "$here/src" <<'PY'
+import hashlib, os, shutil, sys
+out, n, roots = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+found = sorted(os.path.join(d, f) for root in roots for d, _, fs in os.walk(root)
+               for f in fs if f.endswith(".rs") and os.path.getsize(os.path.join(d, f)) < 200_000)
+for path in found[:n]:
+    shutil.copy(path, os.path.join(out, hashlib.sha256(path.encode()).hexdigest()[:16] + ".rs"))
+PY
+comp_tree_bytes=$(du -sb "$comp_tree" | cut -f1)
+comp_rand="$work/comp-random.bin"
+comp_rand_mib=64; [ "$SMOKE" = 1 ] && comp_rand_mib=4
+head -c $((comp_rand_mib * 1048576)) /dev/urandom > "$comp_rand"
+comp_rand_bytes=$(stat -c %s "$comp_rand")
+comp_once() { # $1 = path, $2 = bwlimit (0: none), $3 = yes/no compress; prints "seconds wire_bytes"
+  rm -rf "$dst/sources" "$dst/comp-random.bin"
+  local port; port=$(free_port)
+  env "XFER_KEY_FILE=$XFER_KEY_FILE" "$XFER" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  pids+=("$r"); wait_port "$port"
+  local extra=(); [ "$3" = yes ] && extra=(--compress)
+  local t0; t0=$(now)
+  env "XFER_KEY_FILE=$XFER_KEY_FILE" "$XFER" send "$1" "127.0.0.1:$port" --quiet --json --bwlimit "$2" "${extra[@]}" > "$work/comp.json"
+  wait "$r"
+  local t1; t1=$(now)
+  local wire; wire=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "summary" in l][-1]["wire_bytes"])' "$work/comp.json")
+  echo "$(echo "$t1 - $t0" | bc -l) $wire"
+}
+declare -A comp_times comp_wire
+comp_links=(0 100MB 10MB)
+[ "$SMOKE" = 1 ] && comp_links=(0 10MB)
+for round in $(seq 1 "$ROUNDS"); do
+  for data in tree random; do
+    path=$comp_tree; [ $data = random ] && path=$comp_rand
+    for link in "${comp_links[@]}"; do
+      for z in no yes; do
+        read -r secs wire <<<"$(comp_once "$path" "$link" "$z")"
+        comp_times[$data.$link.$z]="${comp_times[$data.$link.$z]:-} $secs"
+        comp_wire[$data.$link.$z]=$wire
+        log "  --compress=$z, $data, --bwlimit $link: $secs s, $wire bytes on the wire"
+      done
+    done
+  done
+done
+rm -rf "$dst/sources" "$dst/comp-random.bin"
+
 # --- peak RSS ----------------------------------------------------------------
 rss_run() { # $1 = file to send; prints "sender_kib receiver_kib"
   rm -f "$dst/$(basename "$1")"
@@ -372,6 +424,22 @@ echo "|---|---:|---:|---:|"
 printf '| xfer | %.3f | %.0f | 1.00 |\n' "$xfer_tree" "$(echo "$SMALL_FILES / $xfer_tree" | bc -l)"
 printf '| xfer --insecure | %.3f | %.0f | %.2f |\n' "$plain_tree" "$(echo "$SMALL_FILES / $plain_tree" | bc -l)" "$(echo "$plain_tree / $xfer_tree" | bc -l)"
 printf '| rsync daemon | %.3f | %.0f | %.2f |\n' "$rsync_tree" "$(echo "$SMALL_FILES / $rsync_tree" | bc -l)" "$(echo "$rsync_tree / $xfer_tree" | bc -l)"
+echo
+echo "| --compress (encrypted) | link | without: median s | with: median s | with ÷ without | wire bytes with ÷ without | pays? |"
+echo "|---|---|---:|---:|---:|---:|---|"
+for data in tree random; do
+  for link in "${comp_links[@]}"; do
+    off=$(echo "${comp_times[$data.$link.no]}" | median); on=$(echo "${comp_times[$data.$link.yes]}" | median)
+    ratio=$(echo "$on / $off" | bc -l)
+    wratio=$(echo "${comp_wire[$data.$link.yes]} / ${comp_wire[$data.$link.no]}" | bc -l)
+    what="$(echo "$comp_tree_bytes / 1048576" | bc) MiB of Rust sources ($comp_files files)"
+    [ $data = random ] && what="$(echo "$comp_rand_bytes / 1048576" | bc) MiB random (incompressible)"
+    name=$link; [ "$link" = 0 ] && name="loopback, unlimited"
+    pays=no; [ "$(echo "$ratio < 0.95" | bc -l)" = 1 ] && pays=yes
+    [ "$(echo "$ratio <= 1.05 && $ratio >= 0.95" | bc -l)" = 1 ] && pays="even"
+    printf '| %s | %s | %.3f | %.3f | %.2f | %.3f | %s |\n' "$what" "$name" "$off" "$on" "$ratio" "$wratio" "$pays"
+  done
+done
 echo
 echo "| xfer peak RSS | sender | receiver |"
 echo "|---|---:|---:|"

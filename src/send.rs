@@ -52,6 +52,9 @@ pub struct Sent {
     pub skipped: bool,
     /// A symbolic or hard link, not a file of its own.
     pub link: bool,
+    /// With `--compress`: the bytes of compressed blocks that carried
+    /// `bytes` of data.
+    pub compressed: Option<u64>,
 }
 
 /// What a session sends: entries offered in order, each opened when its
@@ -384,6 +387,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
                     seconds: 0.0,
                     skipped: true,
                     link: offer.is_link(),
+                    compressed: None,
                 };
                 self.totals.record_sent(sent, self.reporter);
             }
@@ -511,6 +515,8 @@ struct InFlight {
     start: u64,
     digest: Digest,
     started: Instant,
+    /// With COMPRESSED: the bytes of blocks that carried the data.
+    compressed: Option<u64>,
 }
 
 /// Sends a file's data from `start` and its TRAILER, which says whether
@@ -552,12 +558,13 @@ where
     // covers the file's own bytes.
     let compressed = offer.flags & FLAG_COMPRESSED != 0;
     let level = crate::compress::DEFAULT_LEVEL;
+    let mut wire = None;
     let copied = if streamed {
         let mut framed = ChunkWriter::new(&mut *stream);
         let done = if compressed {
             let mut blocks = CompressWriter::new(&mut framed, level);
             copy_hashed_to_end(source, &mut blocks, hasher, &on_progress).and_then(|done| {
-                blocks.finish().map_err(CopyError::Sink)?;
+                wire = Some(blocks.finish().map_err(CopyError::Sink)?.1.wire);
                 Ok(done)
             })
         } else {
@@ -577,7 +584,7 @@ where
             &on_progress,
         )
         .and_then(|digest| {
-            blocks.finish().map_err(CopyError::Sink)?;
+            wire = Some(blocks.finish().map_err(CopyError::Sink)?.1.wire);
             Ok((offer.size, digest))
         })
     } else {
@@ -648,6 +655,7 @@ where
         start,
         digest,
         started,
+        compressed: wire,
     })
 }
 
@@ -703,6 +711,7 @@ fn judge(answer: &Answer, in_flight: InFlight, offer: &Offer, peer: &str) -> any
         seconds: in_flight.started.elapsed().as_secs_f64(),
         skipped: false,
         link: offer.is_link(),
+        compressed: in_flight.compressed,
     })
 }
 
@@ -883,11 +892,12 @@ impl Totals {
     fn record_sent(&mut self, sent: Sent, reporter: &Reporter) {
         if !sent.skipped {
             reporter.event("file-done", || {
-                crate::names::with_name(
-                    &sent.name,
-                    json!({ "bytes": sent.size, "sent": sent.bytes, "offset": sent.resumed_at,
-                           "sha256": hex(&sent.sha256), "seconds": sent.seconds }),
-                )
+                let mut fields = json!({ "bytes": sent.size, "sent": sent.bytes,
+                    "offset": sent.resumed_at, "sha256": hex(&sent.sha256), "seconds": sent.seconds });
+                if let Some(wire) = sent.compressed {
+                    fields["compressed"] = json!(wire);
+                }
+                crate::names::with_name(&sent.name, fields)
             });
         }
         self.sent.push(sent);
@@ -928,6 +938,11 @@ impl Totals {
     /// the first failure's own code.
     fn finish(self, reporter: &Reporter, seconds: f64) -> anyhow::Result<()> {
         let bytes: u64 = self.sent.iter().map(|s| s.bytes).sum();
+        let wire: u64 = self
+            .sent
+            .iter()
+            .map(|s| s.compressed.unwrap_or(s.bytes))
+            .sum();
         let skipped = self.sent.iter().filter(|s| s.skipped).count();
         let links = self.sent.iter().filter(|s| s.link).count();
         let failures: Vec<_> = self
@@ -957,7 +972,7 @@ impl Totals {
             "ok": outcome.is_ok(), "exit_code": code, "files": self.sent.len() - links,
             "links": links, "directories": self.directories, "skipped": skipped, "unchanged": skipped,
             "passed_over": self.passed_over, "removed": self.removed, "failed": failures.len(),
-            "bytes": bytes, "seconds": seconds, "failures": failures,
+            "bytes": bytes, "wire_bytes": wire, "seconds": seconds, "failures": failures,
         });
         if let [one] = self.sent.as_slice() {
             crate::names::put_json_name(&mut summary, "name", &one.name);
