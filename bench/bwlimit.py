@@ -14,6 +14,8 @@ window carried (sliding in 10 ms steps), against the rate. Cases:
   plaintext   --bwlimit on the sender, --insecure
   resume      the first connection is cut at half the file; the retry
               resumes, so only the other half crosses the wire and is paced
+  compress    --bwlimit and --compress on the sender: random data does not
+              compress, goes as stored blocks, and is paced like the rest
 
 Expected: 20 MB at 5MB/s takes 4.0 s (2.0 s of paced data after the resume),
 and no window carries more than 1.5 x the rate. Prints a table; exits 1 if a
@@ -130,6 +132,8 @@ def one(case, key, src, size, rate, work):
     insecure = ["--insecure"] if case == "plaintext" else []
     recv_extra = insecure + (["--bwlimit", str(rate)] if case == "receiver" else [])
     send_extra = [] if case == "receiver" else ["--bwlimit", str(rate)]
+    if case == "compress":
+        send_extra.append("--compress")
     rcv, port = receiver(key, dest, recv_extra + (["--keep-running"] if case == "resume" else []))
     relay = Relay(port, cut_at=size // 2 if case == "resume" else None)
     cmd = [XFER, "send", str(src), f"127.0.0.1:{relay.port}", "-q", *insecure, *send_extra]
@@ -179,7 +183,7 @@ def main():
         subprocess.run([XFER, "keygen", "--out", str(key)], check=True, capture_output=True)
         src = work / "random.bin"
         src.write_bytes(os.urandom(size))
-        cases = ["sender", "receiver", "plaintext", "resume"]
+        cases = ["sender", "receiver", "plaintext", "resume", "compress"]
         results = {c: [] for c in cases}
         for _ in range(rounds):
             for c in cases:  # alternating, round by round

@@ -300,12 +300,74 @@ impl Drop for PartialFile {
     }
 }
 
+/// A verified file waiting, under its temporary name, for its batch to be
+/// made durable (see [`PartialFile::seal`]).
+#[derive(Debug)]
+pub struct Sealed {
+    partial: PartialFile,
+    /// The modification time it gets when placed.
+    mtime: Option<SystemTime>,
+}
+
+impl Sealed {
+    /// The directory it lands in, which [`make_durable`] flushes.
+    pub fn dir(&self) -> &OwnedFd {
+        &self.partial.dir
+    }
+
+    pub fn final_path(&self) -> &Path {
+        &self.partial.final_path
+    }
+
+    /// Once its data is durable: renames it into place. The rename itself
+    /// becomes durable with the batch's second [`make_durable`].
+    pub fn place(mut self) -> Result<Committed, Refusal> {
+        let timed = match self.mtime {
+            Some(mtime) => self
+                .partial
+                .file
+                .set_modified(mtime)
+                .map_err(|e| self.partial.io_refusal("cannot set the time of", &e)),
+            None => Ok(()),
+        };
+        let result = timed.and_then(|()| self.partial.place());
+        self.partial.settled(result)
+    }
+}
+
+/// Makes everything written in the file systems holding `dirs` durable:
+/// one `syncfs` per file system, however many files a batch wrote there.
+/// The group commit of a tree of small files: one flush for a batch where
+/// each file used to cost an fsync of its own and one of its directory.
+pub fn make_durable<'a>(dirs: impl IntoIterator<Item = &'a OwnedFd>) -> io::Result<()> {
+    let mut done: Vec<u64> = Vec::new();
+    for dir in dirs {
+        // The casts are for 32-bit targets, where st_dev is narrower.
+        #[allow(clippy::unnecessary_cast)]
+        let dev = rfs::fstat(dir)?.st_dev as u64;
+        if !done.contains(&dev) {
+            rfs::syncfs(dir)?;
+            done.push(dev);
+        }
+    }
+    Ok(())
+}
+
 /// A file in place under its final name.
 #[derive(Debug)]
 pub struct Committed {
     pub path: PathBuf,
     /// Partial files of earlier attempts at the same name, removed.
     pub stale: Vec<OsString>,
+    /// The directory it is in.
+    dir: DirFd,
+}
+
+impl Committed {
+    /// The directory the file is in (to make its rename durable).
+    pub fn dir(&self) -> &OwnedFd {
+        &self.dir
+    }
 }
 
 /// What to do with an offer that is not refused.
@@ -1247,6 +1309,7 @@ impl PendingLink {
         Ok(Committed {
             path: self.final_path,
             stale: Vec::new(),
+            dir: self.dir,
         })
     }
 
@@ -1382,6 +1445,12 @@ enum Made {
 }
 
 impl PartialFile {
+    /// A resumable partial file, which outlives a failed session (a
+    /// stream's one-off temporary file does not).
+    pub fn resumable(&self) -> bool {
+        self.resumable
+    }
+
     /// Bytes held from an earlier attempt (0 for a fresh file).
     pub fn held(&self) -> u64 {
         self.held
@@ -1448,27 +1517,72 @@ impl PartialFile {
     /// partial file is removed and the final name is untouched (or, with
     /// overwrite, still holds its old content).
     pub fn commit(mut self, offer: &Offer, size: u64) -> Result<Committed, Refusal> {
-        let result = self.finish(offer, size);
+        let result = self.keep(offer, size, true).and_then(|()| {
+            self.file
+                .sync_all()
+                .map_err(|e| self.io_refusal("cannot flush data for", &e))?;
+            let path = self.place()?;
+            // The rename is durable only once the directory is synced.
+            let _ = rfs::fsync(&*self.dir);
+            Ok(path)
+        });
+        self.settled(result)
+    }
+
+    /// For a batch (group commit): everything [`commit`](Self::commit) does
+    /// but making the file durable and renaming it. It waits under its
+    /// temporary name until [`make_durable`] has flushed its batch; then
+    /// [`Sealed::place`] renames it. Dropped before that, it stays a
+    /// resumable partial file.
+    pub fn seal(mut self, offer: &Offer, size: u64) -> Result<Sealed, Refusal> {
+        // Its time is set when it is placed: a partial file dated years
+        // back would look abandoned to the reaper (--partial-max-age).
+        match self.keep(offer, size, false) {
+            Ok(()) => Ok(Sealed {
+                partial: self,
+                mtime: mtime_of(offer),
+            }),
+            Err(r) => {
+                self.remove();
+                self.settled = true;
+                Err(r)
+            }
+        }
+    }
+
+    /// The end of a commit, whatever the way there: removed on failure;
+    /// in place, with the partial files of earlier attempts at the same
+    /// name (another size or time, never to be resumed now) removed.
+    fn settled(mut self, result: Result<PathBuf, Refusal>) -> Result<Committed, Refusal> {
         if result.is_err() {
             self.remove();
         }
         self.settled = true;
         let path = result?;
-        // The file is in place: what earlier attempts at it left behind
-        // (a partial of another size or time) can never be resumed now.
         let prefix = partial_prefix(&self.dir, &self.final_name);
         let stale = self.dir.remove_stale_partials(&prefix, &self.temp_name);
-        Ok(Committed { path, stale })
+        Ok(Committed {
+            path,
+            stale,
+            dir: self.dir.clone(),
+        })
     }
 
-    fn finish(&mut self, offer: &Offer, size: u64) -> Result<PathBuf, Refusal> {
-        let shown = crate::names::escape_path(&self.final_path);
-        let io_refusal = |what: &str, e: &io::Error| {
-            Refusal::new(
-                Reason::LocalIo,
-                format!("{what} '{shown}': {}", io_reason(e)),
-            )
-        };
+    fn io_refusal(&self, what: &str, e: &io::Error) -> Refusal {
+        Refusal::new(
+            Reason::LocalIo,
+            format!(
+                "{what} '{}': {}",
+                crate::names::escape_path(&self.final_path),
+                io_reason(e)
+            ),
+        )
+    }
+
+    /// The verified file as it is to be kept: its length, owner, extended
+    /// attributes, permission bits and mtime.
+    fn keep(&mut self, offer: &Offer, size: u64, with_time: bool) -> Result<(), Refusal> {
+        let io_refusal = |what: &str, e: &io::Error| self.io_refusal(what, e);
         let file = &self.file;
         // A trailing hole left by the sparse writer still counts as data.
         // (Without a skipped chunk the writes themselves made the length.)
@@ -1494,13 +1608,20 @@ impl PartialFile {
             offer.mode & 0o777 & !umask(),
         ))
         .map_err(|e| io_refusal("cannot set permissions of", &e))?;
-        if let Some(mtime) = mtime_of(offer) {
+        if let Some(mtime) = mtime_of(offer).filter(|_| with_time) {
             file.set_modified(mtime)
                 .map_err(|e| io_refusal("cannot set the time of", &e))?;
         }
-        file.sync_all()
-            .map_err(|e| io_refusal("cannot flush data for", &e))?;
+        Ok(())
+    }
 
+    /// Renames the kept file onto its final name (never replacing one
+    /// unless overwriting, an old copy kept aside with `--backup`), after
+    /// checking the temporary name still holds it.
+    fn place(&mut self) -> Result<PathBuf, Refusal> {
+        let shown = crate::names::escape_path(&self.final_path);
+        let io_refusal = |what: &str, e: &io::Error| self.io_refusal(what, e);
+        let file = &self.file;
         // The name must still be this file: in a directory others can
         // write to, a file renamed over it must never become the result.
         let ours = rfs::fstat(file).map_err(|e| io_refusal("cannot check", &e.into()))?;
@@ -1564,8 +1685,6 @@ impl PartialFile {
             prune_backups(&self.dir, &self.final_name, backups);
         }
         note_linkable(&self.linkable, &self.name, &ours);
-        // The rename is durable only once the directory is synced.
-        let _ = rfs::fsync(&*self.dir);
         Ok(self.final_path.clone())
     }
 }

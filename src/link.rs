@@ -21,17 +21,38 @@ pub trait Link: Read + Write + Send {
     /// A file's data starts (`true`) or stops (`false`) flowing: the
     /// `--min-speed` floor counts only while it does (see `pace`).
     fn floor(&mut self, _armed: bool) {}
+
+    /// Whether a read would find bytes without waiting (buffered here, or
+    /// already arrived). `false` when it cannot tell: the safe answer for
+    /// a receiver deciding whether to answer before it waits.
+    fn input_ready(&self) -> bool {
+        false
+    }
 }
 
 impl Link for TcpStream {
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         crate::net::set_deadline(self, timeout)
     }
+
+    fn input_ready(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let mut fds = [PollFd::new(self, PollFlags::IN)];
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+    }
 }
 
 impl<S: Link + ?Sized> Link for &mut S {
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         (**self).set_deadline(timeout)
+    }
+
+    fn input_ready(&self) -> bool {
+        (**self).input_ready()
     }
 
     fn floor(&mut self, armed: bool) {
@@ -42,6 +63,10 @@ impl<S: Link + ?Sized> Link for &mut S {
 impl<S: Link + ?Sized> Link for Box<S> {
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         (**self).set_deadline(timeout)
+    }
+
+    fn input_ready(&self) -> bool {
+        (**self).input_ready()
     }
 
     fn floor(&mut self, armed: bool) {
@@ -279,6 +304,10 @@ impl<S: Link> Link for Buffered<S> {
         self.inner.set_deadline(timeout)
     }
 
+    fn input_ready(&self) -> bool {
+        self.read_pos < self.read_len || self.inner.input_ready()
+    }
+
     fn floor(&mut self, armed: bool) {
         self.inner.floor(armed)
     }
@@ -326,7 +355,11 @@ impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
     }
 }
 
-impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {}
+impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {
+    fn input_ready(&self) -> bool {
+        self.inner.input_ready()
+    }
+}
 
 /// Sets the deadline for each following read and write on `stream`.
 pub fn set_deadline<S: Link + ?Sized>(

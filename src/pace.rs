@@ -286,6 +286,10 @@ impl<S: Link> Write for Paced<S> {
 }
 
 impl<S: Link> Link for Paced<S> {
+    fn input_ready(&self) -> bool {
+        self.inner.input_ready()
+    }
+
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {
         self.idle = Some(timeout);
         self.set = Some(timeout);

@@ -138,6 +138,7 @@ fn serve_session<S: Link + ?Sized>(
         failed: 0,
         deadline: policy.idle_timeout,
         hooks: crate::hook::Hooks::start(policy.hook.as_ref(), reporter),
+        batch: Batch::default(),
     };
     let mut next = run.first_offer(until);
     let result: anyhow::Result<()> = loop {
@@ -194,6 +195,8 @@ struct Run<'a, S: Link + ?Sized> {
     deadline: std::time::Duration,
     /// `--exec`, run for each file in place, one at a time.
     hooks: crate::hook::Hooks,
+    /// Verified files whose ACKs wait for the batch to be durable.
+    batch: Batch,
 }
 
 impl<S: Link + ?Sized> Run<'_, S> {
@@ -231,6 +234,11 @@ impl<S: Link + ?Sized> Run<'_, S> {
         if wait != self.deadline {
             link::set_deadline(self.stream, wait, self.peer)?;
             self.deadline = wait;
+        }
+        // About to wait for the sender, who may be waiting for the ACKs of
+        // the batch: flush it first, unless more is already here.
+        if !self.batch.is_empty() && !self.stream.input_ready() {
+            self.flush()?;
         }
         let cap = self.policy.limits.max_frame;
         match link::next_frame_capped(self.stream, self.peer, "an offer or END", cap) {
@@ -306,10 +314,26 @@ impl<S: Link + ?Sized> Run<'_, S> {
             start,
             max_size,
             self.reporter,
-            &mut self.rules,
+            (&mut self.rules, &mut self.batch),
         );
+        self.record_flushed();
         match got {
-            Ok(Ok(received)) => {
+            Ok(Some(outcome)) => self.record(&file.name, outcome),
+            // Verified; its ACK waits for its batch.
+            Ok(None) => {}
+            Err(e) => {
+                note_failure(self.reporter, self.failures, &file.name, &e);
+                self.rules.settled();
+                return Err(e);
+            }
+        }
+        Ok(self.rules.settled())
+    }
+
+    /// What became of one file once its ACK was sent.
+    fn record(&mut self, name: &[u8], outcome: anyhow::Result<Received>) {
+        match outcome {
+            Ok(received) => {
                 // The facts are built only for a hook (the small-file path
                 // is hot).
                 if self.hooks.active() && received.path.as_os_str() != "-" {
@@ -323,14 +347,22 @@ impl<S: Link + ?Sized> Run<'_, S> {
                 }
                 self.received.push(received)
             }
-            Ok(Err(e)) => self.entry_failed(&file.name, e),
-            Err(e) => {
-                note_failure(self.reporter, self.failures, &file.name, &e);
-                self.rules.settled();
-                return Err(e);
-            }
+            Err(e) => self.entry_failed(name, e),
         }
-        Ok(self.rules.settled())
+    }
+
+    /// Records what the batch's last flush made of its files.
+    fn record_flushed(&mut self) {
+        for (name, outcome) in std::mem::take(&mut self.batch.done) {
+            self.record(&name, outcome);
+        }
+    }
+
+    /// Flushes the batch (see [`Batch`]) and records its files.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let flushed = self.batch.flush(self.stream, self.peer, self.reporter);
+        self.record_flushed();
+        flushed
     }
 
     /// END or a close: accepted files that never came are failures, and
@@ -370,6 +402,10 @@ impl<S: Link + ?Sized> Run<'_, S> {
     /// times: its own failure, or partial (8) when some files failed and
     /// others arrived, or the one failure, or every file received.
     fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<Vec<Received>> {
+        // The last batch: kept and acknowledged if the session ended well;
+        // after a failure it stays as complete partial files, which the
+        // next attempt finds whole (the sender has no ACK for them either).
+        let result = result.and_then(|()| self.flush());
         // Accepted files the session ended without are failures too, listed
         // in the summary: a broken session is never silent about what it lost.
         if result.is_err() {
@@ -849,8 +885,8 @@ fn receive_pending<S: Link + ?Sized>(
     start: u64,
     max_size: Option<u64>,
     reporter: &Reporter,
-    rules: &mut Receiver,
-) -> anyhow::Result<anyhow::Result<Received>> {
+    (rules, batch): (&mut Receiver, &mut Batch),
+) -> anyhow::Result<Option<anyhow::Result<Received>>> {
     let Pending {
         offer,
         mut output,
@@ -983,7 +1019,7 @@ fn receive_pending<S: Link + ?Sized>(
     settle(
         stream,
         peer,
-        rules,
+        (rules, batch),
         offer,
         output,
         (size, digest),
@@ -1023,13 +1059,13 @@ fn report_stale(reporter: &Reporter, committed: &destination::Committed) {
 fn settle<S: Link + ?Sized>(
     stream: &mut S,
     peer: &str,
-    rules: &mut Receiver,
+    (rules, batch): (&mut Receiver, &mut Batch),
     offer: &Offer,
     output: Output,
     (size, digest): (u64, Digest),
     (started, start): (Instant, u64),
     reporter: &Reporter,
-) -> anyhow::Result<anyhow::Result<Received>> {
+) -> anyhow::Result<Option<anyhow::Result<Received>>> {
     let shown = shown(&offer.name);
     let trailer = match link::expect_frame(stream, peer, "the trailer")? {
         Frame::Trailer(t) => t,
@@ -1039,7 +1075,40 @@ fn settle<S: Link + ?Sized>(
             return Err(link::unexpected(&other, "TRAILER", peer));
         }
     };
-    match rules.trailer(size, &digest, &trailer) {
+    let verdict = rules.trailer(size, &digest, &trailer);
+    // A verified resumable file joins the batch: its ACK waits until the
+    // batch is durable (group commit). Anything else answers now, after
+    // the batch's ACKs, which go first: ACKs keep the order of the data.
+    let output = match (&verdict, output) {
+        (Ok(Verdict::Keep), Output::File(partial)) if partial.resumable() => {
+            return match partial.seal(offer, size) {
+                Ok(sealed) => {
+                    batch.add(Waiting {
+                        sealed,
+                        offer: offer.clone(),
+                        digest,
+                        size,
+                        start,
+                        started,
+                        changed: trailer.changed,
+                    });
+                    if batch.full() {
+                        batch.flush(stream, peer, reporter)?;
+                    }
+                    Ok(None)
+                }
+                Err(r) => {
+                    batch.flush(stream, peer, reporter)?;
+                    not_kept(stream, peer, digest, r).map(Some)
+                }
+            };
+        }
+        (_, output) => {
+            batch.flush(stream, peer, reporter)?;
+            output
+        }
+    };
+    match verdict {
         Ok(Verdict::Keep) => {}
         Ok(Verdict::OfferChanged) => {
             // The name, size, mode and times the data arrived under must be
@@ -1052,11 +1121,11 @@ fn settle<S: Link + ?Sized>(
                 digest,
                 "the offer (name, size, mode, times) changed in transit; the data was discarded",
             )?;
-            return Ok(Err(Failure::new(
+            return Ok(Some(Err(Failure::new(
                 ExitCode::Integrity,
                 format!("the offer of '{shown}' changed in transit; {fate}"),
             )
-            .into()));
+            .into())));
         }
         Ok(Verdict::DigestMismatch) => {
             let fate = discard_mismatch(
@@ -1066,7 +1135,7 @@ fn settle<S: Link + ?Sized>(
                 digest,
                 "SHA-256 mismatch; the data was discarded",
             )?;
-            return Ok(Err(Failure::new(
+            return Ok(Some(Err(Failure::new(
                 ExitCode::Integrity,
                 format!(
                     "SHA-256 mismatch for '{shown}': sender says {}, received data hashes to {}; {fate}",
@@ -1074,7 +1143,7 @@ fn settle<S: Link + ?Sized>(
                     hex(&digest)
                 ),
             )
-            .into()));
+            .into())));
         }
         Err(Next::Violation { reason, message }) => {
             link::send_error(stream, reason, &message);
@@ -1094,21 +1163,186 @@ fn settle<S: Link + ?Sized>(
             report_stale(reporter, &committed);
             committed.path
         }
-        Err(r) => {
-            link::send_frame(
-                stream,
-                &Frame::Ack(Ack {
-                    status: AckStatus::Failed,
-                    sha256: digest,
-                    reason: r.reason,
-                    message: r.message.clone(),
-                }),
-                peer,
-            )?;
-            let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
-            return Ok(Err(Failure::new(code, r.message).into()));
-        }
+        Err(r) => return not_kept(stream, peer, digest, r).map(Some),
     };
+    kept(
+        stream,
+        peer,
+        offer,
+        &path,
+        (size, digest),
+        (started, start),
+        trailer.changed,
+        reporter,
+    )
+    .map(Some)
+}
+
+/// Verified files waiting for their batch to be made durable (a group
+/// commit): a tree of small files costs one flush a batch instead of an
+/// fsync of each file and of its directory, and each ACK still means the
+/// file is durable under its final name. The batch is flushed before the
+/// receiver waits for the sender (who may be waiting for these ACKs),
+/// before it sends any other ACK, when it holds [`BATCH_FILES`] files or
+/// [`BATCH_BYTES`], and when the session ends well. If the session fails
+/// first, its files stay behind as complete resumable partial files: the
+/// next attempt finds all of each already there and sends nothing.
+#[derive(Default)]
+struct Batch {
+    waiting: Vec<Waiting>,
+    bytes: u64,
+    /// What flushing made of each file: its name and outcome, for the
+    /// session to record.
+    done: Vec<(Vec<u8>, anyhow::Result<Received>)>,
+}
+
+/// Most files in one batch.
+const BATCH_FILES: usize = 128;
+/// Most bytes in one batch (more would make one flush wait long).
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// One verified file of a [`Batch`].
+struct Waiting {
+    sealed: destination::Sealed,
+    offer: Offer,
+    digest: Digest,
+    size: u64,
+    start: u64,
+    started: Instant,
+    changed: bool,
+}
+
+impl Batch {
+    fn add(&mut self, waiting: Waiting) {
+        self.bytes += waiting.size - waiting.start;
+        self.waiting.push(waiting);
+    }
+
+    fn full(&self) -> bool {
+        self.waiting.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Makes the batch durable (its data, then its renames, one `syncfs`
+    /// each) and sends its ACKs in order. The error is the session's: an
+    /// ACK could not be sent.
+    fn flush<S: Link + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        peer: &str,
+        reporter: &Reporter,
+    ) -> anyhow::Result<()> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        self.bytes = 0;
+        let synced = destination::make_durable(waiting.iter().map(|w| w.sealed.dir()));
+        let mut placed = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            let shown_path = || crate::names::escape_path(w.sealed.final_path());
+            let result = match &synced {
+                Ok(()) => w.sealed.place(),
+                Err(e) => Err(destination::Refusal {
+                    reason: Reason::LocalIo,
+                    message: format!(
+                        "cannot flush data for '{}': {}",
+                        shown_path(),
+                        crate::exit_codes::io_reason(e)
+                    ),
+                    disk_full: e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()),
+                }),
+            };
+            placed.push((
+                w.offer, w.digest, w.size, w.start, w.started, w.changed, result,
+            ));
+        }
+        // The renames are durable only once their directories are.
+        let renamed = destination::make_durable(
+            placed
+                .iter()
+                .filter_map(|p| p.6.as_ref().ok())
+                .map(|c| c.dir()),
+        );
+        for (offer, digest, size, start, started, changed, result) in placed {
+            let outcome = match (result, &renamed) {
+                (Ok(committed), Ok(())) => {
+                    report_stale(reporter, &committed);
+                    kept(
+                        stream,
+                        peer,
+                        &offer,
+                        &committed.path,
+                        (size, digest),
+                        (started, start),
+                        changed,
+                        reporter,
+                    )?
+                }
+                (Ok(committed), Err(e)) => not_kept(
+                    stream,
+                    peer,
+                    digest,
+                    destination::Refusal {
+                        reason: Reason::LocalIo,
+                        message: format!(
+                            "cannot flush the directory of '{}': {}",
+                            crate::names::escape_path(&committed.path),
+                            crate::exit_codes::io_reason(e)
+                        ),
+                        disk_full: false,
+                    },
+                )?,
+                (Err(r), _) => not_kept(stream, peer, digest, r)?,
+            };
+            self.done.push((offer.name, outcome));
+        }
+        stream
+            .flush()
+            .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
+        Ok(())
+    }
+}
+
+/// A verified file that could not be kept: ACK status 2 with why, and the
+/// failure with our exit code for it.
+fn not_kept<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    digest: Digest,
+    r: destination::Refusal,
+) -> anyhow::Result<anyhow::Result<Received>> {
+    link::send_frame(
+        stream,
+        &Frame::Ack(Ack {
+            status: AckStatus::Failed,
+            sha256: digest,
+            reason: r.reason,
+            message: r.message.clone(),
+        }),
+        peer,
+    )?;
+    let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
+    Ok(Err(Failure::new(code, r.message).into()))
+}
+
+/// A file (or link) durable under its final name `path`: ACK ok, and said.
+#[allow(clippy::too_many_arguments)]
+fn kept<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    offer: &Offer,
+    path: &std::path::Path,
+    (size, digest): (u64, Digest),
+    (started, start): (Instant, u64),
+    changed: bool,
+    reporter: &Reporter,
+) -> anyhow::Result<anyhow::Result<Received>> {
+    let shown = shown(&offer.name);
+    let path = path.to_path_buf();
     link::send_frame(
         stream,
         &Frame::Ack(Ack {
@@ -1163,7 +1397,7 @@ fn settle<S: Link + ?Sized>(
         }
         crate::names::with_path(&path, crate::names::with_name(&offer.name, fields))
     });
-    if trailer.changed {
+    if changed {
         // Kept, as GNU tar keeps it, but no success: it may be no version
         // the file ever had.
         reporter.event("file-changed", || {

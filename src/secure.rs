@@ -564,6 +564,10 @@ impl<S: Link> Link for Encrypted<S> {
         self.inner.set_deadline(timeout)
     }
 
+    fn input_ready(&self) -> bool {
+        self.pos < self.len || self.inner.input_ready()
+    }
+
     fn floor(&mut self, armed: bool) {
         self.inner.floor(armed)
     }

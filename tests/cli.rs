@@ -5014,3 +5014,110 @@ fn entries_that_fail_on_the_sender_make_the_session_partial_on_both_sides() {
     assert_eq!(got.event("summary")["failed"], 1);
     assert_eq!(fs::read(env.dst().join("t/a")).unwrap(), b"a");
 }
+
+/// Issue 14, group commit: verified files wait in a batch for one flush,
+/// their ACKs held back until then. A session that fails before the flush
+/// (here: the sender's next frame is garbage, already there when the
+/// batch would have been flushed) gets no ACK for them, and they are not
+/// under their final names; they stay as complete resumable partial files,
+/// so the next attempt sends nothing of them. Nothing is lost, and no ACK
+/// ever claims a file that is not durably in place.
+#[test]
+fn a_batch_the_session_fails_before_flushing_is_resumed_whole() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    let data = [b"first file".to_vec(), b"second, longer file".to_vec()];
+    let offers: Vec<Offer> = ["a", "b"]
+        .iter()
+        .zip(&data)
+        .map(
+            |(name, d)| match path_offer(name, d.len() as u64, protocol::FLAG_PATH) {
+                Frame::Offer(o) => o,
+                _ => unreachable!(),
+            },
+        )
+        .collect();
+    for o in &offers {
+        protocol::write_frame(&mut s, &Frame::Offer(o.clone())).unwrap();
+    }
+    s.flush().unwrap();
+    for _ in &offers {
+        assert!(matches!(
+            protocol::read_frame(&mut s).unwrap(),
+            Frame::Accept(_)
+        ));
+    }
+    // Both files' data and trailers, then a frame of an unknown type, in
+    // one write: the garbage is there before the receiver would wait.
+    let mut wire = Vec::new();
+    for (o, d) in offers.iter().zip(&data) {
+        protocol::write_frame(&mut wire, &Frame::Start { offset: 0 }).unwrap();
+        wire.extend_from_slice(d);
+        protocol::write_frame(
+            &mut wire,
+            &Frame::Trailer(Trailer {
+                size: d.len() as u64,
+                sha256: sha2::Sha256::digest(d).into(),
+                offer_sha256: protocol::offer_digest(o),
+                changed: false,
+            }),
+        )
+        .unwrap();
+    }
+    wire.extend_from_slice(&[0x42, 0, 0, 0, 0]);
+    s.write_all(&wire).unwrap();
+    s.flush().unwrap();
+    match protocol::read_frame(&mut s) {
+        Ok(Frame::Error(e)) => assert_eq!(e.reason, Reason::Protocol),
+        other => panic!("expected ERROR and no ACK, got {other:?}"),
+    }
+    drop(s);
+    r.finish().assert_code(3);
+    assert!(!env.dst().join("a").exists() && !env.dst().join("b").exists());
+    assert_eq!(partials(&env.dst()).len(), 2, "{:?}", entries(&env.dst()));
+
+    // The real sender, the same files (same names, sizes and times): all
+    // of each is already at the receiver, so nothing more crosses.
+    let mut paths = Vec::new();
+    for (o, d) in offers.iter().zip(&data) {
+        let path = env.src().join(String::from_utf8(o.name.clone()).unwrap());
+        fs::write(&path, d).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+            .unwrap();
+        paths.push(path);
+    }
+    let mut r = env.recv(&[]);
+    let mut cmd = xfer();
+    cmd.arg("send").args(&paths).arg(r.addr()).arg("--json");
+    honour_security_flags(&mut cmd, &[]);
+    let out = run_bounded(cmd);
+    out.assert_code(0);
+    r.finish().assert_code(0);
+    let sent: Vec<u64> = out
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "file-done")
+        .map(|e| e["sent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sent, [0, 0], "{out}");
+    for (path, d) in paths.iter().zip(&data) {
+        assert_eq!(
+            &fs::read(env.dst().join(path.file_name().unwrap())).unwrap(),
+            d
+        );
+    }
+    assert!(partials(&env.dst()).is_empty());
+}
+
+/// xfer's resumable partial files in `dir`.
+fn partials(dir: &std::path::Path) -> Vec<String> {
+    entries(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".xfer-") && n.ends_with(".partial"))
+        .collect()
+}
