@@ -279,6 +279,9 @@ pub struct PartialFile {
     seeked: bool,
     /// Owner and group to give the file (as root).
     owner: Option<(u32, u32)>,
+    /// Its stat when it was kept (device and inode are all that is used
+    /// of it after that).
+    stat: Option<rfs::Stat>,
     /// Where the file is noted once in place, as a hard-link target.
     linkable: Linkable,
     /// The name it was offered under.
@@ -515,6 +518,7 @@ impl Destination {
             settled: false,
             seeked: false,
             owner,
+            stat: None,
             linkable: self.linkable.clone(),
             name: offer.name.clone(),
             _watch: watch,
@@ -1590,7 +1594,13 @@ impl PartialFile {
             file.set_len(size)
                 .map_err(|e| io_refusal("cannot size", &e))?;
         }
-        if let Some((uid, gid)) = self.owner {
+        // One stat of the file serves the owner (a file already of the
+        // owner wanted, the usual case, costs no chown) and, later, the
+        // check that the name still holds it.
+        let st = rfs::fstat(file).map_err(|e| io_refusal("cannot check", &e.into()))?;
+        if let Some((uid, gid)) = self.owner
+            && (st.st_uid, st.st_gid) != (uid, gid)
+        {
             rfs::fchown(
                 file,
                 Some(rfs::Uid::from_raw(uid)),
@@ -1612,6 +1622,7 @@ impl PartialFile {
             file.set_modified(mtime)
                 .map_err(|e| io_refusal("cannot set the time of", &e))?;
         }
+        self.stat = Some(st);
         Ok(())
     }
 
@@ -1619,12 +1630,16 @@ impl PartialFile {
     /// unless overwriting, an old copy kept aside with `--backup`), after
     /// checking the temporary name still holds it.
     fn place(&mut self) -> Result<PathBuf, Refusal> {
+        let kept = self.stat.take();
         let shown = crate::names::escape_path(&self.final_path);
         let io_refusal = |what: &str, e: &io::Error| self.io_refusal(what, e);
         let file = &self.file;
         // The name must still be this file: in a directory others can
         // write to, a file renamed over it must never become the result.
-        let ours = rfs::fstat(file).map_err(|e| io_refusal("cannot check", &e.into()))?;
+        let ours = match kept {
+            Some(st) => st,
+            None => rfs::fstat(file).map_err(|e| io_refusal("cannot check", &e.into()))?,
+        };
         let replaced = || {
             Refusal::new(
                 Reason::LocalIo,
