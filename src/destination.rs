@@ -313,9 +313,10 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// The directory it lands in, which [`make_durable`] flushes.
-    pub fn dir(&self) -> &OwnedFd {
-        &self.partial.dir
+    /// The directory it lands in, which [`make_durable`] flushes, and its
+    /// device.
+    pub fn dir(&self) -> (&OwnedFd, u64) {
+        (&self.partial.dir, self.partial.dir.dev)
     }
 
     pub fn final_path(&self) -> &Path {
@@ -338,16 +339,14 @@ impl Sealed {
     }
 }
 
-/// Makes everything written in the file systems holding `dirs` durable:
+/// Makes everything written in the file systems holding `dirs` (each with
+/// its device number) durable:
 /// one `syncfs` per file system, however many files a batch wrote there.
 /// The group commit of a tree of small files: one flush for a batch where
 /// each file used to cost an fsync of its own and one of its directory.
-pub fn make_durable<'a>(dirs: impl IntoIterator<Item = &'a OwnedFd>) -> io::Result<()> {
+pub fn make_durable<'a>(dirs: impl IntoIterator<Item = (&'a OwnedFd, u64)>) -> io::Result<()> {
     let mut done: Vec<u64> = Vec::new();
-    for dir in dirs {
-        // The casts are for 32-bit targets, where st_dev is narrower.
-        #[allow(clippy::unnecessary_cast)]
-        let dev = rfs::fstat(dir)?.st_dev as u64;
+    for (dir, dev) in dirs {
         if !done.contains(&dev) {
             rfs::syncfs(dir)?;
             done.push(dev);
@@ -367,9 +366,10 @@ pub struct Committed {
 }
 
 impl Committed {
-    /// The directory the file is in (to make its rename durable).
-    pub fn dir(&self) -> &OwnedFd {
-        &self.dir
+    /// The directory the file is in (to make its rename durable), and its
+    /// device.
+    pub fn dir(&self) -> (&OwnedFd, u64) {
+        (&self.dir, self.dir.dev)
     }
 }
 
