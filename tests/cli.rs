@@ -1384,14 +1384,10 @@ fn a_tar_stream_goes_through_stdin_and_stdout() {
 
 #[test]
 fn a_stream_from_stdin_lands_as_a_verified_file() {
-    use std::process::Stdio;
     let env = TestEnv::new();
     let file = env.random_file("input.bin", 5 * MIB + 3, 21);
     let mut r = env.recv(&[]);
-    let mut cmd = xfer();
-    cmd.args(["send", "-", &r.addr(), "--name", "from-stdin.bin", "--json"]);
-    cmd.stdin(Stdio::from(fs::File::open(&file).unwrap()));
-    let sent = run_bounded(cmd);
+    let sent = env.send_stdin(&file, &r.addr(), "from-stdin.bin", &["--json"]);
     sent.assert_code(0);
     r.finish().assert_code(0);
     let out = env.dst().join("from-stdin.bin");
@@ -1584,7 +1580,6 @@ fn a_dropped_connection_is_retried_and_resumed() {
 
 #[test]
 fn bwlimit_paces_files_trees_streams_and_resumes_in_both_modes() {
-    use std::process::Stdio;
     let env = TestEnv::new();
     // Encrypted, limited by the sender, through a cut and a resume: the
     // rate is said back, and the retry sends only what was missing.
@@ -1645,18 +1640,8 @@ fn bwlimit_paces_files_trees_streams_and_resumes_in_both_modes() {
 
     // A stream from standard input, limited on both ends.
     let mut r = env.recv(&["--bwlimit", "16M"]);
-    let mut cmd = xfer();
-    cmd.args([
-        "send",
-        "-",
-        &r.addr(),
-        "--name",
-        "paced-stream.bin",
-        "--bwlimit",
-        "16M",
-    ]);
-    cmd.stdin(Stdio::from(fs::File::open(&file).unwrap()));
-    run_bounded(cmd).assert_code(0);
+    env.send_stdin(&file, &r.addr(), "paced-stream.bin", &["--bwlimit", "16M"])
+        .assert_code(0);
     r.finish().assert_code(0);
     assert_eq!(
         sha256_file(&env.dst().join("paced-stream.bin")),
@@ -4886,7 +4871,6 @@ fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// identical, verified; in both modes, for files, a tree and a stream.
 #[test]
 fn compress_shrinks_what_crosses_the_wire_and_changes_no_byte() {
-    use std::process::Stdio;
     let env = TestEnv::new();
     let text = env.src().join("dump.sql");
     fs::write(&text, text_bytes(4 * MIB, 91)).unwrap();
@@ -4944,10 +4928,8 @@ fn compress_shrinks_what_crosses_the_wire_and_changes_no_byte() {
     );
 
     let mut r = env.recv(&[]);
-    let mut cmd = xfer();
-    cmd.args(["send", "-", &r.addr(), "--name", "piped.sql", "--compress"]);
-    cmd.stdin(Stdio::from(fs::File::open(&text).unwrap()));
-    run_bounded(cmd).assert_code(0);
+    env.send_stdin(&text, &r.addr(), "piped.sql", &["--compress"])
+        .assert_code(0);
     r.finish().assert_code(0);
     assert_eq!(
         sha256_file(&env.dst().join("piped.sql")),

@@ -130,6 +130,16 @@ impl TestEnv {
         run_bounded(cmd)
     }
 
+    /// Runs `xfer send - TARGET --name NAME` with `file` as standard input,
+    /// to completion (bounded by [`STEP`]).
+    pub fn send_stdin(&self, file: &Path, target: &str, name: &str, extra: &[&str]) -> Outcome {
+        let mut cmd = xfer();
+        cmd.args(["send", "-", target, "--name", name]).args(extra);
+        honour_security_flags(&mut cmd, extra);
+        cmd.stdin(Stdio::from(fs::File::open(file).unwrap()));
+        run_bounded(cmd)
+    }
+
     /// Starts `xfer send` without waiting.
     pub fn spawn_send(&self, file: &Path, target: &str, extra: &[&str]) -> Child {
         let mut cmd = xfer();
