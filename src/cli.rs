@@ -246,8 +246,8 @@ pub struct SendArgs {
     #[arg(long)]
     pub compress: bool,
 
-    /// Send extended attributes (the user namespace; a root receiver also
-    /// takes trusted and security ones).
+    /// Send extended attributes of the `user.` namespace (the receiver
+    /// takes no other: never capabilities, labels or ACLs from a peer).
     #[arg(long)]
     pub xattrs: bool,
 
