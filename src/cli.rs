@@ -251,8 +251,9 @@ pub struct SendArgs {
     #[arg(long)]
     pub xattrs: bool,
 
-    /// Pass over symbolic links that point outside the tree being sent
-    /// (absolute targets, or more `..` than the link is deep).
+    /// Pass over symbolic links that could point outside the tree being
+    /// sent (absolute targets, more leading `..` than the link is deep, or
+    /// `..` after another component).
     #[arg(long)]
     pub safe_links: bool,
 
@@ -318,8 +319,9 @@ pub struct RecvArgs {
     #[arg(long)]
     pub numeric_ids: bool,
 
-    /// Refuse symbolic links that point outside the destination tree
-    /// (absolute targets, or more `..` than the link is deep).
+    /// Refuse symbolic links that could point outside the destination
+    /// (absolute targets, more leading `..` than the link is deep, or `..`
+    /// after another component, which chained links could abuse).
     #[arg(long)]
     pub safe_links: bool,
 

@@ -308,8 +308,9 @@ impl Drop for PartialFile {
 #[derive(Debug)]
 pub struct Sealed {
     partial: PartialFile,
-    /// The modification time it gets when placed.
-    mtime: Option<SystemTime>,
+    /// What it is kept as when placed (owner, attributes, mode, time).
+    offer: Box<Offer>,
+    size: u64,
 }
 
 impl Sealed {
@@ -326,16 +327,21 @@ impl Sealed {
     /// Once its data is durable: renames it into place. The rename itself
     /// becomes durable with the batch's second [`make_durable`].
     pub fn place(mut self) -> Result<Committed, Refusal> {
-        let timed = match self.mtime {
-            Some(mtime) => self
-                .partial
-                .file
-                .set_modified(mtime)
-                .map_err(|e| self.partial.io_refusal("cannot set the time of", &e)),
-            None => Ok(()),
-        };
-        let result = timed.and_then(|()| self.partial.place());
+        let result = self
+            .partial
+            .keep(&self.offer, self.size, true)
+            .and_then(|()| self.partial.place());
         self.partial.settled(result)
+    }
+}
+
+/// Makes a directory's entries durable. A file system that cannot fsync a
+/// directory (EINVAL, ENOTSUP: some FUSE and network ones) has nothing
+/// more to give; any other error is the caller's.
+fn sync_dir(dir: &OwnedFd) -> io::Result<()> {
+    match rfs::fsync(dir) {
+        Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOTSUP) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -774,10 +780,10 @@ impl Destination {
                 continue;
             }
             let child = open_child_dir(&dir, component, create).map_err(|(reason, what)| {
-                let Target::Dir(root) = &self.target else {
-                    unreachable!("only a directory target has subdirectories");
+                let shown = match &self.target {
+                    Target::Dir(root) => crate::names::escape_path(&root.join(&key)),
+                    _ => crate::names::escape_path(&key),
                 };
-                let shown = crate::names::escape_path(&root.join(&key));
                 Refusal::new(reason, format!("'{shown}' {what}"))
             })?;
             if self.dirs.len() >= MAX_OPEN_DIRS {
@@ -1309,7 +1315,8 @@ impl PendingLink {
                 io_refusal("cannot put in place the link", e)
             }
         })?;
-        let _ = rfs::fsync(&*self.dir);
+        // Acknowledged only once the rename is durable.
+        sync_dir(&self.dir).map_err(|e| io_refusal("cannot flush the directory of", e))?;
         Ok(Committed {
             path: self.final_path,
             stale: Vec::new(),
@@ -1527,7 +1534,8 @@ impl PartialFile {
                 .map_err(|e| self.io_refusal("cannot flush data for", &e))?;
             let path = self.place()?;
             // The rename is durable only once the directory is synced.
-            let _ = rfs::fsync(&*self.dir);
+            sync_dir(&self.dir)
+                .map_err(|e| self.io_refusal("cannot flush the directory of", &e))?;
             Ok(path)
         });
         self.settled(result)
@@ -1539,12 +1547,15 @@ impl PartialFile {
     /// [`Sealed::place`] renames it. Dropped before that, it stays a
     /// resumable partial file.
     pub fn seal(mut self, offer: &Offer, size: u64) -> Result<Sealed, Refusal> {
-        // Its time is set when it is placed: a partial file dated years
-        // back would look abandoned to the reaper (--partial-max-age).
+        // Owner, attributes, mode and time are set when it is placed: until
+        // then it must stay a partial file the next attempt can resume (its
+        // own, writable) and the reaper does not take for abandoned (a
+        // partial dated years back would look so).
         match self.keep(offer, size, false) {
             Ok(()) => Ok(Sealed {
                 partial: self,
-                mtime: mtime_of(offer),
+                offer: Box::new(offer.clone()),
+                size,
             }),
             Err(r) => {
                 self.remove();
@@ -1585,7 +1596,7 @@ impl PartialFile {
 
     /// The verified file as it is to be kept: its length, owner, extended
     /// attributes, permission bits and mtime.
-    fn keep(&mut self, offer: &Offer, size: u64, with_time: bool) -> Result<(), Refusal> {
+    fn keep(&mut self, offer: &Offer, size: u64, whole: bool) -> Result<(), Refusal> {
         let io_refusal = |what: &str, e: &io::Error| self.io_refusal(what, e);
         let file = &self.file;
         // A trailing hole left by the sparse writer still counts as data.
@@ -1593,6 +1604,11 @@ impl PartialFile {
         if self.seeked {
             file.set_len(size)
                 .map_err(|e| io_refusal("cannot size", &e))?;
+        }
+        if !whole {
+            // Sealed for a batch: it stays a partial file this receiver can
+            // resume (its own, writable, dated now) until it is placed.
+            return Ok(());
         }
         // One stat of the file serves the owner (a file already of the
         // owner wanted, the usual case, costs no chown) and, later, the
@@ -1618,7 +1634,7 @@ impl PartialFile {
             offer.mode & 0o777 & !umask(),
         ))
         .map_err(|e| io_refusal("cannot set permissions of", &e))?;
-        if let Some(mtime) = mtime_of(offer).filter(|_| with_time) {
+        if let Some(mtime) = mtime_of(offer) {
             file.set_modified(mtime)
                 .map_err(|e| io_refusal("cannot set the time of", &e))?;
         }

@@ -265,23 +265,29 @@ pub fn validate_path(path: &[u8], policy: Policy) -> Result<Vec<&[u8]>, NameErro
 
 /// Whether a symbolic link at `depth` directories below the root of a tree
 /// (0 for a link in the root itself), pointing at `target`, could lead
-/// outside that tree: an absolute target, or more `..` than it has room to
-/// climb at some point along the way (rsync's `--safe-links` rule).
+/// outside that tree: an absolute target, more leading `..` than the link
+/// is deep, or a `..` after any other component. rsync's `--safe-links`
+/// counts `..` anywhere, which two links can defeat together (`d/up` ->
+/// `..`, then `esc` -> `d/up/../etc`: `up` is not the directory it looks
+/// like); with `..` only at the start, every link points at a place
+/// inside the tree however links are chained.
 pub fn link_leaves_tree(depth: usize, target: &[u8]) -> bool {
     if target.is_empty() || target.starts_with(b"/") {
         return true;
     }
     let mut level = depth as isize;
+    let mut descended = false;
     for component in target.split(|b| *b == b'/') {
         match component {
             b"" | b"." => {}
+            b".." if descended => return true,
             b".." => {
                 level -= 1;
                 if level < 0 {
                     return true;
                 }
             }
-            _ => level += 1,
+            _ => descended = true,
         }
     }
     false
@@ -615,11 +621,15 @@ mod tests {
         assert!(link_leaves_tree(0, b"../x"));
         assert!(link_leaves_tree(1, b"../../x"));
         assert!(link_leaves_tree(2, b"a/../../../../x"));
-        assert!(!link_leaves_tree(2, b"a/../../../x"));
         assert!(link_leaves_tree(0, b""));
         assert!(!link_leaves_tree(0, b"sub/file"));
         assert!(!link_leaves_tree(1, b"../sibling"));
-        assert!(!link_leaves_tree(0, b"./a/../b"));
+        assert!(!link_leaves_tree(2, b"../../x/./y"));
+        // A `..` after a name: that name may be a link to anywhere in the
+        // tree (the review's `d/up` -> `..`, `esc` -> `d/up/../etc`).
+        assert!(link_leaves_tree(0, b"d/up/../etc"));
+        assert!(link_leaves_tree(2, b"a/../b"));
+        assert!(!link_leaves_tree(1, b".."));
     }
 
     #[test]

@@ -52,6 +52,27 @@ impl Namer {
     }
 }
 
+/// Most names each cache of a [`Mapper`] keeps: a peer choosing a new name
+/// for every file must not grow a session's memory without bound (past
+/// this, names are looked up each time).
+const MAX_CACHED: usize = 4096;
+
+/// Looks `name` up through `cache`, keeping the answer while there is room.
+fn cached(
+    cache: &mut HashMap<Vec<u8>, Option<u32>>,
+    name: &[u8],
+    lookup: impl FnOnce(&str) -> Option<u32>,
+) -> Option<u32> {
+    if let Some(known) = cache.get(name) {
+        return *known;
+    }
+    let found = std::str::from_utf8(name).ok().and_then(lookup);
+    if cache.len() < MAX_CACHED {
+        cache.insert(name.to_vec(), found);
+    }
+    found
+}
+
 /// The receiver's side: an offered owner to this machine's numbers, cached.
 #[derive(Debug, Default)]
 pub struct Mapper {
@@ -77,19 +98,19 @@ impl Mapper {
         }
         let uid = match owner.user.as_slice() {
             [] => None,
-            name => *self.users.entry(name.to_vec()).or_insert_with(|| {
-                std::str::from_utf8(name)
+            name => cached(&mut self.users, name, |n| {
+                nix::unistd::User::from_name(n)
                     .ok()
-                    .and_then(|n| nix::unistd::User::from_name(n).ok().flatten())
+                    .flatten()
                     .map(|u| u.uid.as_raw())
             }),
         };
         let gid = match owner.group.as_slice() {
             [] => None,
-            name => *self.groups.entry(name.to_vec()).or_insert_with(|| {
-                std::str::from_utf8(name)
+            name => cached(&mut self.groups, name, |n| {
+                nix::unistd::Group::from_name(n)
                     .ok()
-                    .and_then(|n| nix::unistd::Group::from_name(n).ok().flatten())
+                    .flatten()
                     .map(|g| g.gid.as_raw())
             }),
         };

@@ -323,7 +323,11 @@ impl<S: Link + ?Sized> Run<'_, S> {
             Ok(None) => {}
             Err(e) => {
                 note_failure(self.reporter, self.failures, &file.name, &e);
-                self.rules.settled();
+                // A violation (a trailer's size that is not what arrived)
+                // has already ended the rules' session.
+                if !self.rules.is_over() {
+                    self.rules.settled();
+                }
                 return Err(e);
             }
         }
@@ -404,8 +408,23 @@ impl<S: Link + ?Sized> Run<'_, S> {
     fn finish(mut self, result: anyhow::Result<()>) -> anyhow::Result<Vec<Received>> {
         // The last batch: kept and acknowledged if the session ended well;
         // after a failure it stays as complete partial files, which the
-        // next attempt finds whole (the sender has no ACK for them either).
+        // next attempt finds whole (the sender has no ACK for them either),
+        // and each is listed as not received.
         let result = result.and_then(|()| self.flush());
+        if result.is_err() {
+            for waiting in std::mem::take(&mut self.batch.waiting) {
+                let e = Failure::new(
+                    ExitCode::Network,
+                    format!(
+                        "'{}' arrived verified, but the session ended before it was made \
+                         durable; it waits as a partial file that the next attempt completes",
+                        shown(&waiting.offer.name)
+                    ),
+                )
+                .into();
+                note_failure(self.reporter, self.failures, &waiting.offer.name, &e);
+            }
+        }
         // Accepted files the session ended without are failures too, listed
         // in the summary: a broken session is never silent about what it lost.
         if result.is_err() {
@@ -981,14 +1000,20 @@ fn receive_pending<S: Link + ?Sized>(
                 &on_progress,
             )
         } else if compressed {
-            copy_hashed(
-                &mut DecompressReader::new(&mut *stream),
-                sink,
-                offer.size - start,
-                hasher,
-                &on_progress,
+            let mut blocks = DecompressReader::new(&mut *stream);
+            copy_hashed(&mut blocks, sink, offer.size - start, hasher, &on_progress).and_then(
+                |digest| {
+                    // The last block must end with the file: more in it
+                    // would be read as the frames that follow.
+                    if !blocks.at_block_boundary() {
+                        return Err(CopyError::Source(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "compressed data: the last block runs past the end of the file",
+                        )));
+                    }
+                    Ok((offer.size, digest))
+                },
             )
-            .map(|digest| (offer.size, digest))
         } else {
             copy_hashed(&mut *stream, sink, offer.size - start, hasher, &on_progress)
                 .map(|digest| (offer.size, digest))
@@ -1424,6 +1449,15 @@ fn kept<S: Link + ?Sized>(
     }))
 }
 
+/// One of a server's `--max-connections` sessions, given back when dropped.
+struct Slot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// `xfer recv`: listen, then serve one session, or with `--keep-running`
 /// many at once (each on its own thread, up to `--max-connections`) until
 /// interrupted.
@@ -1548,11 +1582,14 @@ pub fn run(config: &RecvConfig) -> anyhow::Result<()> {
             let spawned = std::thread::Builder::new()
                 .name(format!("xfer-session {peer}"))
                 .spawn_scoped(scope, move || {
+                    // The slot is given back however the session ends,
+                    // a panic included: no session can leave the server
+                    // a connection short for good.
+                    let _slot = Slot(active);
                     // One failing or hostile session ends only itself.
                     if let Err(e) = serve_opened(*opened, config, secret, reporter) {
                         crate::output::print_error(&e);
                     }
-                    active.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
                 active.fetch_sub(1, Ordering::SeqCst);

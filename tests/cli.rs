@@ -5015,7 +5015,19 @@ fn a_batch_the_session_fails_before_flushing_is_resumed_whole() {
         .zip(&data)
         .map(
             |(name, d)| match path_offer(name, d.len() as u64, protocol::FLAG_PATH) {
-                Frame::Offer(o) => o,
+                // Read-only and someone else's (as root): neither may stop
+                // the partial file from being resumed (found in review:
+                // they were applied before the batch was flushed).
+                Frame::Offer(o) => Offer {
+                    mode: 0o100444,
+                    owner: Some(protocol::Owner {
+                        uid: 4242,
+                        gid: 4243,
+                        user: Vec::new(),
+                        group: Vec::new(),
+                    }),
+                    ..o
+                },
                 _ => unreachable!(),
             },
         )
@@ -5055,7 +5067,19 @@ fn a_batch_the_session_fails_before_flushing_is_resumed_whole() {
         other => panic!("expected ERROR and no ACK, got {other:?}"),
     }
     drop(s);
-    r.finish().assert_code(3);
+    let got = r.finish();
+    got.assert_code(3);
+    let waiting = got
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "file-failed")
+        .filter(|e| {
+            e["error"].as_str().is_some_and(|m| {
+                m.contains("waits as a partial file that the next attempt completes")
+            })
+        })
+        .count();
+    assert_eq!(waiting, 2, "{got}");
     assert!(!env.dst().join("a").exists() && !env.dst().join("b").exists());
     assert_eq!(partials(&env.dst()).len(), 2, "{:?}", entries(&env.dst()));
 
@@ -5102,4 +5126,115 @@ fn partials(dir: &std::path::Path) -> Vec<String> {
         .into_iter()
         .filter(|n| n.starts_with(".xfer-") && n.ends_with(".partial"))
         .collect()
+}
+
+/// Found in review: a TRAILER whose size is not what arrived made the
+/// receiver answer ERROR and then panic (exit 101); a server's session
+/// thread died holding its connection slot, so such sessions could fill
+/// `--max-connections` for good. Now: exit 3, and the slot comes back.
+#[test]
+fn a_trailer_with_the_wrong_size_ends_only_its_session() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&["--keep-running", "--max-connections", "1"]);
+    for round in 1..=2 {
+        let mut s = raw_sender(&r.addr());
+        let offer = offer("f", 5);
+        protocol::write_frame(&mut s, &offer).unwrap();
+        s.flush().unwrap();
+        assert!(matches!(
+            protocol::read_frame(&mut s).unwrap(),
+            Frame::Accept(_)
+        ));
+        let Frame::Offer(o) = &offer else {
+            unreachable!()
+        };
+        protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
+        s.write_all(b"hello").unwrap();
+        protocol::write_frame(
+            &mut s,
+            &Frame::Trailer(Trailer {
+                size: 6,
+                sha256: sha2::Sha256::digest(b"hello").into(),
+                offer_sha256: protocol::offer_digest(o),
+                changed: false,
+            }),
+        )
+        .unwrap();
+        s.flush().unwrap();
+        match protocol::read_frame(&mut s) {
+            Ok(Frame::Error(e)) => assert_eq!(e.reason, Reason::Protocol),
+            other => panic!("{other:?}"),
+        }
+        // The session's summary, then its thread's end.
+        r.wait_events("summary", round);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The only slot is free again: a real sender gets in.
+    let file = env.random_file("after.bin", 1000, 3);
+    env.send(&file, &r.addr(), &["--retries", "0"])
+        .assert_code(0);
+    r.signal(Signal::TERM);
+    let out = r.finish();
+    assert_ne!(out.status.code(), Some(101), "{out}");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+}
+
+/// Found in review: a receiver told to store one file (`-o PATH`,
+/// `--stdout`) took a symbolic link as that file (`out.txt ->
+/// /etc/shadow`, ACK ok), and a hard link offer with a missing directory
+/// made it panic. A one-file receiver refuses link offers.
+#[test]
+fn a_one_file_receiver_refuses_links() {
+    let env = TestEnv::new();
+    for (link, hard) in [(&b"/etc/shadow"[..], false), (b"nonexist/x", true)] {
+        let out_path = env.root.path().join("out.txt");
+        let mut r = env.recv_with(&["-o", out_path.to_str().unwrap()], false);
+        let mut s = raw_sender(&r.addr());
+        let mut offer = link_offer("f", link, hard);
+        offer.flags &= !protocol::FLAG_PATH;
+        protocol::write_frame(&mut s, &Frame::Offer(offer)).unwrap();
+        s.flush().unwrap();
+        match protocol::read_frame(&mut s).unwrap() {
+            Frame::Refuse(refuse) => assert_eq!(refuse.reason, Reason::Unsupported),
+            other => panic!("not refused: {other:?}"),
+        }
+        protocol::write_frame(&mut s, &Frame::end()).unwrap();
+        s.flush().unwrap();
+        drop(s);
+        r.finish().assert_code(5);
+        assert!(!out_path.exists() && !out_path.is_symlink());
+    }
+}
+
+/// Found in review: with COMPRESSED, a last block holding more than the
+/// file's remaining bytes went unnoticed, its excess read as the frames
+/// that follow. Now it is a protocol error, and nothing is kept.
+#[test]
+fn a_compressed_block_past_the_end_of_the_file_is_a_protocol_error() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    let mut offer = match offer("f", 2) {
+        Frame::Offer(o) => o,
+        _ => unreachable!(),
+    };
+    offer.flags |= protocol::FLAG_COMPRESSED;
+    protocol::write_frame(&mut s, &Frame::Offer(offer)).unwrap();
+    s.flush().unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Accept(_)
+    ));
+    protocol::write_frame(&mut s, &Frame::Start { offset: 0 }).unwrap();
+    // One stored block of 4 bytes for a file of 2.
+    s.write_all(&[0, 0, 0, 0, 4, 0, 0, 0, 4]).unwrap();
+    s.write_all(b"abcd").unwrap();
+    s.flush().unwrap();
+    match protocol::read_frame(&mut s) {
+        Ok(Frame::Error(e)) => assert_eq!(e.reason, Reason::Protocol),
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+    r.finish().assert_code(3);
+    assert!(!env.dst().join("f").exists());
 }

@@ -28,12 +28,17 @@ fuzz_target!(|data: &[u8]| {
             // A link target judged safe never climbs above the tree.
             let depth = components.len() - 1;
             if !link_leaves_tree(depth, part) {
+                // Only leading `..`, never more than the depth.
                 let mut level = depth as isize;
+                let mut descended = false;
                 for c in part.split(|b| *b == b'/') {
                     match c {
-                        b".." => level -= 1,
+                        b".." => {
+                            assert!(!descended);
+                            level -= 1;
+                        }
                         b"" | b"." => {}
-                        _ => level += 1,
+                        _ => descended = true,
                     }
                     assert!(level >= 0);
                 }

@@ -269,6 +269,16 @@ impl Receiver {
                 ),
             };
         }
+        if self.rules.one_file && is_link {
+            // `-o PATH` or `--stdout` asked for a file: a link there would
+            // make whoever reads "the file" read what it points at.
+            return Next::Refuse {
+                id,
+                name: offer.name.clone(),
+                reason: Reason::Unsupported,
+                message: "this receiver takes exactly one file (it runs with -o or --stdout), and this offer is a link; send a file, or use a receiver with --dir".into(),
+            };
+        }
         if self.rules.one_file && id > 0 {
             return Next::Refuse {
                 id,
@@ -357,6 +367,12 @@ impl Receiver {
         } else {
             Verdict::Keep
         })
+    }
+
+    /// The session is over (a violation, END, a close): nothing more may be
+    /// settled or read.
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Over
     }
 
     /// The current file's data failed in a way that leaves the session in
