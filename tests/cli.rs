@@ -1626,17 +1626,7 @@ fn bwlimit_paces_files_trees_streams_and_resumes_in_both_modes() {
     );
     env.send(&tree, &r.addr(), &["--insecure"]).assert_code(0);
     r.finish().assert_code(0);
-    let diff = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(&tree)
-        .arg(dst.join("tree"))
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "{}",
-        String::from_utf8_lossy(&diff.stdout)
-    );
+    assert_same_tree(&tree, &dst.join("tree"));
 
     // A stream from standard input, limited on both ends.
     let mut r = env.recv(&["--bwlimit", "16M"]);
@@ -1859,17 +1849,7 @@ fn a_receiver_behind_nat_connects_to_a_sender_that_listens() {
     out.assert_code(0).assert_stderr_contains(
         "on the other machine, run: xfer recv --key-file KEYFILE --dir DIR --connect ",
     );
-    let diff = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(&tree)
-        .arg(env.dst().join("tree"))
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "{}",
-        String::from_utf8_lossy(&diff.stdout)
-    );
+    assert_same_tree(&tree, &env.dst().join("tree"));
 
     // A generated code: a wrong guess fails with 9 and the sender keeps
     // waiting; the right code gets the file, in plaintext mode too.
@@ -1965,17 +1945,7 @@ fn remove_source_files_moves_only_what_the_receiver_verified_and_kept() {
     out.assert_code(0);
     r.finish().assert_code(0);
     // Every file arrived as it was, and is gone here; directories stay.
-    let diff = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(&copy)
-        .arg(env.dst().join("moving"))
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "{}",
-        String::from_utf8_lossy(&diff.stdout)
-    );
+    assert_same_tree(&copy, &env.dst().join("moving"));
     assert!(entries(&tree) == vec!["sub"] && entries(&tree.join("sub")).is_empty());
     assert_eq!(out.event("summary")["removed"], 3);
 
@@ -4915,17 +4885,7 @@ fn compress_shrinks_what_crosses_the_wire_and_changes_no_byte() {
     let mut r = env.recv_with(&["--dir", dst.to_str().unwrap()], false);
     env.send(&tree, &r.addr(), &["--compress"]).assert_code(0);
     r.finish().assert_code(0);
-    let diff = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(&tree)
-        .arg(dst.join("logs"))
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "{}",
-        String::from_utf8_lossy(&diff.stdout)
-    );
+    assert_same_tree(&tree, &dst.join("logs"));
 
     let mut r = env.recv(&[]);
     env.send_stdin(&text, &r.addr(), "piped.sql", &["--compress"])
@@ -5237,4 +5197,20 @@ fn a_compressed_block_past_the_end_of_the_file_is_a_protocol_error() {
     drop(s);
     r.finish().assert_code(3);
     assert!(!env.dst().join("f").exists());
+}
+
+/// The oracle for a received tree: `diff -r` finds no difference.
+#[track_caller]
+fn assert_same_tree(sent: &std::path::Path, received: &std::path::Path) {
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(sent)
+        .arg(received)
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
 }
