@@ -218,6 +218,9 @@ pub struct Destination {
     owners: crate::owners::Mapper,
     /// Whether owners are kept at all (only root can give files away).
     chown: bool,
+    /// Filled by `open_dir`: whether each directory on the way, the root
+    /// first, ignores case (entry `i` holds component `i`).
+    folds: Vec<bool>,
     /// The files this session put in place (or found unchanged), which
     /// later entries may name as hard-link targets.
     linkable: Linkable,
@@ -308,9 +311,6 @@ impl Drop for PartialFile {
 #[derive(Debug)]
 pub struct Sealed {
     partial: PartialFile,
-    /// What it is kept as when placed (owner, attributes, mode, time).
-    offer: Box<Offer>,
-    size: u64,
 }
 
 impl Sealed {
@@ -324,12 +324,13 @@ impl Sealed {
         &self.partial.final_path
     }
 
-    /// Once its data is durable: renames it into place. The rename itself
-    /// becomes durable with the batch's second [`make_durable`].
-    pub fn place(mut self) -> Result<Committed, Refusal> {
+    /// Once its data is durable: gives it the owner, attributes, mode and
+    /// time of `offer` (for its `size` bytes) and renames it into place.
+    /// Both become durable with the batch's second [`make_durable`].
+    pub fn place(mut self, offer: &Offer, size: u64) -> Result<Committed, Refusal> {
         let result = self
             .partial
-            .keep(&self.offer, self.size, true)
+            .keep(offer, size, true)
             .and_then(|()| self.partial.place());
         self.partial.settled(result)
     }
@@ -416,6 +417,7 @@ impl Destination {
             owners: crate::owners::Mapper::new(false),
             chown: crate::owners::can_chown(),
             linkable: Linkable::default(),
+            folds: Vec::new(),
         }
     }
 
@@ -656,12 +658,14 @@ impl Destination {
                 // The directories on the way are opened (made) first: each
                 // says whether the names in it ignore case.
                 let dir = self.open_dir(parents, true)?;
-                let casefold = self.casefolded_along(parents);
-                self.seen
+                let casefold = std::mem::take(&mut self.folds);
+                let checked = self
+                    .seen
                     .check(&components, offer.flags & FLAG_DIR != 0, |i| {
                         policy.portable || casefold[i]
-                    })
-                    .map_err(|e| bad_name(&offer.name, e))?;
+                    });
+                self.folds = casefold; // kept for the next offer
+                checked.map_err(|e| bad_name(&offer.name, e))?;
                 let final_path: PathBuf = std::iter::once(root.as_os_str())
                     .chain(components.iter().map(|c| OsStr::from_bytes(c)))
                     .collect();
@@ -772,7 +776,9 @@ impl Destination {
     fn open_dir(&mut self, components: &[&[u8]], create: bool) -> Result<DirFd, Refusal> {
         let mut dir = self.root()?;
         let mut key = PathBuf::new();
+        self.folds.clear();
         for component in components {
+            self.folds.push(dir.casefold);
             let component = OsStr::from_bytes(component);
             key.push(component);
             if let Some(open) = self.dirs.get(&key) {
@@ -794,21 +800,8 @@ impl Destination {
             dir = Arc::new(child);
             self.dirs.insert(key.clone(), dir.clone());
         }
+        self.folds.push(dir.casefold);
         Ok(dir)
-    }
-
-    /// For each directory from the root down to `components` (opened
-    /// already), whether its names ignore case: entry `i` says it of the
-    /// directory that holds component `i`.
-    fn casefolded_along(&self, components: &[&[u8]]) -> Vec<bool> {
-        let mut key = PathBuf::new();
-        let mut folds = Vec::with_capacity(components.len() + 1);
-        folds.push(self.dirs.get(&key).is_some_and(|d| d.casefold));
-        for component in components {
-            key.push(OsStr::from_bytes(component));
-            folds.push(self.dirs.get(&key).is_some_and(|d| d.casefold));
-        }
-        folds
     }
 
     /// Promises `need` bytes of the file system holding `dir` to one file:
@@ -1116,6 +1109,17 @@ fn trust_partial(fd: OwnedFd) -> Result<Option<(File, u64)>, PartialError> {
 /// Creates a new one-off temporary file in `dir` under a random name.
 fn create_temp(dir: &OwnedFd) -> io::Result<(File, OsString)> {
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let (fd, name) =
+        with_fresh_temp(|name| rfs::openat(dir, name, flags, rfs::Mode::from_raw_mode(0o600)))?;
+    Ok((File::from(fd), name))
+}
+
+/// Makes something under a fresh random temporary name
+/// (`.xfer-<random>.part`): `make` creates it exclusively, failing with
+/// EEXIST if the name is taken, and another name is tried (16 in all).
+fn with_fresh_temp<T>(
+    mut make: impl FnMut(&OsStr) -> rustix::io::Result<T>,
+) -> io::Result<(T, OsString)> {
     for _ in 0..16 {
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
@@ -1123,8 +1127,8 @@ fn create_temp(dir: &OwnedFd) -> io::Result<(File, OsString)> {
             "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
             crate::protocol::hex(&random)
         ));
-        match rfs::openat(dir, &name, flags, rfs::Mode::from_raw_mode(0o600)) {
-            Ok(fd) => return Ok((File::from(fd), name)),
+        match make(&name) {
+            Ok(made) => return Ok((made, name)),
             Err(rustix::io::Errno::EXIST) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -1326,43 +1330,29 @@ impl PendingLink {
 
     /// The link under a fresh temporary name beside the final one.
     fn make_temp(&self) -> Result<OsString, Made> {
-        for _ in 0..16 {
-            let mut random = [0u8; 8];
-            rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())
-                .map_err(|e| Made::Io(e.into()))?;
-            let temp = OsString::from(format!(
-                "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
-                crate::protocol::hex(&random)
-            ));
-            let made = match &self.kind {
-                LinkKind::Symbolic(target) => {
-                    rfs::symlinkat(OsStr::from_bytes(target), &*self.dir, &temp)
-                }
-                LinkKind::Hard {
-                    key,
-                    shown,
-                    dir,
-                    name,
-                } => {
-                    self.check_target(*key, shown, dir, name)?;
-                    rfs::linkat(&**dir, name, &*self.dir, &temp, AtFlags::empty())
-                }
-            };
-            match made {
-                Ok(()) => {}
-                Err(rustix::io::Errno::EXIST) => continue,
-                Err(e) => return Err(Made::Io(e.into())),
-            }
-            if let Err(e) = self.finish_temp(&temp) {
-                let _ = rfs::unlinkat(&*self.dir, &temp, AtFlags::empty());
-                return Err(Made::Io(e));
-            }
-            return Ok(temp);
+        if let LinkKind::Hard {
+            key,
+            shown,
+            dir,
+            name,
+        } = &self.kind
+        {
+            self.check_target(*key, shown, dir, name)?;
         }
-        Err(Made::Io(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "no unused temporary name after 16 tries",
-        )))
+        let ((), temp) = with_fresh_temp(|temp| match &self.kind {
+            LinkKind::Symbolic(target) => {
+                rfs::symlinkat(OsStr::from_bytes(target), &*self.dir, temp)
+            }
+            LinkKind::Hard { dir, name, .. } => {
+                rfs::linkat(&**dir, name, &*self.dir, temp, AtFlags::empty())
+            }
+        })
+        .map_err(Made::Io)?;
+        if let Err(e) = self.finish_temp(&temp) {
+            let _ = rfs::unlinkat(&*self.dir, &temp, AtFlags::empty());
+            return Err(Made::Io(e));
+        }
+        Ok(temp)
     }
 
     /// A hard link's target must be the file this session put (or found)
@@ -1552,11 +1542,7 @@ impl PartialFile {
         // own, writable) and the reaper does not take for abandoned (a
         // partial dated years back would look so).
         match self.keep(offer, size, false) {
-            Ok(()) => Ok(Sealed {
-                partial: self,
-                offer: Box::new(offer.clone()),
-                size,
-            }),
+            Ok(()) => Ok(Sealed { partial: self }),
             Err(r) => {
                 self.remove();
                 self.settled = true;

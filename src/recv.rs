@@ -1270,7 +1270,7 @@ impl Batch {
         for w in waiting {
             let shown_path = || crate::names::escape_path(w.sealed.final_path());
             let result = match &synced {
-                Ok(()) => w.sealed.place(),
+                Ok(()) => w.sealed.place(&w.offer, w.size),
                 Err(e) => Err(destination::Refusal {
                     reason: Reason::LocalIo,
                     message: format!(
