@@ -25,22 +25,25 @@ impl Namer {
             .users
             .entry(uid)
             .or_insert_with(|| {
-                nix::unistd::User::from_uid(uid.into())
-                    .ok()
+                let user = nix::unistd::User::from_uid(uid.into());
+                user.ok()
                     .flatten()
-                    .map(|u| u.name.into_bytes())
+                    .map(|u| u.name)
                     .unwrap_or_default()
+                    .into_bytes()
             })
             .clone();
         let group = self
             .groups
             .entry(gid)
             .or_insert_with(|| {
-                nix::unistd::Group::from_gid(gid.into())
+                let group = nix::unistd::Group::from_gid(gid.into());
+                group
                     .ok()
                     .flatten()
-                    .map(|g| g.name.into_bytes())
+                    .map(|g| g.name)
                     .unwrap_or_default()
+                    .into_bytes()
             })
             .clone();
         Owner {

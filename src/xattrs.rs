@@ -72,28 +72,29 @@ pub fn read(fd: impl AsFd) -> Result<Vec<Xattr>, XattrError> {
 }
 
 fn list(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u8>> {
-    // Sized by asking first; it can grow in between, so ask again then.
-    for _ in 0..4 {
-        let len = rustix::fs::flistxattr_query(fd)?;
-        let mut buf = vec![0u8; len];
-        match rustix::fs::flistxattr(fd, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(std::io::Error::other("the attribute list kept growing"))
+    sized(
+        || rustix::fs::flistxattr_query(fd),
+        |buf| rustix::fs::flistxattr(fd, buf),
+    )
 }
 
 fn get(fd: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Vec<u8>> {
     let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    sized(
+        || rustix::fs::fgetxattr_query(fd, name.as_c_str()),
+        |buf| rustix::fs::fgetxattr(fd, name.as_c_str(), buf),
+    )
+}
+
+/// A list or value the kernel hands out by size: asked for its size
+/// first, then read; it can grow in between (ERANGE), so up to 4 tries.
+fn sized(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    read: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> std::io::Result<Vec<u8>> {
     for _ in 0..4 {
-        let len = rustix::fs::fgetxattr_query(fd, name.as_c_str())?;
-        let mut buf = vec![0u8; len];
-        match rustix::fs::fgetxattr(fd, name.as_c_str(), &mut buf[..]) {
+        let mut buf = vec![0u8; query()?];
+        match read(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -102,7 +103,9 @@ fn get(fd: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Vec<u8>>
             Err(e) => return Err(e.into()),
         }
     }
-    Err(std::io::Error::other("the attribute kept growing"))
+    Err(std::io::Error::other(
+        "extended attributes kept growing while being read",
+    ))
 }
 
 /// Sets `xattrs` on the open file or directory `fd`. Names outside the
