@@ -22,10 +22,11 @@ pub trait Link: Read + Write + Send {
     /// `--min-speed` floor counts only while it does (see `pace`).
     fn floor(&mut self, _armed: bool) {}
 
-    /// Whether a read would find bytes without waiting (buffered here, or
-    /// already arrived). `false` when it cannot tell: the safe answer for
-    /// a receiver deciding whether to answer before it waits.
-    fn input_ready(&self) -> bool {
+    /// Whether a read would find bytes (buffered here, arrived, or
+    /// arriving within `wait`; zero asks without waiting). `false` when
+    /// it cannot tell: the safe answer for a receiver deciding whether to
+    /// answer before it waits.
+    fn input_within(&self, _wait: Duration) -> bool {
         false
     }
 }
@@ -35,14 +36,14 @@ impl Link for TcpStream {
         crate::net::set_deadline(self, timeout)
     }
 
-    fn input_ready(&self) -> bool {
+    fn input_within(&self, wait: Duration) -> bool {
         use rustix::event::{PollFd, PollFlags, poll};
         let mut fds = [PollFd::new(self, PollFlags::IN)];
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        let wait = rustix::time::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: wait.subsec_nanos() as _,
         };
-        poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+        poll(&mut fds, Some(&wait)).is_ok_and(|n| n > 0)
     }
 }
 
@@ -51,8 +52,8 @@ impl<S: Link + ?Sized> Link for &mut S {
         (**self).set_deadline(timeout)
     }
 
-    fn input_ready(&self) -> bool {
-        (**self).input_ready()
+    fn input_within(&self, wait: Duration) -> bool {
+        (**self).input_within(wait)
     }
 
     fn floor(&mut self, armed: bool) {
@@ -65,8 +66,8 @@ impl<S: Link + ?Sized> Link for Box<S> {
         (**self).set_deadline(timeout)
     }
 
-    fn input_ready(&self) -> bool {
-        (**self).input_ready()
+    fn input_within(&self, wait: Duration) -> bool {
+        (**self).input_within(wait)
     }
 
     fn floor(&mut self, armed: bool) {
@@ -304,8 +305,8 @@ impl<S: Link> Link for Buffered<S> {
         self.inner.set_deadline(timeout)
     }
 
-    fn input_ready(&self) -> bool {
-        self.read_pos < self.read_len || self.inner.input_ready()
+    fn input_within(&self, wait: Duration) -> bool {
+        self.read_pos < self.read_len || self.inner.input_within(wait)
     }
 
     fn floor(&mut self, armed: bool) {
@@ -356,8 +357,8 @@ impl<S: Link + ?Sized> std::io::Write for WithDeadline<'_, S> {
 }
 
 impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {
-    fn input_ready(&self) -> bool {
-        self.inner.input_ready()
+    fn input_within(&self, wait: Duration) -> bool {
+        self.inner.input_within(wait)
     }
 }
 
@@ -528,5 +529,34 @@ mod tests {
         let err = peer_aborted(&e, "peer");
         assert!(format!("{err:#}").contains("reason code 4242"), "{err:#}");
         assert_eq!(ExitCode::for_error(&err), ExitCode::Network);
+    }
+
+    /// A receiver holding a batch waits a moment for the sender's next
+    /// bytes: `input_within` must see bytes that arrive during the wait
+    /// (not only those already there), see bytes a buffering link already
+    /// holds, and give up when none come.
+    #[test]
+    fn input_within_sees_bytes_that_arrive_during_the_wait() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (rx, _) = listener.accept().unwrap();
+        let mut rx = Buffered::new(rx);
+        assert!(!rx.input_within(Duration::ZERO));
+        let started = std::time::Instant::now();
+        assert!(!rx.input_within(Duration::from_millis(20)));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.write_all(b"next").unwrap();
+            tx
+        });
+        // Bounded: the bytes come after 50 ms; ten seconds is only the
+        // limit for a machine too loaded to run the writer sooner.
+        assert!(rx.input_within(Duration::from_secs(10)));
+        let _tx = writer.join().unwrap();
+        let mut one = [0u8; 1];
+        rx.read_exact(&mut one).unwrap();
+        // Three more bytes are buffered here now: ready without a wait.
+        assert!(rx.input_within(Duration::ZERO));
     }
 }

@@ -286,8 +286,8 @@ impl<S: Link> Write for Paced<S> {
 }
 
 impl<S: Link> Link for Paced<S> {
-    fn input_ready(&self) -> bool {
-        self.inner.input_ready()
+    fn input_within(&self, wait: Duration) -> bool {
+        self.inner.input_within(wait)
     }
 
     fn set_deadline(&mut self, timeout: Duration) -> io::Result<()> {

@@ -763,8 +763,8 @@ impl<S: Link> Link for Encrypted<S> {
         self.inner.set_deadline(timeout)
     }
 
-    fn input_ready(&self) -> bool {
-        self.pos < self.len || self.head < self.tail || self.inner.input_ready()
+    fn input_within(&self, wait: std::time::Duration) -> bool {
+        self.pos < self.len || self.head < self.tail || self.inner.input_within(wait)
     }
 
     fn floor(&mut self, armed: bool) {
