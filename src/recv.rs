@@ -241,7 +241,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         // so a moment's wait for it (the answers gathered so far sent
         // first) makes for fewer, larger batches: one flush of the file
         // system for up to BATCH_FILES files instead of one for every few.
-        if !self.batch.is_empty() {
+        if !self.batch.is_empty() && !self.stream.input_within(Duration::ZERO) {
             self.stream
                 .flush()
                 .map_err(|e| Failure::network(format!("cannot talk to {}", self.peer), &e))?;
