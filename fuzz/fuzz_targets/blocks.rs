@@ -30,6 +30,8 @@ fuzz_target!(|data: &[u8]| {
     std::io::Write::write_all(&mut writer, &out).unwrap();
     writer.finish().unwrap();
     let mut again = Vec::new();
-    DecompressReader::new(&wire[..]).read_to_end(&mut again).unwrap();
+    DecompressReader::new(&wire[..])
+        .read_to_end(&mut again)
+        .unwrap();
     assert_eq!(again, out);
 });

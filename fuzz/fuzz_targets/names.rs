@@ -24,7 +24,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!c.contains(&0));
                 assert!(!portable || !c.contains(&b'\\'));
             }
-            let _ = seen.check(&components, part.ends_with(b"d"), |i| portable || i % 2 == 1);
+            let _ = seen.check(&components, part.ends_with(b"d"), |i| {
+                portable || i % 2 == 1
+            });
             // A link target judged safe never climbs above the tree.
             let depth = components.len() - 1;
             if !link_leaves_tree(depth, part) {

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let role = if first & 1 == 0 { Role::Sender } else { Role::Receiver };
+    let role = if first & 1 == 0 {
+        Role::Sender
+    } else {
+        Role::Receiver
+    };
     let secret = match first >> 1 & 3 {
         0 => Secret::Insecure,
         1 => Secret::Code("7f3k-q9wd".into()),
