@@ -139,6 +139,7 @@ fn serve_session<S: Link + ?Sized>(
         deadline: policy.idle_timeout,
         hooks: crate::hook::Hooks::start(policy.hook.as_ref(), reporter),
         batch: Batch::default(),
+        answered: false,
     };
     let mut next = run.first_offer(until);
     let result: anyhow::Result<()> = loop {
@@ -197,6 +198,9 @@ struct Run<'a, S: Link + ?Sized> {
     hooks: crate::hook::Hooks,
     /// Verified files whose ACKs wait for the batch to be durable.
     batch: Batch,
+    /// Answers were written since the link last had to send: they go out
+    /// before the next file's data is received (see `receive`).
+    answered: bool,
 }
 
 impl<S: Link + ?Sized> Run<'_, S> {
@@ -275,6 +279,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
 
     /// Checks an offer against the destination and answers it.
     fn judge(&mut self, id: u64, offer: &Offer) -> anyhow::Result<Next> {
+        self.answered = true;
         let answer = answer_offer(
             self.stream,
             self.peer,
@@ -310,6 +315,15 @@ impl<S: Link + ?Sized> Run<'_, S> {
 
     /// Receives the data of the oldest accepted file.
     fn receive(&mut self, file: &Accepted, start: u64) -> anyhow::Result<Next> {
+        // The answers to the offers read since the last send go out before
+        // this file's data: the sender works on those files while this
+        // one is written. Offers come in groups (see the sender's
+        // window), so this costs a send per group, not per file.
+        if std::mem::take(&mut self.answered) {
+            self.stream
+                .flush()
+                .map_err(|e| Failure::network(format!("cannot talk to {}", self.peer), &e))?;
+        }
         let next_file = self
             .pending
             .pop_front()

@@ -135,6 +135,9 @@ pub fn drive<S: Link + ?Sized>(
             break;
         }
         let answer = run.next_answer()?;
+        // New offers go ahead of this answer's data, so the receiver can
+        // answer them while it still has that data to write.
+        run.fill_window(entries)?;
         run.act_on(answer, entries)?;
     }
     // Everything is settled, each file verified or failed; a lost END

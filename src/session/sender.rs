@@ -77,6 +77,8 @@ pub struct Sender {
     offered: VecDeque<(usize, Offered)>,
     /// Data sent, verdict not yet received, oldest first.
     unacked: VecDeque<usize>,
+    /// Offering: from when half the window is free until it is full.
+    refilling: bool,
 }
 
 impl Sender {
@@ -86,14 +88,27 @@ impl Sender {
             next: 0,
             offered: VecDeque::new(),
             unacked: VecDeque::new(),
+            refilling: true,
         }
     }
 
     /// The next entry to offer while the window has room; the caller
     /// offers it (then [`Sender::offered`]) or finds it failed locally.
+    ///
+    /// Offers go out in groups: once half the window has been answered it
+    /// is filled again. A receiver then finds several offers together
+    /// ahead of the data it is still to receive, and can send all their
+    /// answers at once before it turns to that data, so the sender works
+    /// on the next files while the receiver writes these (one offer at a
+    /// time would cost an answer flushed per file, or answers held back
+    /// until the receiver ran dry).
     pub fn next_to_offer(&mut self) -> Option<usize> {
-        if self.next < self.count && self.offered.len() < WINDOW && self.unacked.len() < 4 * WINDOW
-        {
+        if self.offered.len() >= WINDOW {
+            self.refilling = false;
+        } else if self.offered.len() <= WINDOW / 2 {
+            self.refilling = true;
+        }
+        if self.next < self.count && self.refilling && self.unacked.len() < 4 * WINDOW {
             self.next += 1;
             Some(self.next - 1)
         } else {
@@ -224,7 +239,23 @@ mod tests {
             s.on_frame(ack()),
             Ok(Answer::Verdict { index: 0, .. })
         ));
-        assert_eq!(s.next_to_offer(), Some(WINDOW));
+        // Two answered of 32: no new offer until half the window is free.
+        assert_eq!(s.next_to_offer(), None);
+        for i in 2..WINDOW / 2 {
+            assert!(matches!(
+                s.on_frame(accept(0)),
+                Ok(Answer::Send { index, .. }) if index == i
+            ));
+            s.data_sent(i);
+        }
+        // Then the window fills again, in one group.
+        let group: Vec<usize> = std::iter::from_fn(|| {
+            let i = s.next_to_offer()?;
+            s.offered(i, Offered::File { size: 1 });
+            Some(i)
+        })
+        .collect();
+        assert_eq!(group, (WINDOW..WINDOW + WINDOW / 2).collect::<Vec<_>>());
         assert!(!s.done());
     }
 
