@@ -348,6 +348,18 @@ pub fn escape_peer_message(s: &str) -> String {
 /// flood a log line with a 64 KiB name.
 const SHOWN_MAX_BYTES: usize = 240;
 
+/// [`shown`], made only when it is displayed: for messages that most
+/// files never need (a receiver of many small files built four such
+/// strings a file, for nothing).
+#[derive(Clone, Copy)]
+pub struct Shown<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&shown(self.0))
+    }
+}
+
 /// A name from the network as shown in messages: escaped, and cut to about
 /// [`SHOWN_MAX_BYTES`] bytes with a marker when longer.
 pub fn shown(name: impl AsRef<[u8]>) -> String {

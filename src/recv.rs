@@ -820,7 +820,7 @@ fn answer_offer<S: Link + ?Sized>(
     destination: &mut destination::Destination,
     reporter: &Reporter,
 ) -> anyhow::Result<Answer> {
-    let shown = shown(&offer.name);
+    let shown = crate::names::Shown(&offer.name);
     if let Some(max) = policy.limits.max_size.filter(|max| offer.size > *max) {
         let message = format!(
             "'{shown}' is {}, more than this receiver takes (--max-size {})",
@@ -936,13 +936,8 @@ fn receive_pending<S: Link + ?Sized>(
         held_hasher,
     } = pending;
     let offer = &offer;
-    let shown = shown(&offer.name);
+    let shown = crate::names::Shown(&offer.name);
     let streamed = offer.flags & FLAG_STREAM != 0;
-    let shown_path = match &output {
-        Output::File(p) => p.final_path().display().to_string(),
-        Output::Link(l) => l.final_path().display().to_string(),
-        Output::Stdout => "-".to_string(),
-    };
     // The rules allow only 0 (start over) or the offset held.
     let hasher = match (held_hasher, start) {
         (Some(h), s) if s > 0 && s == held => h,
@@ -956,25 +951,32 @@ fn receive_pending<S: Link + ?Sized>(
         return Err(failure.into());
     }
 
-    let size_text = if streamed {
-        "a stream".to_string()
-    } else if start > 0 {
-        format!(
-            "{}, resuming at {}",
-            crate::units::human_bytes(offer.size),
-            crate::units::human_bytes(start)
-        )
-    } else {
-        crate::units::human_bytes(offer.size)
+    let size_text = || {
+        if streamed {
+            "a stream".to_string()
+        } else if start > 0 {
+            format!(
+                "{}, resuming at {}",
+                crate::units::human_bytes(offer.size),
+                crate::units::human_bytes(start)
+            )
+        } else {
+            crate::units::human_bytes(offer.size)
+        }
     };
     // A person watching a big file or a stream sees what is coming before
     // its bar; a log gets one line per file, when it arrived.
     if reporter.bars && (streamed || offer.size >= 1 << 20) {
-        reporter.info(|| format!("receiving '{shown}' ({size_text}) from {peer}"));
+        reporter.info(|| format!("receiving '{shown}' ({}) from {peer}", size_text()));
     }
+    let shown_path = || match &output {
+        Output::File(p) => p.final_path().display().to_string(),
+        Output::Link(l) => l.final_path().display().to_string(),
+        Output::Stdout => "-".to_string(),
+    };
     reporter.event(
         "file-start",
-        || crate::names::with_name(&offer.name, json!({ "path": shown_path, "size": (!streamed).then_some(offer.size), "offset": start })),
+        || crate::names::with_name(&offer.name, json!({ "path": shown_path(), "size": (!streamed).then_some(offer.size), "offset": start })),
     );
 
     let started = Instant::now();
@@ -1054,7 +1056,7 @@ fn receive_pending<S: Link + ?Sized>(
         Err(e) => {
             let context = CutShort {
                 peer,
-                shown: &shown,
+                shown: &shown.to_string(),
                 size: (!streamed).then_some(offer.size),
                 got: done.load(Ordering::Relaxed),
                 max_size,
@@ -1114,7 +1116,7 @@ fn settle<S: Link + ?Sized>(
     (started, start): (Instant, u64),
     reporter: &Reporter,
 ) -> anyhow::Result<Option<anyhow::Result<Received>>> {
-    let shown = shown(&offer.name);
+    let shown = crate::names::Shown(&offer.name);
     let trailer = match link::expect_frame(stream, peer, "the trailer")? {
         Frame::Trailer(t) => t,
         Frame::Error(e) => return Err(link::peer_aborted(&e, peer)),
@@ -1396,7 +1398,7 @@ fn kept<S: Link + ?Sized>(
     changed: bool,
     reporter: &Reporter,
 ) -> anyhow::Result<anyhow::Result<Received>> {
-    let shown = shown(&offer.name);
+    let shown = crate::names::Shown(&offer.name);
     let path = path.to_path_buf();
     link::send_frame(
         stream,
@@ -1411,38 +1413,46 @@ fn kept<S: Link + ?Sized>(
     .context("the file is in place, but the sender may not know")?;
 
     let seconds = started.elapsed().as_secs_f64();
-    let shown_path = escape_for_terminal(path.as_os_str().as_bytes());
-    let (kind, link_shown) = match (&offer.link, offer.flags & FLAG_SYMLINK != 0) {
-        (Some(target), true) => ("symlink", Some(crate::names::shown(target))),
-        (Some(target), false) => ("hardlink", Some(crate::names::shown(target))),
-        (None, _) => ("file", None),
+    let kind = match (&offer.link, offer.flags & FLAG_SYMLINK != 0) {
+        (Some(_), true) => "symlink",
+        (Some(_), false) => "hardlink",
+        (None, _) => "file",
     };
-    reporter.info(|| match &link_shown {
-        Some(target) if kind == "symlink" => {
-            format!("made '{shown_path}', a symbolic link to '{target}'")
-        }
-        Some(target) => format!("made '{shown_path}', a hard link to '{target}'"),
-        None => format!(
-            "received {} ({}, {}), sha256 {}…",
-            if path.as_os_str() == "-" {
-                format!("'{shown}' on standard output")
-            } else {
-                format!("'{shown_path}'")
-            },
-            if start > 0 {
+    reporter.info(|| {
+        let shown_path = escape_for_terminal(path.as_os_str().as_bytes());
+        match &offer.link {
+            Some(target) if kind == "symlink" => {
                 format!(
-                    "{}, resumed at {}",
-                    crate::units::human_bytes(size),
-                    crate::units::human_bytes(start)
+                    "made '{shown_path}', a symbolic link to '{}'",
+                    crate::names::Shown(target)
                 )
-            } else {
-                crate::units::human_bytes(size)
-            },
-            // The rate of what crossed the wire, not of the whole file.
-            rate(size - start, seconds),
-            // Enough to compare by eye; JSON carries the whole digest.
-            &hex(&digest)[..16]
-        ),
+            }
+            Some(target) => format!(
+                "made '{shown_path}', a hard link to '{}'",
+                crate::names::Shown(target)
+            ),
+            None => format!(
+                "received {} ({}, {}), sha256 {}…",
+                if path.as_os_str() == "-" {
+                    format!("'{shown}' on standard output")
+                } else {
+                    format!("'{shown_path}'")
+                },
+                if start > 0 {
+                    format!(
+                        "{}, resumed at {}",
+                        crate::units::human_bytes(size),
+                        crate::units::human_bytes(start)
+                    )
+                } else {
+                    crate::units::human_bytes(size)
+                },
+                // The rate of what crossed the wire, not of the whole file.
+                rate(size - start, seconds),
+                // Enough to compare by eye; JSON carries the whole digest.
+                &hex(&digest)[..16]
+            ),
+        }
     });
     reporter.event("file-done", || {
         let mut fields = json!({ "kind": kind, "bytes": size, "received": size - start,
