@@ -1246,8 +1246,13 @@ struct Batch {
     done: Vec<(Vec<u8>, anyhow::Result<Received>)>,
 }
 
-/// Most files in one batch.
-const BATCH_FILES: usize = 128;
+/// Most files in one batch: as many as a sender keeps awaiting their ACK
+/// (8 × its window of 32). 256 rather than 128 took a 10,000-file tree to
+/// a journaled ext4 from 0.67 s to 0.59 s (half the flushes); each costs
+/// an open descriptor until its batch is durable (the receiver runs with
+/// its soft limit on open files raised to the hard one: see
+/// `gate::raise_open_files`).
+const BATCH_FILES: usize = 256;
 /// Most bytes in one batch (more would make one flush wait long).
 const BATCH_BYTES: u64 = 64 << 20;
 /// How long a receiver holding a batch waits for the sender's next frame

@@ -1829,6 +1829,45 @@ fn connecting_receiver(addr: &str, dir: &std::path::Path, extra: &[&str]) -> Out
     run_bounded(cmd)
 }
 
+/// A receiver holds a batch of up to 256 received files open until they
+/// are durable, and a soft limit of 1024 open files (the usual default)
+/// runs out after a few senders of small files. Started with a soft limit
+/// far below what one batch needs, it raises it to the hard limit (as it
+/// does for its handshakes), and a tree of 400 small files in one
+/// directory arrives whole.
+#[test]
+fn a_low_soft_limit_on_open_files_does_not_fail_a_batch() {
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new();
+    let tree = env.src().join("many");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..400 {
+        fs::write(tree.join(format!("f{i}")), random_bytes(100, i)).unwrap();
+    }
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(env.dst());
+    // SAFETY: only a system call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let hard = getrlimit(Resource::Nofile).maximum;
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(48),
+                    maximum: hard,
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let mut r = RecvProcess::spawn(cmd);
+    env.send(&tree, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_same_tree(&tree, &env.dst().join("many"));
+}
+
 #[test]
 fn a_receiver_behind_nat_connects_to_a_sender_that_listens() {
     let env = TestEnv::new();
