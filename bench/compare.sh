@@ -253,24 +253,30 @@ tree_sum() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum |
 tree_want=$(tree_sum "$tree")
 run_xfer_tree() { xfer_tree_once "$XFER" xfer; }
 run_xfer_plain_tree() { xfer_tree_once plain "xfer --insecure"; }
+# Each run writes into a fresh directory, and the trees are only removed
+# after the last round: on a journal-less ext4 (`--disk` on this VM's
+# /var/tmp) creating files right after deleting thousands makes the inode
+# allocator skip every recently freed inode one by one, whichever tool runs
+# (docs/PERFORMANCE.md, "Small files on a real disk").
+fresh_tree_dir() { mktemp -d "$dst/trees.XXXXXX"; }
 xfer_tree_once() { # $1 = command (the binary, or plain), $2 = name for messages
-  rm -rf "$dst/many"
+  local into; into=$(fresh_tree_dir)
   local port; port=$(free_port)
-  "$1" recv --port "$port" --bind 127.0.0.1 --dir "$dst" --quiet & local r=$!
+  "$1" recv --port "$port" --bind 127.0.0.1 --dir "$into" --quiet & local r=$!
   pids+=("$r"); wait_port "$port"
   local t0; t0=$(now)
   "$1" send "$tree" "127.0.0.1:$port" --quiet
   wait "$r"
   local t1; t1=$(now)
-  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: $2 tree differs" >&2; exit 1; }
+  [ "$(tree_sum "$into/many")" = "$tree_want" ] || { echo "compare: $2 tree differs" >&2; exit 1; }
   echo "$t1 - $t0" | bc -l
 }
 run_rsync_tree() {
-  rm -rf "$dst/many"
+  local into; into=$(fresh_tree_dir)
   local t0; t0=$(now)
-  rsync -a --whole-file "$tree" "rsync://127.0.0.1:$rsync_port/dst/"
+  rsync -a --whole-file "$tree" "rsync://127.0.0.1:$rsync_port/dst/$(basename "$into")/"
   local t1; t1=$(now)
-  [ "$(tree_sum "$dst/many")" = "$tree_want" ] || { echo "compare: rsync tree differs" >&2; exit 1; }
+  [ "$(tree_sum "$into/many")" = "$tree_want" ] || { echo "compare: rsync tree differs" >&2; exit 1; }
   echo "$t1 - $t0" | bc -l
 }
 declare -A tree_times
@@ -281,7 +287,7 @@ for round in $(seq 1 "$ROUNDS"); do
     log "  $SMALL_FILES small files, $t: $s s"
   done
 done
-rm -rf "$dst/many"
+rm -rf "$dst"/trees.*
 
 # --- --compress: when it pays ------------------------------------------------------
 # A text-heavy tree (Rust sources from cargo's registry: what built xfer is
