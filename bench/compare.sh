@@ -230,6 +230,10 @@ declare -A times
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   for t in "${tools[@]}"; do
+    # Each tool starts with nothing of the last one's left to write back:
+    # on a disk, a tool that does not fsync (rsync, socat, scp) leaves a
+    # GiB of dirty pages that would slow whoever runs next.
+    sync
     s=$("run_$t")
     times[$t]="${times[$t]:-} $s"
     log "  $t: $s s"
@@ -282,6 +286,7 @@ run_rsync_tree() {
 declare -A tree_times
 for round in $(seq 1 "$ROUNDS"); do
   for t in xfer xfer_plain rsync; do
+    sync
     s=$("run_${t}_tree")
     tree_times[$t]="${tree_times[$t]:-} $s"
     log "  $SMALL_FILES small files, $t: $s s"
