@@ -568,23 +568,19 @@ impl<S: Link> Encrypted<S> {
         Ok(())
     }
 
-    /// Sends every sealed record in one write (the open record, if any, is
-    /// kept: callers seal it first when it must go too).
+    /// Sends every sealed record in one write. Callers seal the open
+    /// record first: records only start once the buffer has room for one.
     fn send_sealed(&mut self) -> io::Result<()> {
-        let end = self.open_at.unwrap_or(self.out_len);
-        if end == 0 {
+        debug_assert!(self.open_at.is_none());
+        if self.out_len == 0 {
             return Ok(());
         }
-        let sent = self.inner.write_all(&self.out[..end]);
+        let sent = self.inner.write_all(&self.out[..self.out_len]);
         if let Err(e) = &sent {
             self.broken = Some(e.kind());
         }
         sent?;
-        // An open record moves to the front (at most its header and a few
-        // frame bytes: it is sealed as soon as it is whole).
-        self.out.copy_within(end..self.out_len, 0);
-        self.out_len -= end;
-        self.open_at = self.open_at.map(|_| 0);
+        self.out_len = 0;
         Ok(())
     }
 
