@@ -786,16 +786,36 @@ mod tests {
         )
     }
 
-    /// An in-memory one-way pipe as a link.
-    struct Pipe(io::Cursor<Vec<u8>>);
+    /// An in-memory one-way pipe as a link, which counts the writes and
+    /// reads that reach it and hands out at most `piece` bytes a read (a
+    /// slow network).
+    struct Pipe {
+        wire: io::Cursor<Vec<u8>>,
+        writes: usize,
+        reads: usize,
+        piece: usize,
+    }
+    impl Pipe {
+        fn new(wire: Vec<u8>) -> Pipe {
+            Pipe {
+                wire: io::Cursor::new(wire),
+                writes: 0,
+                reads: 0,
+                piece: usize::MAX,
+            }
+        }
+    }
     impl Read for Pipe {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.0.read(buf)
+            self.reads += 1;
+            let n = buf.len().min(self.piece);
+            self.wire.read(&mut buf[..n])
         }
     }
     impl Write for Pipe {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.get_mut().extend_from_slice(buf);
+            self.writes += 1;
+            self.wire.get_mut().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -807,17 +827,17 @@ mod tests {
     /// What a sender puts on the wire for `messages`, each flushed.
     fn wire(messages: &[&[u8]]) -> Vec<u8> {
         let (ours, _) = keys_pair();
-        let mut tx = Encrypted::new(Pipe(io::Cursor::new(Vec::new())), ours);
+        let mut tx = Encrypted::new(Pipe::new(Vec::new()), ours);
         for m in messages {
             tx.write_all(m).unwrap();
             tx.flush().unwrap();
         }
-        tx.inner.0.get_ref().clone()
+        tx.inner.wire.get_ref().clone()
     }
 
     fn read_all(bytes: Vec<u8>) -> io::Result<Vec<u8>> {
         let (_, theirs) = keys_pair();
-        let mut rx = Encrypted::new(Pipe(io::Cursor::new(bytes)), theirs);
+        let mut rx = Encrypted::new(Pipe::new(bytes), theirs);
         let mut got = Vec::new();
         rx.read_to_end(&mut got)?;
         Ok(got)
@@ -944,14 +964,11 @@ mod tests {
     fn the_other_direction_cannot_be_reflected_back() {
         // A record sealed by the receiver does not open as one from the sender.
         let (_, theirs) = keys_pair();
-        let mut tx = Encrypted::new(Pipe(io::Cursor::new(Vec::new())), theirs);
+        let mut tx = Encrypted::new(Pipe::new(Vec::new()), theirs);
         tx.write_all(b"reflect me").unwrap();
         tx.flush().unwrap();
         let (_, receiver) = keys_pair();
-        let mut rx = Encrypted::new(
-            Pipe(io::Cursor::new(tx.inner.0.get_ref().clone())),
-            receiver,
-        );
+        let mut rx = Encrypted::new(Pipe::new(tx.inner.wire.get_ref().clone()), receiver);
         assert!(is_forged(&rx.read_to_end(&mut Vec::new()).unwrap_err()));
     }
 
@@ -996,12 +1013,12 @@ mod tests {
     /// What a sender puts on the wire for `writes`, with one flush at the end.
     fn unflushed(writes: &[&[u8]]) -> Vec<u8> {
         let (ours, _) = keys_pair();
-        let mut tx = Encrypted::new(Pipe(io::Cursor::new(Vec::new())), ours);
+        let mut tx = Encrypted::new(Pipe::new(Vec::new()), ours);
         for w in writes {
             tx.write_all(w).unwrap();
         }
         tx.flush().unwrap();
-        tx.inner.0.get_ref().clone()
+        tx.inner.wire.get_ref().clone()
     }
 
     /// Sealing straight from the caller's buffer must not move a record
@@ -1031,45 +1048,13 @@ mod tests {
         );
     }
 
-    /// A link that counts the writes and reads that reach it, and hands
-    /// out at most `piece` bytes a read (a slow network).
-    struct Counted {
-        wire: io::Cursor<Vec<u8>>,
-        writes: usize,
-        reads: usize,
-        piece: usize,
-    }
-    impl Read for Counted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.reads += 1;
-            let n = buf.len().min(self.piece);
-            self.wire.read(&mut buf[..n])
-        }
-    }
-    impl Write for Counted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.writes += 1;
-            self.wire.get_mut().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Link for Counted {}
-
     /// Bulk data crosses the link in writes and reads of several records
     /// each (the system calls that would cost), not a record at a time.
     #[test]
     fn bulk_data_moves_in_few_large_writes_and_reads() {
         let data: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         let (ours, theirs) = keys_pair();
-        let mut link = Counted {
-            wire: io::Cursor::new(Vec::new()),
-            writes: 0,
-            reads: 0,
-            piece: usize::MAX,
-        };
+        let mut link = Pipe::new(Vec::new());
         let mut tx = Encrypted::new(&mut link, ours);
         for chunk in data.chunks(1024 * 1024) {
             tx.write_all(chunk).unwrap();
@@ -1109,7 +1094,7 @@ mod tests {
             let parts: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(k, &n)| vec![k as u8; n]).collect();
             let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
             let (_, theirs) = keys_pair();
-            let mut link = Counted { wire: io::Cursor::new(wire(&slices)), writes: 0, reads: 0, piece };
+            let mut link = Pipe { piece, ..Pipe::new(wire(&slices)) };
             let mut rx = Encrypted::new(&mut link, theirs);
             let mut got = Vec::new();
             let mut k = 0;

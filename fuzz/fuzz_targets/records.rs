@@ -12,27 +12,14 @@ use libfuzzer_sys::fuzz_target;
 use xfer::link::Link;
 use xfer::secure::{Encrypted, Keys};
 
-struct Bytes<'a>(&'a [u8]);
-
-impl Read for Bytes<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for Bytes<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Link for Bytes<'_> {}
-
 fn forged(data: &[u8]) {
-    let mut link = Encrypted::new(Bytes(data), Keys::from_raw([1; 32], [2; 32]));
+    let mut link = Encrypted::new(
+        Pieces {
+            wire: data,
+            piece: usize::MAX,
+        },
+        Keys::from_raw([1; 32], [2; 32]),
+    );
     let mut out = [0u8; 4096];
     loop {
         match link.read(&mut out) {
