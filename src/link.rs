@@ -362,6 +362,14 @@ impl<S: Link + ?Sized> Link for WithDeadline<'_, S> {
     }
 }
 
+/// Sends now what `stream` has gathered (answers, ACKs) rather than when
+/// it next waits for the peer.
+pub fn send_now<S: Link + ?Sized>(stream: &mut S, peer: &str) -> anyhow::Result<()> {
+    stream
+        .flush()
+        .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e).into())
+}
+
 /// Sets the deadline for each following read and write on `stream`.
 pub fn set_deadline<S: Link + ?Sized>(
     stream: &mut S,

@@ -246,9 +246,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         // first) makes for fewer, larger batches: one flush of the file
         // system for up to BATCH_FILES files instead of one for every few.
         if !self.batch.is_empty() && !self.stream.input_within(Duration::ZERO) {
-            self.stream
-                .flush()
-                .map_err(|e| Failure::network(format!("cannot talk to {}", self.peer), &e))?;
+            link::send_now(self.stream, self.peer)?;
             if !self.stream.input_within(BATCH_GRACE) {
                 self.flush()?;
             }
@@ -320,9 +318,7 @@ impl<S: Link + ?Sized> Run<'_, S> {
         // one is written. Offers come in groups (see the sender's
         // window), so this costs a send per group, not per file.
         if std::mem::take(&mut self.answered) {
-            self.stream
-                .flush()
-                .map_err(|e| Failure::network(format!("cannot talk to {}", self.peer), &e))?;
+            link::send_now(self.stream, self.peer)?;
         }
         let next_file = self
             .pending
@@ -1362,9 +1358,7 @@ impl Batch {
             };
             self.done.push((offer.name, outcome));
         }
-        stream
-            .flush()
-            .map_err(|e| Failure::network(format!("cannot talk to {peer}"), &e))?;
+        link::send_now(stream, peer)?;
         Ok(())
     }
 }
