@@ -1613,29 +1613,21 @@ fn bwlimit_paces_files_trees_streams_and_resumes_in_both_modes() {
         )
         .unwrap();
     }
-    let dst = env.root.path().join("tree-dst");
-    let mut r = env.recv_with(
-        &[
-            "--insecure",
-            "--bwlimit",
-            "4MiB",
-            "--dir",
-            dst.to_str().unwrap(),
-        ],
-        false,
+    tree_arrives_whole(
+        &env,
+        &tree,
+        "tree-dst",
+        &["--insecure", "--bwlimit", "4MiB"],
+        &["--insecure"],
     );
-    env.send(&tree, &r.addr(), &["--insecure"]).assert_code(0);
-    r.finish().assert_code(0);
-    assert_same_tree(&tree, &dst.join("tree"));
 
     // A stream from standard input, limited on both ends.
-    let mut r = env.recv(&["--bwlimit", "16M"]);
-    env.send_stdin(&file, &r.addr(), "paced-stream.bin", &["--bwlimit", "16M"])
-        .assert_code(0);
-    r.finish().assert_code(0);
-    assert_eq!(
-        sha256_file(&env.dst().join("paced-stream.bin")),
-        sha256_file(&file)
+    stream_arrives_whole(
+        &env,
+        &file,
+        "paced-stream.bin",
+        &["--bwlimit", "16M"],
+        &["--bwlimit", "16M"],
     );
 }
 
@@ -4919,21 +4911,8 @@ fn compress_shrinks_what_crosses_the_wire_and_changes_no_byte() {
         fs::write(tree.join(format!("day{i}.log")), text_bytes(300_000, i)).unwrap();
     }
     fs::write(tree.join("old/empty.log"), b"").unwrap();
-    let dst = env.root.path().join("dst-tree");
-    fs::create_dir(&dst).unwrap();
-    let mut r = env.recv_with(&["--dir", dst.to_str().unwrap()], false);
-    env.send(&tree, &r.addr(), &["--compress"]).assert_code(0);
-    r.finish().assert_code(0);
-    assert_same_tree(&tree, &dst.join("logs"));
-
-    let mut r = env.recv(&[]);
-    env.send_stdin(&text, &r.addr(), "piped.sql", &["--compress"])
-        .assert_code(0);
-    r.finish().assert_code(0);
-    assert_eq!(
-        sha256_file(&env.dst().join("piped.sql")),
-        sha256_file(&text)
-    );
+    tree_arrives_whole(&env, &tree, "dst-tree", &[], &["--compress"]);
+    stream_arrives_whole(&env, &text, "piped.sql", &[], &["--compress"]);
 }
 
 /// Issue 13: a compressed transfer cut off resumes where the receiver's
@@ -5236,6 +5215,41 @@ fn a_compressed_block_past_the_end_of_the_file_is_a_protocol_error() {
     drop(s);
     r.finish().assert_code(3);
     assert!(!env.dst().join("f").exists());
+}
+
+/// Sends `tree` with `send_extra` to a receiver of its own, given
+/// `recv_extra` and the directory `dst_name` under the test's root: both
+/// exit 0 and `diff -r` finds the tree arrived whole.
+fn tree_arrives_whole(
+    env: &TestEnv,
+    tree: &std::path::Path,
+    dst_name: &str,
+    recv_extra: &[&str],
+    send_extra: &[&str],
+) {
+    let dst = env.root.path().join(dst_name);
+    let recv_args = [recv_extra, &["--dir", dst.to_str().unwrap()]].concat();
+    let mut r = env.recv_with(&recv_args, false);
+    env.send(tree, &r.addr(), send_extra).assert_code(0);
+    r.finish().assert_code(0);
+    assert_same_tree(tree, &dst.join(tree.file_name().unwrap()));
+}
+
+/// Sends `file` from standard input as `name`, with `send_extra`, to a
+/// receiver of its own given `recv_extra`: both exit 0 and what arrived
+/// has the file's digest.
+fn stream_arrives_whole(
+    env: &TestEnv,
+    file: &std::path::Path,
+    name: &str,
+    recv_extra: &[&str],
+    send_extra: &[&str],
+) {
+    let mut r = env.recv(recv_extra);
+    env.send_stdin(file, &r.addr(), name, send_extra)
+        .assert_code(0);
+    r.finish().assert_code(0);
+    assert_eq!(sha256_file(&env.dst().join(name)), sha256_file(file));
 }
 
 /// The oracle for a received tree: `diff -r` finds no difference.
