@@ -68,16 +68,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$here/bench/ports.sh"
 now() { date +%s.%N; }
-wait_port() { # wait until something listens on port $1 (bounded: 10 s); without
-  # connecting, since a probe would use up a one-shot listener
-  for _ in $(seq 1 200); do
-    [ -n "$(ss -Hltn "sport = :$1")" ] && return 0
-    sleep 0.05
-  done
-  echo "compare: nothing listens on port $1" >&2; return 1
-}
 
 # Both ends authenticate with one key file, as a script would; the
 # plaintext runs say --insecure on both ends instead.

@@ -24,11 +24,7 @@ trap 'rm -rf "$dst"' EXIT
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$work/data.bin"
 cat "$work/data.bin" > /dev/null
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # without connecting: a probe would use up the one-shot listener
-  for _ in $(seq 1 400); do [ -n "$(ss -Hltn "sport = :$1")" ] && return 0; sleep 0.05; done
-  echo "profile: nothing listens on port $1" >&2; return 1
-}
+source bench/ports.sh   # (the working directory is the repository now)
 
 # $1 = label, $2 = wrapper for each side ("perf" or "strace"), $3.. = extra flags
 once() {

@@ -40,8 +40,7 @@ for i in range(n):
         f.write(os.urandom(4096))
 PY
 "$NEW" keygen --out "$W/key" >/dev/null 2>&1
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do ss -ltn | grep -q ":$1 " && return; sleep 0.1; done; }
+source "$here/bench/ports.sh"
 cat > "$W/rsyncd.conf" <<C
 use chroot = no
 pid file = $W/rsyncd.pid
