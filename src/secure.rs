@@ -826,12 +826,21 @@ mod tests {
 
     /// What a sender puts on the wire for `messages`, each flushed.
     fn wire(messages: &[&[u8]]) -> Vec<u8> {
+        sealed(messages, true)
+    }
+
+    /// What a sender puts on the wire for `writes`, flushed after each
+    /// (`flush_each`) or once at the end.
+    fn sealed(writes: &[&[u8]], flush_each: bool) -> Vec<u8> {
         let (ours, _) = keys_pair();
         let mut tx = Encrypted::new(Pipe::new(Vec::new()), ours);
-        for m in messages {
-            tx.write_all(m).unwrap();
-            tx.flush().unwrap();
+        for w in writes {
+            tx.write_all(w).unwrap();
+            if flush_each {
+                tx.flush().unwrap();
+            }
         }
+        tx.flush().unwrap();
         tx.inner.wire.get_ref().clone()
     }
 
@@ -1010,17 +1019,6 @@ mod tests {
         lens
     }
 
-    /// What a sender puts on the wire for `writes`, with one flush at the end.
-    fn unflushed(writes: &[&[u8]]) -> Vec<u8> {
-        let (ours, _) = keys_pair();
-        let mut tx = Encrypted::new(Pipe::new(Vec::new()), ours);
-        for w in writes {
-            tx.write_all(w).unwrap();
-        }
-        tx.flush().unwrap();
-        tx.inner.wire.get_ref().clone()
-    }
-
     /// Sealing straight from the caller's buffer must not move a record
     /// boundary: bytes written are gathered into records of RECORD_MAX,
     /// whatever the sizes of the writes, and a flush closes a short one.
@@ -1028,11 +1026,11 @@ mod tests {
     fn records_are_cut_where_the_protocol_says_whatever_the_writes() {
         let big = vec![1u8; 3 * RECORD_MAX + 5];
         assert_eq!(
-            record_lengths(&unflushed(&[b"hello", &big, b"tail"])),
+            record_lengths(&sealed(&[b"hello", &big, b"tail"], false)),
             [RECORD_MAX, RECORD_MAX, RECORD_MAX, 14]
         );
         assert_eq!(
-            record_lengths(&unflushed(&[&big[..2 * RECORD_MAX], b"x"])),
+            record_lengths(&sealed(&[&big[..2 * RECORD_MAX], b"x"], false)),
             [RECORD_MAX, RECORD_MAX, 1]
         );
         assert_eq!(
@@ -1043,7 +1041,7 @@ mod tests {
         // Many whole records: more than one buffer's worth.
         let many = vec![2u8; (2 * RECORDS_PER_IO + 1) * RECORD_MAX];
         assert_eq!(
-            record_lengths(&unflushed(&[b"x", &many])),
+            record_lengths(&sealed(&[b"x", &many], false)),
             [vec![RECORD_MAX; 2 * RECORDS_PER_IO + 1], vec![1]].concat()
         );
     }
