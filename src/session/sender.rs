@@ -17,11 +17,14 @@ use crate::protocol::{Ack, Digest, ErrorFrame, Frame, Refuse};
 
 /// Entries a sender keeps offered but not yet answered: enough to hide the
 /// round trips behind data, few enough to bound the files both sides hold
-/// open. Files sent and awaiting their ACK may be eight times as many (256,
-/// which a receiver may make durable in one batch), so new offers go out
-/// while earlier files are still being verified. (64 was
-/// measured too: no faster on 10,000 small files.)
+/// open. (64 was measured too: no faster on 10,000 small files.)
 pub const WINDOW: usize = 32;
+
+/// Files sent and awaiting their ACK: two of the reference receiver's
+/// batches of 256, so new offers and data go out while one batch is being
+/// made durable and the next fills (with 256, a receiver committing one
+/// batch behind the session would wait for the sender, who waited for it).
+pub const MAX_UNACKED: usize = 16 * WINDOW;
 
 /// What was offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +112,7 @@ impl Sender {
         } else if self.offered.len() <= WINDOW / 2 {
             self.refilling = true;
         }
-        if self.next < self.count && self.refilling && self.unacked.len() < 8 * WINDOW {
+        if self.next < self.count && self.refilling && self.unacked.len() < MAX_UNACKED {
             self.next += 1;
             Some(self.next - 1)
         } else {
