@@ -1860,6 +1860,68 @@ fn a_low_soft_limit_on_open_files_does_not_fail_a_batch() {
     assert_same_tree(&tree, &env.dst().join("many"));
 }
 
+/// A receiver that commits each full batch on a thread of its own while
+/// it receives the next (forced here; a release build does so where
+/// flushing waits on a disk) in `dir`, one session.
+fn recv_committing_behind(dir: &std::path::Path) -> RecvProcess {
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(dir)
+        .env("XFER_TEST_COMMIT_BEHIND", "1");
+    RecvProcess::spawn(cmd)
+}
+
+/// Small files, in a tree of a few directories.
+fn small_files(root: &std::path::Path, count: usize) {
+    for i in 0..count {
+        let dir = root.join(format!("d{}", i % 3));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}")), random_bytes(1000, i as u64)).unwrap();
+    }
+}
+
+#[test]
+fn batches_committed_behind_the_session_all_arrive_acknowledged() {
+    // 512 is two full batches: the last is still being committed when
+    // the sender, with nothing left to send, waits for its ACKs.
+    for count in [512, 700] {
+        let env = TestEnv::new();
+        let tree = env.src().join("many");
+        small_files(&tree, count);
+        let mut r = recv_committing_behind(&env.dst());
+        let sent = env.send(&tree, &r.addr(), &["--json"]);
+        sent.assert_code(0);
+        let acked = sent
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "file-done")
+            .count();
+        assert_eq!(acked, count);
+        r.finish().assert_code(0);
+        assert_same_tree(&tree, &env.dst().join("many"));
+    }
+}
+
+#[test]
+fn a_session_cut_while_a_batch_commits_behind_it_leaves_nothing_wrong() {
+    let env = TestEnv::new();
+    let tree = env.src().join("many");
+    small_files(&tree, 700);
+    let mut r = recv_committing_behind(&env.dst());
+    // About two thirds of the tree, past the first full batch.
+    let cut = Proxy::start(r.addr().parse().unwrap(), Mode::CutAfter(480_000));
+    let first = env.send(&tree, &cut.addr(), &["--retries", "0"]);
+    assert_ne!(first.code(), Some(0));
+    let out = r.finish();
+    assert_ne!(out.code(), Some(0));
+    // Whatever was in place is whole: the next session completes the tree,
+    // and nothing else is left in it (no partial file, no stray name).
+    let mut again = recv_committing_behind(&env.dst());
+    env.send(&tree, &again.addr(), &[]).assert_code(0);
+    again.finish().assert_code(0);
+    assert_same_tree(&tree, &env.dst().join("many"));
+}
+
 #[test]
 fn a_receiver_behind_nat_connects_to_a_sender_that_listens() {
     let env = TestEnv::new();
