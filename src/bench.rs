@@ -58,6 +58,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<()> {
         hook: None,
         names: crate::names::Policy::default(),
         keep: crate::destination::Keep::default(),
+        batch_files: recv::BATCH_FILES,
     };
     let quiet = Reporter::new(true, false);
     let receiver = std::thread::spawn(move || -> anyhow::Result<Vec<recv::Received>> {

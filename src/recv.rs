@@ -54,6 +54,8 @@ pub struct Policy {
     pub names: crate::names::Policy,
     /// `--numeric-ids`, `--safe-links`.
     pub keep: destination::Keep,
+    /// Most files in one batch of a group commit: see [`batch_files_for`].
+    pub batch_files: usize,
 }
 
 impl Policy {
@@ -138,7 +140,7 @@ fn serve_session<S: Link + ?Sized>(
         failed: 0,
         deadline: policy.idle_timeout,
         hooks: crate::hook::Hooks::start(policy.hook.as_ref(), reporter),
-        batch: Batch::default(),
+        batch: Batch::new(policy.batch_files),
         answered: false,
     };
     let mut next = run.first_offer(until);
@@ -1260,6 +1262,8 @@ fn settle<S: Link + ?Sized>(
 /// its ACKs: the next attempt finds those files unchanged.)
 #[derive(Default)]
 struct Batch {
+    /// Most files in it (see [`batch_files_for`]).
+    max_files: usize,
     waiting: Vec<Waiting>,
     bytes: u64,
     /// What flushing made of each file: its name and outcome, for the
@@ -1279,7 +1283,19 @@ struct Batch {
 /// costs an open descriptor until its batch is durable, so a session holds
 /// up to 512 (the receiver runs with its soft limit on open files raised
 /// to the hard one: see `gate::raise_open_files`).
-const BATCH_FILES: usize = 256;
+pub const BATCH_FILES: usize = 256;
+
+/// The batch size for sessions that may run `sessions` at once in a
+/// process allowed `open_files` descriptors: [`BATCH_FILES`] unless that
+/// many would not fit. A session holds a descriptor for each file of two
+/// batches (one committing, one filling) and of up to 64 accepted files,
+/// and a few more; on a server with a low limit and many sessions,
+/// batches shrink (to 16 at least) rather than a file failing to open.
+pub fn batch_files_for(open_files: u64, sessions: usize) -> usize {
+    let each = open_files.saturating_sub(64) / sessions.max(1) as u64;
+    let batch = each.saturating_sub(96) / 2;
+    (batch as usize).clamp(16, BATCH_FILES)
+}
 /// Most bytes in one batch (more would make one flush wait long).
 const BATCH_BYTES: u64 = 64 << 20;
 /// How long a receiver holding a batch waits for the sender's next frame
@@ -1309,13 +1325,19 @@ struct Waiting {
 }
 
 impl Batch {
+    fn new(max_files: usize) -> Batch {
+        let mut batch = Batch::default();
+        batch.max_files = max_files;
+        batch
+    }
+
     fn add(&mut self, waiting: Waiting) {
         self.bytes += waiting.size - waiting.start;
         self.waiting.push(waiting);
     }
 
     fn full(&self) -> bool {
-        self.waiting.len() >= BATCH_FILES || self.bytes >= BATCH_BYTES
+        self.waiting.len() >= self.max_files || self.bytes >= BATCH_BYTES
     }
 
     /// Nothing waits for its ACK, here or on the committing thread.
@@ -1901,6 +1923,14 @@ fn serve_opened(
         hook: config.hook.clone(),
         names: config.names,
         keep: config.keep,
+        batch_files: batch_files_for(
+            crate::gate::raise_open_files(),
+            if config.keep_running {
+                config.max_connections
+            } else {
+                1
+            },
+        ),
     };
     crate::net::prepare(&stream, config.idle_timeout)
         .map_err(|e| Failure::network(format!("cannot set up the connection from {peer}"), &e))?;
@@ -2021,7 +2051,7 @@ mod tests {
     /// holds ACKs too, even when no file waits in the next batch.
     #[test]
     fn a_batch_committing_behind_still_holds_acks() {
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(BATCH_FILES);
         batch.committing = Some(std::thread::spawn(|| Commit {
             placed: Vec::new(),
             flushing: Duration::from_millis(5),
@@ -2032,5 +2062,18 @@ mod tests {
         // Its flushes waited (5 ms): the next full batch commits behind too.
         assert!(batch.behind);
         assert!(batch.is_empty());
+    }
+
+    /// Batches fit the descriptors a server may hold for all its sessions.
+    #[test]
+    fn batches_shrink_to_fit_the_open_files_limit() {
+        assert_eq!(batch_files_for(1 << 20, 64), BATCH_FILES);
+        assert_eq!(batch_files_for(1 << 20, 1), BATCH_FILES);
+        // This VM's hard limit (20,000) and the default 64 sessions:
+        // 311 descriptors each, two batches of 107 and 64 accepted files.
+        assert_eq!(batch_files_for(20_000, 64), 107);
+        assert!(2 * batch_files_for(20_000, 64) + 96 <= (20_000 - 64) / 64);
+        assert_eq!(batch_files_for(1024, 64), 16);
+        assert_eq!(batch_files_for(0, 0), 16);
     }
 }

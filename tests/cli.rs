@@ -1881,6 +1881,37 @@ fn small_files(root: &std::path::Path, count: usize) {
 }
 
 #[test]
+fn a_low_hard_limit_on_open_files_makes_batches_smaller_not_files_fail() {
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new();
+    let tree = env.src().join("many");
+    small_files(&tree, 700);
+    let mut cmd = xfer();
+    cmd.args(["recv", "--port", "0", "--json", "--dir"])
+        .arg(env.dst())
+        .env("XFER_TEST_COMMIT_BEHIND", "1");
+    // SAFETY: only a system call between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            use rustix::process::{Resource, Rlimit, setrlimit};
+            // Two batches of 256 and 64 accepted files would not fit.
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(300),
+                    maximum: Some(300),
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let mut r = RecvProcess::spawn(cmd);
+    env.send(&tree, &r.addr(), &[]).assert_code(0);
+    r.finish().assert_code(0);
+    assert_same_tree(&tree, &env.dst().join("many"));
+}
+
+#[test]
 fn batches_committed_behind_the_session_all_arrive_acknowledged() {
     // 512 is two full batches: the last is still being committed when
     // the sender, with nothing left to send, waits for its ACKs.
@@ -3557,6 +3588,7 @@ fn both_sides_run_in_one_process_over_an_in_memory_link() {
         hook: None,
         names: xfer::names::Policy::default(),
         keep: xfer::destination::Keep::default(),
+        batch_files: xfer::recv::BATCH_FILES,
     };
     let quiet = xfer::output::Reporter::new(true, false);
     let receiver = std::thread::spawn(move || {
