@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Many small files onto a real disk: xfer (encrypted) against the rsync
-# daemon, and optionally against another xfer build, alternating, with
+# daemon (alone, and followed by `sync` so that its files are as durable
+# as xfer's), and optionally against another xfer build, alternating, with
 # `sync` before each run, medians printed by the caller's eye.
 #
 #   bash bench/small-files-disk.sh                      # 10,000 x 4 KiB to /var/tmp, 5 rounds
@@ -71,10 +72,14 @@ one_xfer() { # $1 = binary; prints seconds
   [ "$(find "$into/many" -type f | wc -l)" = "$N" ] || { echo "small-files-disk: xfer left the wrong number of files" >&2; exit 1; }
   echo "$(date +%s.%N) - $t0" | bc -l
 }
+# $1 = "sync" to time rsync and then a `sync`: the rsync daemon makes
+# nothing durable, and its writeback happens after it has finished; with
+# the `sync` its files are as durable as xfer's when it reports success.
 one_rsync() {
   local into; into=$(fresh)
   local t0; t0=$(date +%s.%N)
   rsync -a --whole-file "$W/src/many" "rsync://127.0.0.1:$rport/dst/$(basename "$into")/"
+  [ "${1:-}" = sync ] && sync
   [ "$(find "$into/many" -type f | wc -l)" = "$N" ] || { echo "small-files-disk: rsync left the wrong number of files" >&2; exit 1; }
   echo "$(date +%s.%N) - $t0" | bc -l
 }
@@ -82,6 +87,6 @@ echo "$N files of 4 KiB in 100 directories to $PARENT ($(df -T "$PARENT" | awk '
 for round in $(seq 1 "$ROUNDS"); do
   line="round $round:"
   [ -n "$OLD" ] && line="$line before $(one_xfer "$OLD")"
-  line="$line xfer $(one_xfer "$NEW") rsync $(one_rsync)"
+  line="$line xfer $(one_xfer "$NEW") rsync $(one_rsync) rsync+sync $(one_rsync sync)"
   echo "$line"
 done
