@@ -9,6 +9,7 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -1382,8 +1383,22 @@ impl Batch {
             self.acknowledge(placed, stream, peer, reporter)?;
             link::send_now(stream, peer)?;
         }
-        let waiting = self.take();
-        self.committing = Some(std::thread::spawn(move || commit(waiting)));
+        // The batch goes to the thread through a slot it can be taken back
+        // from: a process out of threads commits it here instead.
+        let slot = Arc::new(Mutex::new(Some(self.take())));
+        let theirs = Arc::clone(&slot);
+        let spawned = std::thread::Builder::new()
+            .name("xfer-commit".into())
+            .spawn(move || commit(take_slot(&theirs)));
+        match spawned {
+            Ok(handle) => self.committing = Some(handle),
+            Err(_) => {
+                let done = commit(take_slot(&slot));
+                self.behind = done.flushing >= COMMIT_BEHIND;
+                self.acknowledge(done.placed, stream, peer, reporter)?;
+                link::send_now(stream, peer)?;
+            }
+        }
         Ok(())
     }
 
@@ -1467,6 +1482,14 @@ fn commits_behind_always() -> bool {
 #[cfg(not(debug_assertions))]
 fn commits_behind_always() -> bool {
     false
+}
+
+/// The batch a committing thread was handed.
+fn take_slot(slot: &Mutex<Option<Vec<Waiting>>>) -> Vec<Waiting> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .unwrap_or_default()
 }
 
 /// What committing a batch made of its files, and how long its flushes
