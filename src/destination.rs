@@ -75,8 +75,9 @@ struct OpenDir {
     dev: u64,
     ino: u64,
     /// xfer's partial files found in it, listed on the first commit here
-    /// (once per directory and session): the candidates for clean-up.
-    partials: std::sync::Mutex<Option<Vec<OsString>>>,
+    /// (once per directory and session): the candidates for clean-up, by
+    /// the prefix that names their destination (see [`partial_prefix`]).
+    partials: std::sync::Mutex<Option<HashMap<Vec<u8>, Vec<OsString>>>>,
     /// Names in it ignore case (ext4 or f2fs casefolding, set per
     /// directory): entries that differ only in case land on one file.
     casefold: bool,
@@ -104,11 +105,17 @@ impl OpenDir {
             .partials
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let names = listed.get_or_insert_with(|| list_partials(&self.fd));
+        let by_place = listed.get_or_insert_with(|| list_partials(&self.fd));
+        debug_assert_eq!(prefix.len(), PREFIX_LEN);
+        let Some(names) = by_place.get_mut(prefix.as_bytes()) else {
+            return Vec::new();
+        };
         let mut removed = Vec::new();
         names.retain(|name| {
-            if name == keep || !name.as_encoded_bytes().starts_with(prefix.as_bytes()) {
-                return true;
+            // `keep` was just renamed into place or removed: no longer a
+            // partial file here.
+            if name == keep {
+                return false;
             }
             let gone = remove_own_partial(&self.fd, name, |_| true).is_some();
             if gone {
@@ -116,19 +123,33 @@ impl OpenDir {
             }
             !gone
         });
+        if names.is_empty() {
+            by_place.remove(prefix.as_bytes());
+        }
         removed
     }
 }
 
-/// The names of xfer's resumable partial files in a directory.
-fn list_partials(dir: &OwnedFd) -> Vec<OsString> {
-    names_in(dir)
-        .into_iter()
-        .filter(|name| {
-            let bytes = name.as_encoded_bytes();
-            bytes.starts_with(TEMP_PREFIX.as_bytes()) && bytes.ends_with(PARTIAL_SUFFIX.as_bytes())
-        })
-        .collect()
+/// The length of every [`partial_prefix`]: `.xfer-`, 16 hex digits, `-`.
+const PREFIX_LEN: usize = TEMP_PREFIX.len() + 17;
+
+/// The names of xfer's resumable partial files in a directory, by their
+/// [`partial_prefix`]. (A commit looks up its own destination's: with one
+/// list to scan, a directory of thousands of new files cost a scan of the
+/// others' partials per file, 2.5 % of a receiver's CPU.)
+fn list_partials(dir: &OwnedFd) -> HashMap<Vec<u8>, Vec<OsString>> {
+    let mut by_place: HashMap<Vec<u8>, Vec<OsString>> = HashMap::new();
+    for name in names_in(dir) {
+        let bytes = name.as_encoded_bytes();
+        if bytes.len() > PREFIX_LEN
+            && bytes.starts_with(TEMP_PREFIX.as_bytes())
+            && bytes.ends_with(PARTIAL_SUFFIX.as_bytes())
+        {
+            let place = bytes[..PREFIX_LEN].to_vec();
+            by_place.entry(place).or_default().push(name);
+        }
+    }
+    by_place
 }
 
 /// The names in a directory, without `.` and `..` (none if it cannot be
