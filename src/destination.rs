@@ -81,18 +81,26 @@ struct OpenDir {
     /// Names in it ignore case (ext4 or f2fs casefolding, set per
     /// directory): entries that differ only in case land on one file.
     casefold: bool,
+    /// This session made it: it held nothing when it was made, so there
+    /// are no partial files of earlier attempts to look for, and no file
+    /// at a final name to check before receiving one (a file that appears
+    /// there meanwhile is still caught by the rename, which never
+    /// replaces one without --overwrite). Saves a directory listing and a
+    /// `stat` a file when a tree arrives for the first time.
+    made: bool,
 }
 
 impl OpenDir {
     #[allow(clippy::unnecessary_cast)]
-    fn new(fd: OwnedFd) -> rustix::io::Result<OpenDir> {
+    fn new(fd: OwnedFd, made: bool) -> rustix::io::Result<OpenDir> {
         let st = rfs::fstat(&fd)?;
         Ok(OpenDir {
             casefold: is_casefolded(&fd),
             fd,
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
-            partials: std::sync::Mutex::new(None),
+            partials: std::sync::Mutex::new(made.then(HashMap::new)),
+            made,
         })
     }
 
@@ -775,7 +783,8 @@ impl Destination {
             return Ok(fd.clone());
         }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let opened = rfs::open(dir, flags, rfs::Mode::empty()).and_then(OpenDir::new);
+        let opened =
+            rfs::open(dir, flags, rfs::Mode::empty()).and_then(|fd| OpenDir::new(fd, false));
         let fd = opened.map_err(|e| {
             Refusal::new(
                 Reason::LocalIo,
@@ -875,6 +884,9 @@ fn existing(
     overwrite: bool,
     shown_final: &dyn Fn() -> String,
 ) -> Result<Option<rfs::Stat>, Refusal> {
+    if dir.made {
+        return Ok(None);
+    }
     match rfs::statat(&**dir, final_name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             return Err(Refusal::new(
@@ -997,8 +1009,8 @@ fn open_child_dir(
     name: &OsStr,
     create: bool,
 ) -> Result<OpenDir, (Reason, String)> {
-    let fd = open_child_dir_fd(parent, name, create)?;
-    OpenDir::new(fd).map_err(|e| {
+    let (fd, made) = open_child_dir_fd(parent, name, create)?;
+    OpenDir::new(fd, made).map_err(|e| {
         (
             Reason::LocalIo,
             format!("cannot be opened: {}", io_reason(&e.into())),
@@ -1006,28 +1018,31 @@ fn open_child_dir(
     })
 }
 
+/// The directory, and whether this call made it.
 fn open_child_dir_fd(
     parent: &OwnedFd,
     name: &OsStr,
     create: bool,
-) -> Result<OwnedFd, (Reason, String)> {
+) -> Result<(OwnedFd, bool), (Reason, String)> {
     use rustix::io::Errno;
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rfs::openat(parent, name, flags, rfs::Mode::empty());
     let io_error =
         |what: &str, e: Errno| (Reason::LocalIo, format!("{what}: {}", io_reason(&e.into())));
     match open() {
-        Ok(fd) => Ok(fd),
+        Ok(fd) => Ok((fd, false)),
         Err(Errno::NOENT) if create => {
-            match rfs::mkdirat(parent, name, rfs::Mode::from_raw_mode(0o777)) {
+            let made = match rfs::mkdirat(parent, name, rfs::Mode::from_raw_mode(0o777)) {
+                Ok(()) => true,
                 // Made meanwhile by a concurrent session: fine if a directory.
-                Ok(()) | Err(Errno::EXIST) => {}
+                Err(Errno::EXIST) => false,
                 Err(e) => return Err(io_error("cannot be created", e)),
-            }
-            open().map_err(|e| match e {
+            };
+            let fd = open().map_err(|e| match e {
                 Errno::LOOP | Errno::NOTDIR => not_a_directory(parent, name),
                 e => io_error("cannot be opened", e),
-            })
+            })?;
+            Ok((fd, made))
         }
         Err(Errno::LOOP | Errno::NOTDIR) => Err(not_a_directory(parent, name)),
         Err(e) => Err(io_error("cannot be opened", e)),
@@ -1907,6 +1922,7 @@ mod tests {
     fn open_dir(dir: &Path) -> OpenDir {
         OpenDir::new(
             rfs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY, rfs::Mode::empty()).unwrap(),
+            false,
         )
         .unwrap()
     }

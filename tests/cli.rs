@@ -2282,6 +2282,66 @@ fn hostile_paths_in_a_multi_file_offer_are_refused_and_confined() {
     assert_eq!(entries(&env.dst()), vec!["link", "made"]);
 }
 
+/// Sends one file's START, data and TRAILER for `offer`, and returns its ACK.
+fn send_data(s: &mut Encrypted<TcpStream>, offer: &Frame, data: &[u8]) -> protocol::Ack {
+    protocol::write_frame(s, &Frame::Start { offset: 0 }).unwrap();
+    s.write_all(data).unwrap();
+    protocol::write_frame(
+        s,
+        &Frame::Trailer(Trailer {
+            size: data.len() as u64,
+            sha256: sha2::Sha256::digest(data).into(),
+            offer_sha256: offer_sha(offer),
+            changed: false,
+        }),
+    )
+    .unwrap();
+    s.flush().unwrap();
+    match protocol::read_frame(s).unwrap() {
+        Frame::Ack(ack) => ack,
+        other => panic!("expected ACK: {other:?}"),
+    }
+}
+
+/// A directory the session made holds nothing it did not put there, so
+/// the receiver skips looking at each final name before a file arrives;
+/// a file someone plants there meanwhile must still never be replaced.
+#[test]
+fn a_file_planted_in_a_directory_the_session_made_is_never_replaced() {
+    let env = TestEnv::new();
+    let mut r = env.recv(&[]);
+    let mut s = raw_sender(&r.addr());
+    let first = path_offer("made/a", 3, protocol::FLAG_PATH);
+    protocol::write_frame(&mut s, &first).unwrap();
+    assert!(matches!(
+        protocol::read_frame(&mut s).unwrap(),
+        Frame::Accept(_)
+    ));
+    assert_eq!(
+        send_data(&mut s, &first, b"aaa").status,
+        protocol::AckStatus::Ok
+    );
+    // A neighbour plants the next name in the directory the session made.
+    fs::write(env.dst().join("made/b"), b"planted").unwrap();
+    let second = path_offer("made/b", 3, protocol::FLAG_PATH);
+    protocol::write_frame(&mut s, &second).unwrap();
+    match protocol::read_frame(&mut s).unwrap() {
+        Frame::Accept(_) => {
+            let ack = send_data(&mut s, &second, b"bbb");
+            assert_eq!(ack.status, protocol::AckStatus::Failed, "{ack:?}");
+            assert!(ack.message.contains("appeared while receiving"), "{ack:?}");
+        }
+        Frame::Refuse(refuse) => assert_eq!(refuse.reason, Reason::Exists),
+        other => panic!("expected an answer: {other:?}"),
+    }
+    protocol::write_frame(&mut s, &Frame::end()).unwrap();
+    s.flush().unwrap();
+    r.finish().assert_code(8);
+    assert_eq!(fs::read(env.dst().join("made/b")).unwrap(), b"planted");
+    assert_eq!(fs::read(env.dst().join("made/a")).unwrap(), b"aaa");
+    assert_eq!(entries(&env.dst().join("made")), vec!["a", "b"]);
+}
+
 /// Relative paths of everything under `root`, sorted, links included.
 fn tree_listing(root: &std::path::Path) -> Vec<String> {
     fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
