@@ -169,6 +169,55 @@ pub struct Seen {
     /// Digest of the (folded where folding applies) path -> (digest of the
     /// path as first offered, whether a directory).
     paths: std::collections::HashMap<u128, (u128, bool)>,
+    /// The parent directories of the entry checked last, whether each
+    /// folds, and the digests' states after them: the next entry in the
+    /// same directory (the usual next one in a tree) starts from there, so
+    /// it costs one level's digests instead of every level's.
+    last_parent: Option<Parent>,
+}
+
+#[derive(Debug)]
+struct Parent {
+    components: Vec<Vec<u8>>,
+    folds: Vec<bool>,
+    state: Hashing,
+}
+
+/// A path's two digests, built one component at a time.
+#[derive(Debug, Clone, Default)]
+struct Hashing {
+    /// The path as offered.
+    path: sha2::Sha256,
+    /// The path as compared, once a component was folded (until then it
+    /// is the path as offered: one digest serves both).
+    key: Option<sha2::Sha256>,
+}
+
+impl Hashing {
+    fn add(&mut self, component: &[u8], fold: bool) {
+        use sha2::Digest as _;
+        if fold && self.key.is_none() {
+            self.key = Some(self.path.clone());
+        }
+        // A separator that cannot occur in a component keeps ("ab", "c")
+        // and ("a", "bc") apart.
+        if let Some(key) = &mut self.key {
+            if fold {
+                key.update(folded(component));
+            } else {
+                key.update(component);
+            }
+            key.update(b"/");
+        }
+        self.path.update(component);
+        self.path.update(b"/");
+    }
+
+    /// (key, path) digests of the path so far.
+    fn digests(&self) -> (u128, u128) {
+        let path = digest128(&self.path);
+        (self.key.as_ref().map_or(path, digest128), path)
+    }
 }
 
 /// Most distinct paths (entries and their parent directories) one session
@@ -192,22 +241,28 @@ impl Seen {
         is_dir: bool,
         fold: impl Fn(usize) -> bool,
     ) -> Result<(), NameError> {
-        use sha2::Digest as _;
-        let mut key = sha2::Sha256::new();
-        let mut path = sha2::Sha256::new();
         let shown_path = |upto: usize| shown(components[..=upto].join(&b'/'));
-        for (i, component) in components.iter().enumerate() {
-            // A separator that cannot occur in a component keeps
-            // ("ab", "c") and ("a", "bc") apart.
-            if fold(i) {
-                key.update(folded(component));
-            } else {
-                key.update(component);
+        // The parents were checked (and recorded as directories) with the
+        // last entry: nothing since can have changed their verdict, as a
+        // file entry at one of their paths was refused.
+        let parents = components.len().saturating_sub(1);
+        let (mut hashing, start) = match &self.last_parent {
+            Some(last)
+                if last.components.len() == parents
+                    && last
+                        .components
+                        .iter()
+                        .zip(components)
+                        .all(|(a, b)| a.as_slice() == *b)
+                    && last.folds.iter().enumerate().all(|(i, f)| *f == fold(i)) =>
+            {
+                (last.state.clone(), parents)
             }
-            key.update(b"/");
-            path.update(component);
-            path.update(b"/");
-            let (key_digest, path_digest) = (digest128(&key), digest128(&path));
+            _ => (Hashing::default(), 0),
+        };
+        for (i, component) in components.iter().enumerate().skip(start) {
+            hashing.add(component, fold(i));
+            let (key_digest, path_digest) = hashing.digests();
             let dir = is_dir || i + 1 < components.len();
             match self.paths.get(&key_digest) {
                 None if self.paths.len() >= MAX_SEEN => {
@@ -224,6 +279,13 @@ impl Seen {
                 }
                 Some(_) if !dir => return Err(NameError::Duplicate(shown_path(i))),
                 Some(_) => {}
+            }
+            if i + 1 == parents {
+                self.last_parent = Some(Parent {
+                    components: components[..parents].iter().map(|c| c.to_vec()).collect(),
+                    folds: (0..parents).map(&fold).collect(),
+                    state: hashing.clone(),
+                });
             }
         }
         Ok(())
@@ -545,6 +607,70 @@ mod tests {
         );
         // 255 bytes means bytes, not characters.
         assert!(validate_name("é".repeat(128).as_bytes(), LINUX).is_err());
+    }
+
+    /// [`Seen::check`] as it was before it reused the last parent's
+    /// digests: every level hashed anew, two digests each.
+    fn check_every_level(
+        paths: &mut std::collections::HashMap<u128, (u128, bool)>,
+        components: &[&[u8]],
+        is_dir: bool,
+        fold: impl Fn(usize) -> bool,
+    ) -> Result<(), NameError> {
+        use sha2::Digest as _;
+        let mut key = sha2::Sha256::new();
+        let mut path = sha2::Sha256::new();
+        let shown_path = |upto: usize| shown(components[..=upto].join(&b'/'));
+        for (i, component) in components.iter().enumerate() {
+            if fold(i) {
+                key.update(folded(component));
+            } else {
+                key.update(component);
+            }
+            key.update(b"/");
+            path.update(component);
+            path.update(b"/");
+            let (key_digest, path_digest) = (digest128(&key), digest128(&path));
+            let dir = is_dir || i + 1 < components.len();
+            match paths.get(&key_digest) {
+                None => {
+                    paths.insert(key_digest, (path_digest, dir));
+                }
+                Some((first, _)) if *first != path_digest => {
+                    return Err(NameError::Collision(shown_path(i)));
+                }
+                Some((_, was_dir)) if *was_dir != dir => {
+                    return Err(NameError::FileAndDirectory(shown_path(i)));
+                }
+                Some(_) if !dir => return Err(NameError::Duplicate(shown_path(i))),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Reusing the last parent's digests changes no verdict, whatever
+        /// the order of entries, their kinds and where names fold.
+        #[test]
+        fn seen_judges_as_if_it_hashed_every_level(
+            entries in proptest::collection::vec(
+                (proptest::collection::vec(0..5usize, 1..5), proptest::prelude::any::<bool>(), 0..16u8),
+                1..60,
+            ),
+        ) {
+            const NAMES: [&str; 5] = ["a", "A", "b", "caf\u{e9}", "cafe\u{301}"];
+            let mut seen = Seen::default();
+            let mut reference = std::collections::HashMap::new();
+            for (path, is_dir, folds) in entries {
+                let components: Vec<&[u8]> = path.iter().map(|&n| NAMES[n].as_bytes()).collect();
+                let fold = |i: usize| folds & (1 << i) != 0;
+                proptest::prop_assert_eq!(
+                    seen.check(&components, is_dir, fold),
+                    check_every_level(&mut reference, &components, is_dir, fold)
+                );
+            }
+        }
     }
 
     #[test]
