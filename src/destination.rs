@@ -108,14 +108,14 @@ impl OpenDir {
     /// destination (names starting with `prefix`, see [`partial_name`]),
     /// other than `keep`: only regular, single-link files of our own user
     /// that no other session holds. Returns their names.
-    fn remove_stale_partials(&self, prefix: &str, keep: &OsStr) -> Vec<OsString> {
+    fn remove_stale_partials(&self, prefix: &[u8], keep: &OsStr) -> Vec<OsString> {
         let mut listed = self
             .partials
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let by_place = listed.get_or_insert_with(|| list_partials(&self.fd));
         debug_assert_eq!(prefix.len(), PREFIX_LEN);
-        let Some(names) = by_place.get_mut(prefix.as_bytes()) else {
+        let Some(names) = by_place.get_mut(prefix) else {
             return Vec::new();
         };
         let mut removed = Vec::new();
@@ -132,7 +132,7 @@ impl OpenDir {
             !gone
         });
         if names.is_empty() {
-            by_place.remove(prefix.as_bytes());
+            by_place.remove(prefix);
         }
         removed
     }
@@ -1236,7 +1236,7 @@ fn partial_name(dir: &OpenDir, final_name: &OsStr, offer: &Offer) -> OsString {
     let version: [u8; 32] = version.finalize().into();
     OsString::from(format!(
         "{prefix}{}{PARTIAL_SUFFIX}",
-        &crate::protocol::hex(&version)[..8]
+        crate::protocol::hex(&version[..4])
     ))
 }
 
@@ -1248,7 +1248,7 @@ fn partial_prefix(dir: &OpenDir, final_name: &OsStr) -> String {
     place.update(dir.ino.to_be_bytes());
     place.update(final_name.as_encoded_bytes());
     let place: [u8; 32] = place.finalize().into();
-    format!("{TEMP_PREFIX}{}-", &crate::protocol::hex(&place)[..16])
+    format!("{TEMP_PREFIX}{}-", crate::protocol::hex(&place[..8]))
 }
 
 /// What a link entry makes.
@@ -1596,8 +1596,16 @@ impl PartialFile {
         }
         self.settled = true;
         let path = result?;
-        let prefix = partial_prefix(&self.dir, &self.final_name);
-        let stale = self.dir.remove_stale_partials(&prefix, &self.temp_name);
+        // A resumable partial's own name starts with the prefix.
+        let own = self.temp_name.as_encoded_bytes();
+        let stale = if self.resumable && own.len() > PREFIX_LEN {
+            self.dir
+                .remove_stale_partials(&own[..PREFIX_LEN], &self.temp_name)
+        } else {
+            let prefix = partial_prefix(&self.dir, &self.final_name);
+            self.dir
+                .remove_stale_partials(prefix.as_bytes(), &self.temp_name)
+        };
         Ok(Committed {
             path,
             stale,
@@ -1669,7 +1677,8 @@ impl PartialFile {
     /// checking the temporary name still holds it.
     fn place(&mut self) -> Result<PathBuf, Refusal> {
         let kept = self.stat.take();
-        let shown = crate::names::escape_path(&self.final_path);
+        // Built only for a message: this runs once per file.
+        let shown = || crate::names::escape_path(&self.final_path);
         let io_refusal = |what: &str, e: &io::Error| self.io_refusal(what, e);
         let file = &self.file;
         // The name must still be this file: in a directory others can
@@ -1682,8 +1691,9 @@ impl PartialFile {
             Refusal::new(
                 Reason::LocalIo,
                 format!(
-                    "the partial file for '{shown}' was replaced by another while receiving; \
-                     not kept"
+                    "the partial file for '{}' was replaced by another while receiving; \
+                     not kept",
+                    shown()
                 ),
             )
         };
@@ -1715,7 +1725,7 @@ impl PartialFile {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Refusal::new(
                     Reason::Exists,
-                    format!("'{shown}' appeared while receiving; kept it"),
+                    format!("'{}' appeared while receiving; kept it", shown()),
                 )
             } else {
                 io_refusal("cannot rename into", &e)
