@@ -315,12 +315,17 @@ fn raw_sender(addr: &str) -> Encrypted<TcpStream> {
     Encrypted::new(s, keys)
 }
 
-/// TRAILER.offer_sha256 for an OFFER frame.
-fn offer_sha(frame: &Frame) -> [u8; 32] {
+/// The offer an OFFER frame carries.
+fn offer_in(frame: &Frame) -> &Offer {
     match frame {
-        Frame::Offer(o) => protocol::offer_digest(o),
+        Frame::Offer(o) => o,
         other => panic!("not an offer: {other:?}"),
     }
+}
+
+/// TRAILER.offer_sha256 for an OFFER frame.
+fn offer_sha(frame: &Frame) -> [u8; 32] {
+    protocol::offer_digest(offer_in(frame))
 }
 
 fn offer(name: &str, size: u64) -> Frame {
@@ -2282,27 +2287,6 @@ fn hostile_paths_in_a_multi_file_offer_are_refused_and_confined() {
     assert_eq!(entries(&env.dst()), vec!["link", "made"]);
 }
 
-/// Sends one file's START, data and TRAILER for `offer`, and returns its ACK.
-fn send_data(s: &mut Encrypted<TcpStream>, offer: &Frame, data: &[u8]) -> protocol::Ack {
-    protocol::write_frame(s, &Frame::Start { offset: 0 }).unwrap();
-    s.write_all(data).unwrap();
-    protocol::write_frame(
-        s,
-        &Frame::Trailer(Trailer {
-            size: data.len() as u64,
-            sha256: sha2::Sha256::digest(data).into(),
-            offer_sha256: offer_sha(offer),
-            changed: false,
-        }),
-    )
-    .unwrap();
-    s.flush().unwrap();
-    match protocol::read_frame(s).unwrap() {
-        Frame::Ack(ack) => ack,
-        other => panic!("expected ACK: {other:?}"),
-    }
-}
-
 /// A directory the session made holds nothing it did not put there, so
 /// the receiver skips looking at each final name before a file arrives;
 /// a file someone plants there meanwhile must still never be replaced.
@@ -2318,7 +2302,7 @@ fn a_file_planted_in_a_directory_the_session_made_is_never_replaced() {
         Frame::Accept(_)
     ));
     assert_eq!(
-        send_data(&mut s, &first, b"aaa").status,
+        send_data(&mut s, offer_in(&first), b"aaa").status,
         protocol::AckStatus::Ok
     );
     // A neighbour plants the next name in the directory the session made.
@@ -2327,7 +2311,7 @@ fn a_file_planted_in_a_directory_the_session_made_is_never_replaced() {
     protocol::write_frame(&mut s, &second).unwrap();
     match protocol::read_frame(&mut s).unwrap() {
         Frame::Accept(_) => {
-            let ack = send_data(&mut s, &second, b"bbb");
+            let ack = send_data(&mut s, offer_in(&second), b"bbb");
             assert_eq!(ack.status, protocol::AckStatus::Failed, "{ack:?}");
             assert!(ack.message.contains("appeared while receiving"), "{ack:?}");
         }
@@ -4821,12 +4805,19 @@ fn link_offer(name: &str, target: &[u8], hard: bool) -> Offer {
 /// Sends START and the empty data's TRAILER for an accepted entry with no
 /// data (a link, or an empty file), and returns the receiver's ACK.
 fn settle_empty<S: Read + Write>(s: &mut S, offer: &Offer) -> xfer::protocol::Ack {
+    send_data(s, offer, b"")
+}
+
+/// Sends START, `data` and its TRAILER for an accepted entry, and returns
+/// the receiver's ACK.
+fn send_data<S: Read + Write>(s: &mut S, offer: &Offer, data: &[u8]) -> xfer::protocol::Ack {
     protocol::write_frame(s, &Frame::Start { offset: 0 }).unwrap();
+    s.write_all(data).unwrap();
     protocol::write_frame(
         s,
         &Frame::Trailer(Trailer {
-            size: 0,
-            sha256: sha2::Sha256::digest(b"").into(),
+            size: data.len() as u64,
+            sha256: sha2::Sha256::digest(data).into(),
             offer_sha256: protocol::offer_digest(offer),
             changed: false,
         }),
