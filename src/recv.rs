@@ -1355,13 +1355,10 @@ impl Batch {
         peer: &str,
         reporter: &Reporter,
     ) -> anyhow::Result<()> {
-        if let Some(placed) = self.committed() {
-            self.acknowledge(placed, stream, peer, reporter)?;
-        }
+        self.acknowledge_committed(stream, peer, reporter)?;
         if !self.waiting.is_empty() {
-            let done = commit(self.take());
-            self.behind = done.flushing >= COMMIT_BEHIND;
-            self.acknowledge(done.placed, stream, peer, reporter)?;
+            let waiting = self.take();
+            self.commit_here(waiting, stream, peer, reporter)?;
         }
         link::send_now(stream, peer)
     }
@@ -1379,8 +1376,7 @@ impl Batch {
         if !(self.behind || commits_behind_always()) {
             return self.flush(stream, peer, reporter);
         }
-        if let Some(placed) = self.committed() {
-            self.acknowledge(placed, stream, peer, reporter)?;
+        if self.acknowledge_committed(stream, peer, reporter)? {
             link::send_now(stream, peer)?;
         }
         // The batch goes to the thread through a slot it can be taken back
@@ -1393,13 +1389,40 @@ impl Batch {
         match spawned {
             Ok(handle) => self.committing = Some(handle),
             Err(_) => {
-                let done = commit(take_slot(&slot));
-                self.behind = done.flushing >= COMMIT_BEHIND;
-                self.acknowledge(done.placed, stream, peer, reporter)?;
+                self.commit_here(take_slot(&slot), stream, peer, reporter)?;
                 link::send_now(stream, peer)?;
             }
         }
         Ok(())
+    }
+
+    /// Commits `waiting` on this thread and acknowledges its files.
+    fn commit_here<S: Link + ?Sized>(
+        &mut self,
+        waiting: Vec<Waiting>,
+        stream: &mut S,
+        peer: &str,
+        reporter: &Reporter,
+    ) -> anyhow::Result<()> {
+        let done = commit(waiting);
+        self.behind = done.flushing >= COMMIT_BEHIND;
+        self.acknowledge(done.placed, stream, peer, reporter)
+    }
+
+    /// Acknowledges the batch committing on its own thread, if there is
+    /// one (waiting for it if need be); says whether there was.
+    fn acknowledge_committed<S: Link + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        peer: &str,
+        reporter: &Reporter,
+    ) -> anyhow::Result<bool> {
+        match self.committed() {
+            Some(placed) => self
+                .acknowledge(placed, stream, peer, reporter)
+                .map(|()| true),
+            None => Ok(false),
+        }
     }
 
     fn take(&mut self) -> Vec<Waiting> {
