@@ -8,7 +8,7 @@
 
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -344,7 +344,11 @@ impl<S: Link + ?Sized> Run<'_, S> {
             // Verified; its ACK waits for its batch.
             Ok(None) => {}
             Err(e) => {
-                note_failure(self.reporter, self.failures, &file.name, &e);
+                // A file that joined the batch before the session failed
+                // is told with the batch (see `finish`), not twice.
+                if !self.batch.holds(&file.name) {
+                    note_failure(self.reporter, self.failures, &file.name, &e);
+                }
                 // A violation (a trailer's size that is not what arrived)
                 // has already ended the rules' session.
                 if !self.rules.is_over() {
@@ -435,25 +439,46 @@ impl<S: Link + ?Sized> Run<'_, S> {
         // that was being committed.
         let result = result.and_then(|()| self.flush());
         if result.is_err() {
-            // A batch already being committed when the session failed is
-            // in place, but the sender has no ACK for it: it counts as not
-            // received here too (the next attempt finds it unchanged).
-            for placed in self.batch.committed().unwrap_or_default() {
-                let message = match placed.result {
-                    Ok(_) => format!(
-                        "'{}' arrived verified and is in place, but the session ended before \
-                         its ACK was sent; the next attempt finds it unchanged",
-                        shown(&placed.offer.name)
-                    ),
-                    Err(r) => {
-                        let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
-                        let e = Failure::new(code, r.message).into();
-                        note_failure(self.reporter, self.failures, &placed.offer.name, &e);
-                        continue;
+            // A batch being committed when the session failed puts no
+            // more files in place; those it did are received (and said,
+            // and their hooks run), though the sender has no ACK for them
+            // and counts them as not sent: the next attempt finds them
+            // unchanged. The same goes for files whose ACK could not be
+            // sent.
+            for placed in self.batch.unacknowledged() {
+                let name = placed.offer.name.clone();
+                let outcome = match placed.result {
+                    Some(Ok(committed)) => {
+                        report_stale(self.reporter, &committed);
+                        self.reporter.info(|| {
+                            format!(
+                                "'{}' is in place, but the session ended before its ACK \
+                                 was sent",
+                                shown(&name)
+                            )
+                        });
+                        said_kept(
+                            &placed.offer,
+                            &committed.path,
+                            (placed.size, placed.digest),
+                            (placed.started, placed.start),
+                            placed.changed,
+                            self.reporter,
+                        )
                     }
+                    Some(Err(r)) => Err(own_refusal(r)),
+                    None => Err(Failure::new(
+                        ExitCode::Network,
+                        format!(
+                            "'{}' arrived verified, but the session ended before it was put \
+                             in place; it waits as a partial file that the next attempt \
+                             completes",
+                            shown(&name)
+                        ),
+                    )
+                    .into()),
                 };
-                let e = Failure::new(ExitCode::Network, message).into();
-                note_failure(self.reporter, self.failures, &placed.offer.name, &e);
+                self.record(&name, outcome);
             }
             for waiting in std::mem::take(&mut self.batch.waiting) {
                 let e = Failure::new(
@@ -1272,6 +1297,12 @@ struct Batch {
     done: Vec<(Vec<u8>, anyhow::Result<Received>)>,
     /// The batch before, being made durable on a thread of its own.
     committing: Option<std::thread::JoinHandle<Commit>>,
+    /// Set when the session has failed: a committing batch puts no more
+    /// files in place.
+    abort: Arc<AtomicBool>,
+    /// Files of a committed batch whose ACK could not be sent, for the
+    /// session's summary.
+    unacknowledged: Vec<Placed>,
     /// The last commit's flushes waited on a device, so the next full
     /// batch is committed behind the session (see [`COMMIT_BEHIND`]).
     behind: bool,
@@ -1382,10 +1413,10 @@ impl Batch {
         // The batch goes to the thread through a slot it can be taken back
         // from: a process out of threads commits it here instead.
         let slot = Arc::new(Mutex::new(Some(self.take())));
-        let theirs = Arc::clone(&slot);
+        let (theirs, abort) = (Arc::clone(&slot), Arc::clone(&self.abort));
         let spawned = std::thread::Builder::new()
             .name("xfer-commit".into())
-            .spawn(move || commit(take_slot(&theirs)));
+            .spawn(move || commit(take_slot(&theirs), &abort));
         match spawned {
             Ok(handle) => self.committing = Some(handle),
             Err(_) => {
@@ -1404,7 +1435,7 @@ impl Batch {
         peer: &str,
         reporter: &Reporter,
     ) -> anyhow::Result<()> {
-        let done = commit(waiting);
+        let done = commit(waiting, &self.abort);
         self.behind = done.flushing >= COMMIT_BEHIND;
         self.acknowledge(done.placed, stream, peer, reporter)
     }
@@ -1450,26 +1481,58 @@ impl Batch {
         peer: &str,
         reporter: &Reporter,
     ) -> anyhow::Result<()> {
-        for p in placed {
+        let mut placed = placed.into_iter();
+        while let Some(p) = placed.next() {
+            let sent = match &p.result {
+                Some(Ok(_)) => ack_ok(stream, peer, p.digest),
+                Some(Err(r)) => ack_failed(stream, peer, p.digest, r),
+                // Only a failed session leaves files behind, and it
+                // acknowledges nothing after that.
+                None => Err(anyhow::anyhow!(
+                    "a batch was left behind while acknowledging it"
+                )),
+            };
+            if let Err(e) = sent {
+                // These files are for the session's summary to tell.
+                self.unacknowledged.push(p);
+                self.unacknowledged.extend(placed);
+                return Err(e);
+            }
             let outcome = match p.result {
-                Ok(committed) => {
+                Some(Ok(committed)) => {
                     report_stale(reporter, &committed);
-                    kept(
-                        stream,
-                        peer,
+                    said_kept(
                         &p.offer,
                         &committed.path,
                         (p.size, p.digest),
                         (p.started, p.start),
                         p.changed,
                         reporter,
-                    )?
+                    )
                 }
-                Err(r) => not_kept(stream, peer, p.digest, r)?,
+                Some(Err(r)) => Err(own_refusal(r)),
+                // (Refused above.)
+                None => continue,
             };
             self.done.push((p.offer.name, outcome));
         }
         Ok(())
+    }
+
+    /// After the session failed: the files of the batch being committed
+    /// (which puts no more in place) and those whose ACK could not be
+    /// sent.
+    fn unacknowledged(&mut self) -> Vec<Placed> {
+        self.abort.store(true, Ordering::SeqCst);
+        let mut left = std::mem::take(&mut self.unacknowledged);
+        left.extend(self.committed().unwrap_or_default());
+        left
+    }
+
+    /// Whether `name` waits in this batch (its fate is the batch's to
+    /// tell).
+    fn holds(&self, name: &[u8]) -> bool {
+        self.waiting.iter().any(|w| w.offer.name == name)
     }
 }
 
@@ -1482,7 +1545,8 @@ impl Drop for Batch {
     }
 }
 
-/// A file of a committed batch: in place, or why not.
+/// A file of a committed batch: in place, or why not, or (`None`) left
+/// as a complete partial file because the session ended first.
 struct Placed {
     offer: Offer,
     digest: Digest,
@@ -1490,7 +1554,7 @@ struct Placed {
     start: u64,
     started: Instant,
     changed: bool,
-    result: Result<destination::Committed, destination::Refusal>,
+    result: Option<Result<destination::Committed, destination::Refusal>>,
 }
 
 /// Debug builds only: `XFER_TEST_COMMIT_BEHIND=1` commits every full
@@ -1526,31 +1590,44 @@ struct Commit {
 /// then each file's owner, attributes, mode, time and final name, then
 /// those (one `syncfs` again). No link, no messages: it may run on a
 /// thread of its own.
-fn commit(waiting: Vec<Waiting>) -> Commit {
+fn commit(waiting: Vec<Waiting>, abort: &AtomicBool) -> Commit {
     let t0 = Instant::now();
     let synced = destination::make_durable(waiting.iter().map(|w| w.sealed.dir()));
     let mut flushing = t0.elapsed();
     let mut placed = Vec::with_capacity(waiting.len());
     for w in waiting {
+        let Waiting {
+            sealed,
+            offer,
+            digest,
+            size,
+            start,
+            started,
+            changed,
+        } = w;
         let result = match &synced {
-            Ok(()) => w.sealed.place(&w.offer, w.size),
-            Err(e) => Err(destination::Refusal {
+            // The session ended meanwhile: what is not in place yet stays
+            // a complete partial file (dropped as it is), which the next
+            // attempt completes and acknowledges.
+            Ok(()) if abort.load(Ordering::SeqCst) => None,
+            Ok(()) => Some(sealed.place(&offer, size)),
+            Err(e) => Some(Err(destination::Refusal {
                 reason: Reason::LocalIo,
                 message: format!(
                     "cannot flush data for '{}': {}",
-                    crate::names::escape_path(w.sealed.final_path()),
+                    crate::names::escape_path(sealed.final_path()),
                     crate::exit_codes::io_reason(e)
                 ),
                 disk_full: e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()),
-            }),
+            })),
         };
         placed.push(Placed {
-            offer: w.offer,
-            digest: w.digest,
-            size: w.size,
-            start: w.start,
-            started: w.started,
-            changed: w.changed,
+            offer,
+            digest,
+            size,
+            start,
+            started,
+            changed,
             result,
         });
     }
@@ -1559,14 +1636,14 @@ fn commit(waiting: Vec<Waiting>) -> Commit {
     let renamed = destination::make_durable(
         placed
             .iter()
-            .filter_map(|p| p.result.as_ref().ok())
+            .filter_map(|p| p.result.as_ref()?.as_ref().ok())
             .map(|c| c.dir()),
     );
     flushing += t1.elapsed();
     if let Err(e) = renamed {
         for p in &mut placed {
-            if let Ok(committed) = &p.result {
-                p.result = Err(destination::Refusal {
+            if let Some(Ok(committed)) = &p.result {
+                p.result = Some(Err(destination::Refusal {
                     reason: Reason::LocalIo,
                     message: format!(
                         "cannot flush the directory of '{}': {}",
@@ -1574,7 +1651,7 @@ fn commit(waiting: Vec<Waiting>) -> Commit {
                         crate::exit_codes::io_reason(&e)
                     ),
                     disk_full: false,
-                });
+                }));
             }
         }
     }
@@ -1589,6 +1666,17 @@ fn not_kept<S: Link + ?Sized>(
     digest: Digest,
     r: destination::Refusal,
 ) -> anyhow::Result<anyhow::Result<Received>> {
+    ack_failed(stream, peer, digest, &r)?;
+    Ok(Err(own_refusal(r)))
+}
+
+/// ACK status 2 for a verified file that could not be kept.
+fn ack_failed<S: Link + ?Sized>(
+    stream: &mut S,
+    peer: &str,
+    digest: Digest,
+    r: &destination::Refusal,
+) -> anyhow::Result<()> {
     link::send_frame(
         stream,
         &Frame::Ack(Ack {
@@ -1598,9 +1686,28 @@ fn not_kept<S: Link + ?Sized>(
             message: r.message.clone(),
         }),
         peer,
-    )?;
+    )
+}
+
+/// Our refusal to keep a file, with our exit code for it.
+fn own_refusal(r: destination::Refusal) -> anyhow::Error {
     let code = ExitCode::for_own_refusal(r.reason, r.disk_full);
-    Ok(Err(Failure::new(code, r.message).into()))
+    Failure::new(code, r.message).into()
+}
+
+/// ACK ok: the file is durable under its final name.
+fn ack_ok<S: Link + ?Sized>(stream: &mut S, peer: &str, digest: Digest) -> anyhow::Result<()> {
+    link::send_frame(
+        stream,
+        &Frame::Ack(Ack {
+            status: AckStatus::Ok,
+            sha256: digest,
+            reason: Reason::Other(0),
+            message: String::new(),
+        }),
+        peer,
+    )
+    .context("the file is in place, but the sender may not know")
 }
 
 /// A file (or link) durable under its final name `path`: ACK ok, and said.
@@ -1615,20 +1722,29 @@ fn kept<S: Link + ?Sized>(
     changed: bool,
     reporter: &Reporter,
 ) -> anyhow::Result<anyhow::Result<Received>> {
+    ack_ok(stream, peer, digest)?;
+    Ok(said_kept(
+        offer,
+        path,
+        (size, digest),
+        (started, start),
+        changed,
+        reporter,
+    ))
+}
+
+/// Says that a file (or link) is durable under its final name `path`:
+/// what it is, or the failure of a file that changed while it was read.
+fn said_kept(
+    offer: &Offer,
+    path: &std::path::Path,
+    (size, digest): (u64, Digest),
+    (started, start): (Instant, u64),
+    changed: bool,
+    reporter: &Reporter,
+) -> anyhow::Result<Received> {
     let shown = crate::names::Shown(&offer.name);
     let path = path.to_path_buf();
-    link::send_frame(
-        stream,
-        &Frame::Ack(Ack {
-            status: AckStatus::Ok,
-            sha256: digest,
-            reason: Reason::Other(0),
-            message: String::new(),
-        }),
-        peer,
-    )
-    .context("the file is in place, but the sender may not know")?;
-
     let seconds = started.elapsed().as_secs_f64();
     let kind = match (&offer.link, offer.flags & FLAG_SYMLINK != 0) {
         (Some(_), true) => "symlink",
@@ -1685,16 +1801,16 @@ fn kept<S: Link + ?Sized>(
         reporter.event("file-changed", || {
             crate::names::with_path(&path, crate::names::with_name(&offer.name, json!({})))
         });
-        return Ok(Err(Failure::new(
+        return Err(Failure::new(
             ExitCode::LocalFile,
             format!(
                 "'{shown}' changed on the sender while it was read: kept what was read, which \
                  may mix old and new content; send it again"
             ),
         )
-        .into()));
+        .into());
     }
-    Ok(Ok(Received {
+    Ok(Received {
         name: offer.name.clone(),
         path,
         bytes: size,
@@ -1703,7 +1819,7 @@ fn kept<S: Link + ?Sized>(
         skipped: false,
         is_dir: false,
         link: offer.is_link(),
-    }))
+    })
 }
 
 /// One of a server's `--max-connections` sessions, given back when dropped.
@@ -2108,6 +2224,68 @@ mod tests {
         // Its flushes waited (5 ms): the next full batch commits behind too.
         assert!(batch.behind);
         assert!(batch.is_empty());
+    }
+
+    /// A link whose writes fail after the first `0` of them.
+    struct FailAfter(usize);
+
+    impl std::io::Read for FailAfter {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Ok(0)
+        }
+    }
+
+    impl std::io::Write for FailAfter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.0 -= 1;
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Link for FailAfter {}
+
+    /// An ACK that cannot be sent ends the session, but no file of the
+    /// batch goes unaccounted for: those acknowledged are done, the rest
+    /// are left for the session's summary (a review found them dropped).
+    #[test]
+    fn a_failed_ack_leaves_every_file_of_the_batch_accounted_for() {
+        let placed: Vec<Placed> = (0..5u8)
+            .map(|i| Placed {
+                offer: Offer {
+                    name: vec![b'a' + i],
+                    ..Default::default()
+                },
+                digest: [0; 32],
+                size: 0,
+                start: 0,
+                started: Instant::now(),
+                changed: false,
+                result: Some(Err(destination::Refusal {
+                    reason: Reason::LocalIo,
+                    message: "x".into(),
+                    disk_full: false,
+                })),
+            })
+            .collect();
+        let mut batch = Batch::new(BATCH_FILES);
+        batch.committing = Some(std::thread::spawn(move || Commit {
+            placed,
+            flushing: Duration::ZERO,
+        }));
+        let reporter = Reporter::new(true, false);
+        assert!(batch.flush(&mut FailAfter(2), "peer", &reporter).is_err());
+        let left = batch.unacknowledged();
+        let names: Vec<Vec<u8>> = (batch.done.iter().map(|(name, _)| name.clone()))
+            .chain(left.into_iter().map(|p| p.offer.name))
+            .collect();
+        assert_eq!(names, [b"a", b"b", b"c", b"d", b"e"].map(|n| n.to_vec()));
     }
 
     /// Batches fit the descriptors a server may hold for all its sessions.

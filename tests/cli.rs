@@ -1868,10 +1868,11 @@ fn a_low_soft_limit_on_open_files_does_not_fail_a_batch() {
 /// A receiver that commits each full batch on a thread of its own while
 /// it receives the next (forced here; a release build does so where
 /// flushing waits on a disk) in `dir`, one session.
-fn recv_committing_behind(dir: &std::path::Path) -> RecvProcess {
+fn recv_committing_behind(dir: &std::path::Path, extra: &[&str]) -> RecvProcess {
     let mut cmd = xfer();
     cmd.args(["recv", "--port", "0", "--json", "--dir"])
         .arg(dir)
+        .args(extra)
         .env("XFER_TEST_COMMIT_BEHIND", "1");
     RecvProcess::spawn(cmd)
 }
@@ -1924,7 +1925,7 @@ fn batches_committed_behind_the_session_all_arrive_acknowledged() {
         let env = TestEnv::new();
         let tree = env.src().join("many");
         small_files(&tree, count);
-        let mut r = recv_committing_behind(&env.dst());
+        let mut r = recv_committing_behind(&env.dst(), &[]);
         let sent = env.send(&tree, &r.addr(), &["--json"]);
         sent.assert_code(0);
         let acked = sent
@@ -1943,7 +1944,9 @@ fn a_session_cut_while_a_batch_commits_behind_it_leaves_nothing_wrong() {
     let env = TestEnv::new();
     let tree = env.src().join("many");
     small_files(&tree, 700);
-    let mut r = recv_committing_behind(&env.dst());
+    let log = env.root.path().join("hook.log");
+    let hook = format!("printf '%s\\n' \"$XFER_NAME\" >> {}", log.display());
+    let mut r = recv_committing_behind(&env.dst(), &["--exec", &hook]);
     // About two thirds of the tree, past the first full batch.
     let cut = Proxy::start(r.addr().parse().unwrap(), Mode::CutAfter(480_000));
     let first = env.send(&tree, &cut.addr(), &["--retries", "0"]);
@@ -1952,10 +1955,19 @@ fn a_session_cut_while_a_batch_commits_behind_it_leaves_nothing_wrong() {
     assert_ne!(out.code(), Some(0));
     // Whatever was in place is whole: the next session completes the tree,
     // and nothing else is left in it (no partial file, no stray name).
-    let mut again = recv_committing_behind(&env.dst());
+    let mut again = recv_committing_behind(&env.dst(), &["--exec", &hook]);
     env.send(&tree, &again.addr(), &[]).assert_code(0);
     again.finish().assert_code(0);
     assert_same_tree(&tree, &env.dst().join("many"));
+    // Every file put in place had its hook run, once: a file the first
+    // session put in place without its ACK is unchanged for the second,
+    // which runs no hook for it.
+    let text = fs::read_to_string(&log).unwrap();
+    let mut ran: Vec<&str> = text.lines().collect();
+    ran.sort_unstable();
+    let mut want: Vec<String> = (0..700).map(|i| format!("many/d{}/f{i}", i % 3)).collect();
+    want.sort_unstable();
+    assert_eq!(ran, want);
 }
 
 #[test]
