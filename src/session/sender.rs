@@ -20,7 +20,8 @@ use crate::protocol::{Ack, Digest, ErrorFrame, Frame, Refuse};
 /// open. (64 was measured too: no faster on 10,000 small files.)
 pub const WINDOW: usize = 32;
 
-/// Files sent and awaiting their ACK: two of the reference receiver's
+/// Files sent and awaiting their ACK past which no more are offered (those
+/// already offered are still sent): two of the reference receiver's
 /// batches of 256, so new offers and data go out while one batch is being
 /// made durable and the next fills (with 256, a receiver committing one
 /// batch behind the session would wait for the sender, who waited for it).
