@@ -447,37 +447,15 @@ impl<S: Link + ?Sized> Run<'_, S> {
             // sent.
             for placed in self.batch.unacknowledged() {
                 let name = placed.offer.name.clone();
-                let outcome = match placed.result {
-                    Some(Ok(committed)) => {
-                        report_stale(self.reporter, &committed);
-                        self.reporter.info(|| {
-                            format!(
-                                "'{}' is in place, but the session ended before its ACK \
-                                 was sent",
-                                shown(&name)
-                            )
-                        });
-                        said_kept(
-                            &placed.offer,
-                            &committed.path,
-                            (placed.size, placed.digest),
-                            (placed.started, placed.start),
-                            placed.changed,
-                            self.reporter,
-                        )
-                    }
-                    Some(Err(r)) => Err(own_refusal(r)),
-                    None => Err(Failure::new(
-                        ExitCode::Network,
+                if let Some(Ok(_)) = &placed.result {
+                    self.reporter.info(|| {
                         format!(
-                            "'{}' arrived verified, but the session ended before it was put \
-                             in place; it waits as a partial file that the next attempt \
-                             completes",
+                            "'{}' is in place, but the session ended before its ACK was sent",
                             shown(&name)
-                        ),
-                    )
-                    .into()),
-                };
+                        )
+                    });
+                }
+                let outcome = placed.said(self.reporter);
                 self.record(&name, outcome);
             }
             for waiting in std::mem::take(&mut self.batch.waiting) {
@@ -1498,23 +1476,8 @@ impl Batch {
                 self.unacknowledged.extend(placed);
                 return Err(e);
             }
-            let outcome = match p.result {
-                Some(Ok(committed)) => {
-                    report_stale(reporter, &committed);
-                    said_kept(
-                        &p.offer,
-                        &committed.path,
-                        (p.size, p.digest),
-                        (p.started, p.start),
-                        p.changed,
-                        reporter,
-                    )
-                }
-                Some(Err(r)) => Err(own_refusal(r)),
-                // (Refused above.)
-                None => continue,
-            };
-            self.done.push((p.offer.name, outcome));
+            let name = p.offer.name.clone();
+            self.done.push((name, p.said(reporter)));
         }
         Ok(())
     }
@@ -1555,6 +1518,35 @@ struct Placed {
     started: Instant,
     changed: bool,
     result: Option<Result<destination::Committed, destination::Refusal>>,
+}
+
+impl Placed {
+    /// What became of the file, said.
+    fn said(self, reporter: &Reporter) -> anyhow::Result<Received> {
+        match self.result {
+            Some(Ok(committed)) => {
+                report_stale(reporter, &committed);
+                said_kept(
+                    &self.offer,
+                    &committed.path,
+                    (self.size, self.digest),
+                    (self.started, self.start),
+                    self.changed,
+                    reporter,
+                )
+            }
+            Some(Err(r)) => Err(own_refusal(r)),
+            None => Err(Failure::new(
+                ExitCode::Network,
+                format!(
+                    "'{}' arrived verified, but the session ended before it was put in \
+                     place; it waits as a partial file that the next attempt completes",
+                    shown(&self.offer.name)
+                ),
+            )
+            .into()),
+        }
+    }
 }
 
 /// Debug builds only: `XFER_TEST_COMMIT_BEHIND=1` commits every full
