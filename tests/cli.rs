@@ -1834,7 +1834,6 @@ fn connecting_receiver(addr: &str, dir: &std::path::Path, extra: &[&str]) -> Out
 /// directory arrives whole.
 #[test]
 fn a_low_soft_limit_on_open_files_does_not_fail_a_batch() {
-    use std::os::unix::process::CommandExt;
     let env = TestEnv::new();
     let tree = env.src().join("many");
     fs::create_dir(&tree).unwrap();
@@ -1844,37 +1843,48 @@ fn a_low_soft_limit_on_open_files_does_not_fail_a_batch() {
     let mut cmd = xfer();
     cmd.args(["recv", "--port", "0", "--json", "--dir"])
         .arg(env.dst());
-    // SAFETY: only a system call between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-            let hard = getrlimit(Resource::Nofile).maximum;
-            setrlimit(
-                Resource::Nofile,
-                Rlimit {
-                    current: Some(48),
-                    maximum: hard,
-                },
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
+    limit_open_files(&mut cmd, 48, None);
     let mut r = RecvProcess::spawn(cmd);
     env.send(&tree, &r.addr(), &[]).assert_code(0);
     r.finish().assert_code(0);
     assert_same_tree(&tree, &env.dst().join("many"));
 }
 
+/// Starts `cmd` with its limit on open files at `soft`, and at `hard` when
+/// given (else the hard limit stays).
+fn limit_open_files(cmd: &mut std::process::Command, soft: u64, hard: Option<u64>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let maximum = hard.or(getrlimit(Resource::Nofile).maximum);
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(soft),
+                    maximum,
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// A receiver that commits each full batch on a thread of its own while
 /// it receives the next (forced here; a release build does so where
-/// flushing waits on a disk) in `dir`, one session.
-fn recv_committing_behind(dir: &std::path::Path, extra: &[&str]) -> RecvProcess {
+/// flushing waits on a disk) in `dir`, one session; not yet started.
+fn committing_behind(dir: &std::path::Path, extra: &[&str]) -> std::process::Command {
     let mut cmd = xfer();
     cmd.args(["recv", "--port", "0", "--json", "--dir"])
         .arg(dir)
         .args(extra)
         .env("XFER_TEST_COMMIT_BEHIND", "1");
-    RecvProcess::spawn(cmd)
+    cmd
+}
+
+fn recv_committing_behind(dir: &std::path::Path, extra: &[&str]) -> RecvProcess {
+    RecvProcess::spawn(committing_behind(dir, extra))
 }
 
 /// Small files, in a tree of a few directories.
@@ -1888,29 +1898,12 @@ fn small_files(root: &std::path::Path, count: usize) {
 
 #[test]
 fn a_low_hard_limit_on_open_files_makes_batches_smaller_not_files_fail() {
-    use std::os::unix::process::CommandExt;
     let env = TestEnv::new();
     let tree = env.src().join("many");
     small_files(&tree, 700);
-    let mut cmd = xfer();
-    cmd.args(["recv", "--port", "0", "--json", "--dir"])
-        .arg(env.dst())
-        .env("XFER_TEST_COMMIT_BEHIND", "1");
-    // SAFETY: only a system call between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            use rustix::process::{Resource, Rlimit, setrlimit};
-            // Two batches of 256 and 64 accepted files would not fit.
-            setrlimit(
-                Resource::Nofile,
-                Rlimit {
-                    current: Some(300),
-                    maximum: Some(300),
-                },
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
+    let mut cmd = committing_behind(&env.dst(), &[]);
+    // Two batches of 256 and 64 accepted files would not fit.
+    limit_open_files(&mut cmd, 300, Some(300));
     let mut r = RecvProcess::spawn(cmd);
     env.send(&tree, &r.addr(), &[]).assert_code(0);
     r.finish().assert_code(0);
