@@ -57,8 +57,8 @@ pub enum ProtocolError {
 
 /// Lowercase hex of a digest (or any bytes), as printed to users and in JSON.
 pub fn hex(digest: &[u8]) -> String {
-    // By table, not `write!` per byte: it names every partial file, twice
-    // a file on the receiver (about 4 % of its CPU on small files that way).
+    // By table, not `write!` per byte: it names every partial file on the
+    // receiver (`write!` per byte took about 4 % of its CPU on small files).
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(2 * digest.len());
     for b in digest {
